@@ -1,0 +1,44 @@
+"""Settings shared by every process, read once by each composition root.
+
+Nothing reads the environment on import: ``Settings()`` is built in ``main``
+and passed down.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+NATS_URL_FILE = "nats.url"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERBUS_", extra="ignore")
+
+    nats_url: str | None = None
+    database_url: str | None = None
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".local/share/inferbus")
+    geoip_db: Path | None = None
+    trusted_proxies: list[str] = ["127.0.0.0/8", "::1/128"]
+    job_timeout_s: float = 300.0
+    job_ack_wait_s: float = 30.0
+    job_max_attempts: int = 3
+    stream_replicas: int = 1  # 3 in production (compose.yaml)
+
+    def resolved_nats_url(self) -> str:
+        """``INFERBUS_NATS_URL``, else the embedded server ``inferbus up`` wrote down."""
+        if self.nats_url:
+            return self.nats_url
+        path = self.data_dir / NATS_URL_FILE
+        if path.exists():
+            return path.read_text().strip()
+        raise RuntimeError(
+            f"no NATS server: set INFERBUS_NATS_URL or start `inferbus up` (no {path})")
+
+    def sqlite_path(self, name: str) -> Path:
+        return self.data_dir / f"{name}.sqlite3"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

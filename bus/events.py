@@ -1,0 +1,169 @@
+"""Event contracts: every fact inferbus records is one of these frozen models.
+
+Events are immutable and past tense. Each carries ``event_id`` (also the
+JetStream ``Nats-Msg-Id``, so a republish is deduplicated) and
+``occurred_at``. ``type`` is the discriminator used by :func:`parse_event`.
+"""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Annotated, Literal, Union
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid4().hex
+
+
+class Contract(BaseModel):
+    """A frozen, strict message shape shared between processes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(Contract):
+    event_id: str = Field(default_factory=new_id)
+    occurred_at: datetime = Field(default_factory=_now)
+
+
+class ChatMessage(Contract):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+class Sampling(Contract):
+    """Per-request generation parameters; the worker honours each one."""
+
+    max_tokens: int = Field(ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class JobSubmitted(Event):
+    """A consumer's job, accepted by the API and queued on a jobs subject.
+
+    ``kind`` is ``chat`` (``messages`` set) or ``completion`` (``prompt`` set).
+    ``zone`` is the consumer's resolved zone, ``route`` whether the job was
+    queued on that zone's subject or on the global one. ``reply_to`` is the
+    core-NATS subject of the API instance waiting for tokens (None for jobs
+    nobody waits on live).
+    """
+
+    type: Literal["JobSubmitted"] = "JobSubmitted"
+    job_id: str
+    account: str
+    key_id: str
+    model: str
+    kind: Literal["chat", "completion"]
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    sampling: Sampling
+    zone: str
+    route: Literal["zone", "global"]
+    deadline: datetime
+    reply_to: str | None = None
+
+    def input_hash(self) -> str:
+        """Hash of what the model is asked, bound into the result signature."""
+        body = self.model_dump_json(include={"model", "kind", "messages", "prompt", "sampling"})
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+class JobStarted(Event):
+    type: Literal["JobStarted"] = "JobStarted"
+    job_id: str
+    node_id: str
+    zone: str  # the node's zone: where the job runs
+    attempt: int
+
+
+class Usage(Contract):
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class JobCompleted(Event):
+    """A finished job, signed by the node that ran it (see ``bus.signing``)."""
+
+    type: Literal["JobCompleted"] = "JobCompleted"
+    job_id: str
+    node_id: str
+    zone: str
+    attempt: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    input_hash: str
+    output_hash: str
+    signature: str
+
+
+class JobFailed(Event):
+    """A job that cannot complete. ``code`` is an OpenAI-style error code."""
+
+    type: Literal["JobFailed"] = "JobFailed"
+    job_id: str
+    node_id: str | None = None
+    zone: str
+    code: str
+    message: str
+
+
+class JobCancelled(Event):
+    type: Literal["JobCancelled"] = "JobCancelled"
+    job_id: str
+    zone: str
+    reason: str
+
+
+class JobExpired(Event):
+    type: Literal["JobExpired"] = "JobExpired"
+    job_id: str
+    zone: str
+
+
+class ApiKeyIssued(Event):
+    """A consumer key. Only its SHA-256 is ever stored or published."""
+
+    type: Literal["ApiKeyIssued"] = "ApiKeyIssued"
+    key_hash: str
+    account: str
+    subcloud: str | None = None
+
+
+class ApiKeyRevoked(Event):
+    type: Literal["ApiKeyRevoked"] = "ApiKeyRevoked"
+    key_hash: str
+
+
+JobEvent = Union[JobSubmitted, JobStarted, JobCompleted, JobFailed, JobCancelled, JobExpired]
+AnyEvent = Annotated[
+    Union[JobSubmitted, JobStarted, JobCompleted, JobFailed, JobCancelled, JobExpired,
+          ApiKeyIssued, ApiKeyRevoked],
+    Field(discriminator="type"),
+]
+TERMINAL_JOB_EVENTS = (JobCompleted, JobFailed, JobCancelled, JobExpired)
+
+_any_event: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def parse_event(data: bytes | str) -> Event:
+    """Decode one event from its JSON form; raises ``pydantic.ValidationError``."""
+    return _any_event.validate_json(data)
+
+
+def output_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,44 @@
+"""Live reply messages: what a worker sends to the API instance waiting on a job.
+
+These ride core NATS (at most once, lowest latency) on the job's
+``reply_to`` subject. They are a convenience for live callers, never a record:
+the durable outcome is always the ``JobCompleted``/``JobFailed`` event on the
+log, which the final reply simply carries.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, TypeAdapter
+
+from bus.events import Contract, JobCompleted, JobExpired, JobFailed
+
+
+class Started(Contract):
+    kind: Literal["started"] = "started"
+    job_id: str
+    zone: str
+    attempt: int
+
+
+class Delta(Contract):
+    """New output text. ``offset`` is where ``text`` starts in the full output,
+    so a receiver can drop text it already has (e.g. after a redelivery)."""
+
+    kind: Literal["delta"] = "delta"
+    job_id: str
+    offset: int
+    text: str
+
+
+class Finished(Contract):
+    kind: Literal["finished"] = "finished"
+    event: Annotated[Union[JobCompleted, JobFailed, JobExpired], Field(discriminator="type")]
+
+
+Reply = Annotated[Union[Started, Delta, Finished], Field(discriminator="kind")]
+_reply: TypeAdapter[Reply] = TypeAdapter(Reply)
+
+
+def parse_reply(data: bytes) -> Started | Delta | Finished:
+    return _reply.validate_json(data)

@@ -1,0 +1,79 @@
+"""Idempotent JetStream set-up: streams, the node KV bucket, worker consumers.
+
+Every process calls :func:`ensure_streams` at start; creating what exists is a
+no-op, so start order never matters.
+"""
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, KeyValueConfig,
+                         RetentionPolicy, StorageType, StreamConfig)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from bus import subjects
+
+DUPLICATE_WINDOW_S = 120.0
+NODE_TTL_S = 10.0
+
+
+def jobs_stream_config(replicas: int = 1) -> StreamConfig:
+    """Jobs wait here until one worker acks them (work-queue retention)."""
+    return StreamConfig(
+        name=subjects.JOBS_STREAM, subjects=[subjects.all_jobs()],
+        retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+        num_replicas=replicas, duplicate_window=DUPLICATE_WINDOW_S,
+        discard=DiscardPolicy.NEW, allow_direct=True,
+    )
+
+
+def events_stream_config(replicas: int = 1) -> StreamConfig:
+    """The immutable log: nothing is ever deleted or purged from it."""
+    return StreamConfig(
+        name=subjects.EVENTS_STREAM, subjects=[subjects.all_events()],
+        retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+        num_replicas=replicas, duplicate_window=DUPLICATE_WINDOW_S,
+        deny_delete=True, deny_purge=True, allow_direct=True,
+    )
+
+
+async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+        except BadRequestError as exc:  # another process created it first
+            if exc.err_code != 10058:  # stream name already in use
+                raise
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    await _ensure(js, jobs_stream_config(replicas))
+    await _ensure(js, events_stream_config(replicas))
+
+
+async def nodes_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """Live node records; an entry older than ``NODE_TTL_S`` is dropped."""
+    try:
+        return await js.key_value(subjects.NODES_BUCKET)
+    except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError
+        return await js.create_key_value(KeyValueConfig(
+            bucket=subjects.NODES_BUCKET, ttl=NODE_TTL_S, history=1, replicas=replicas,
+            storage=StorageType.FILE))
+
+
+async def ensure_work_consumer(js: JetStreamContext, zone: str, model: str,
+                               ack_wait_s: float) -> str:
+    """The durable pull consumer shared by every worker of (zone, model).
+
+    Redelivery is unlimited at the server: the worker itself fails a job that
+    has been attempted too often, so a poison job ends as ``JobFailed`` (and a
+    refund) instead of lingering unacked in the work queue."""
+    name = subjects.consumer_name(zone, model)
+    config = ConsumerConfig(
+        durable_name=name, filter_subject=subjects.jobs(zone, model),
+        ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait_s, max_deliver=-1,
+        max_ack_pending=-1)
+    await js.add_consumer(subjects.JOBS_STREAM, config)
+    return name

@@ -1,0 +1,71 @@
+"""Every subject and stream name inferbus uses. No other module spells one.
+
+Layout:
+- ``jobs.<zone>.<model>``: the work queue (stream ``JOBS``); ``zone`` is a
+  geo-zone or ``global``.
+- ``events.<zone>.<EventType>[.<entity>]``: the immutable event log (stream
+  ``EVENTS``). Jobs log on their submitted zone; account-wide facts (keys) on
+  ``global``. Keys add their hash so one direct get finds them.
+- ``replies.<instance>``: core-NATS inbox of one API instance (not stored).
+- KV bucket ``nodes``: live node heartbeats.
+"""
+from __future__ import annotations
+
+import re
+
+JOBS_STREAM = "JOBS"
+EVENTS_STREAM = "EVENTS"
+NODES_BUCKET = "nodes"
+GLOBAL = "global"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_token(value: str, what: str) -> str:
+    """A subject token must not contain dots, wildcards or spaces."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"{what} {value!r} may only hold letters, digits, '-' and '_'")
+    return value
+
+
+def jobs(zone: str, model: str) -> str:
+    return f"jobs.{check_token(zone, 'zone')}.{check_token(model, 'model')}"
+
+
+def global_jobs(model: str) -> str:
+    return jobs(GLOBAL, model)
+
+
+def all_jobs() -> str:
+    return "jobs.>"
+
+
+def event(zone: str, event_type: str, entity: str | None = None) -> str:
+    subject = f"events.{check_token(zone, 'zone')}.{event_type}"
+    return f"{subject}.{check_token(entity, 'entity')}" if entity else subject
+
+
+def all_events() -> str:
+    return "events.>"
+
+
+def key_issued(key_hash: str) -> str:
+    return event(GLOBAL, "ApiKeyIssued", key_hash)
+
+
+def key_revoked(key_hash: str) -> str:
+    return event(GLOBAL, "ApiKeyRevoked", key_hash)
+
+
+def replies(instance: str) -> str:
+    return f"replies.{check_token(instance, 'instance')}"
+
+
+def consumer_name(zone: str, model: str) -> str:
+    """The shared durable pull consumer all workers of one (zone, model) use."""
+    return f"work_{check_token(zone, 'zone')}_{check_token(model, 'model')}"
+
+
+def pull_next(stream: str, consumer: str) -> str:
+    """JetStream's API subject for asking a pull consumer for its next message."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
