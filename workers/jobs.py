@@ -1,0 +1,131 @@
+"""Running one job: claim, generate with live token replies, sign, record, ack.
+
+The order is the contract: the result event is stored on the log before the
+job is acked, so a crash at any point leaves the job either redelivered or
+recorded, never lost. While generating, in-progress acks keep the claim.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from nacl.signing import SigningKey
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from bus import signing
+from bus.events import (Event, JobCompleted, JobExpired, JobFailed, JobStarted, JobSubmitted,
+                        Usage, output_hash)
+from bus.publish import publish_event
+from bus.replies import Delta, Finished, Started
+from workers.engine import ContextLengthExceeded, Engine, GenerationRequest, Step
+
+log = logging.getLogger("inferbus.worker")
+
+
+@dataclass
+class JobRunner:
+    nc: Client
+    js: JetStreamContext
+    engine: Engine
+    key: SigningKey
+    zone: str
+    ack_wait_s: float
+    max_attempts: int
+
+    @property
+    def node_id(self) -> str:
+        return signing.node_id(self.key)
+
+    async def run(self, msg: Msg) -> None:
+        try:
+            job = JobSubmitted.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.error("malformed job dropped: %s", exc.errors()[:1])
+            await msg.term()
+            return
+        attempt = msg.metadata.num_delivered
+        keepalive = asyncio.create_task(self._keep_claim(msg))
+        try:
+            outcome = await self._outcome(job, attempt)
+            await publish_event(self.js, outcome, job.zone)
+            await self._reply(job, Finished(event=outcome))
+            await msg.ack()
+        finally:
+            keepalive.cancel()
+
+    async def _outcome(self, job: JobSubmitted, attempt: int) -> Event:
+        if attempt > self.max_attempts:
+            return self._failed(job, "job_failed", f"gave up after {attempt - 1} attempts")
+        if job.deadline <= datetime.now(timezone.utc):
+            return JobExpired(job_id=job.job_id, zone=job.zone)
+        await publish_event(self.js, JobStarted(job_id=job.job_id, node_id=self.node_id,
+                                                zone=self.zone, attempt=attempt), job.zone)
+        await self._reply(job, Started(job_id=job.job_id, zone=self.zone, attempt=attempt))
+        try:
+            text, last = await self._generate(job)
+        except ContextLengthExceeded as exc:
+            return self._failed(job, "context_length_exceeded", str(exc))
+        except Exception as exc:  # noqa: BLE001 - any engine fault fails this job only
+            log.exception("job %s failed", job.job_id)
+            return self._failed(job, "worker_error", f"{type(exc).__name__}: {exc}")
+        return self._completed(job, attempt, text, last)
+
+    async def _generate(self, job: JobSubmitted) -> tuple[str, Step]:
+        """Run the engine in a thread, replying each piece of text as it comes."""
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue[Step | BaseException | None] = asyncio.Queue()
+        request = GenerationRequest(
+            kind=job.kind, prompt=job.prompt, sampling=job.sampling,
+            messages=tuple(m.model_dump() for m in job.messages) if job.messages else None)
+
+        def produce() -> None:
+            try:
+                for step in self.engine.generate(request):
+                    loop.call_soon_threadsafe(steps.put_nowait, step)
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+                loop.call_soon_threadsafe(steps.put_nowait, exc)
+            loop.call_soon_threadsafe(steps.put_nowait, None)
+
+        producer = loop.run_in_executor(None, produce)
+        text, last = "", None
+        while (item := await steps.get()) is not None:
+            if isinstance(item, BaseException):
+                await producer
+                raise item
+            if item.text:
+                await self._reply(job, Delta(job_id=job.job_id, offset=len(text), text=item.text))
+                text += item.text
+            last = item
+        await producer
+        return text, last
+
+    def _completed(self, job: JobSubmitted, attempt: int, text: str, last: Step) -> JobCompleted:
+        usage = Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens)
+        in_hash, out_hash = job.input_hash(), output_hash(text)
+        return JobCompleted(
+            job_id=job.job_id, node_id=self.node_id, zone=self.zone, attempt=attempt, text=text,
+            finish_reason=last.finish_reason or "stop", usage=usage, input_hash=in_hash,
+            output_hash=out_hash,
+            signature=signing.sign_result(self.key, job.job_id, attempt, in_hash, out_hash, usage))
+
+    def _failed(self, job: JobSubmitted, code: str, message: str) -> JobFailed:
+        return JobFailed(job_id=job.job_id, node_id=self.node_id, zone=job.zone, code=code,
+                         message=message)
+
+    async def _reply(self, job: JobSubmitted, reply: Started | Delta | Finished) -> None:
+        if job.reply_to:
+            await self.nc.publish(job.reply_to, reply.model_dump_json().encode())
+
+    async def _keep_claim(self, msg: Msg) -> None:
+        """In-progress acks reset the redelivery timer while the job runs."""
+        while True:
+            await asyncio.sleep(self.ack_wait_s / 3)
+            try:
+                await msg.in_progress()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("in-progress ack failed: %s", exc)

@@ -1,0 +1,66 @@
+"""Raw pull requests on one work-queue consumer.
+
+nats-py's ``fetch`` always long-polls; the worker needs a ``no_wait`` probe of
+the global queue that answers at once, so its own zone's long poll is never
+left idle for long. One private inbox per consumer; one request in flight.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bus import subjects
+
+STATUS = "Status"
+# 404 no messages, 408 request expired, 409 e.g. consumer deleted / leadership change.
+_EMPTY = {"404", "408", "409"}
+
+
+class PullSource:
+    """Next job of one durable pull consumer, or None when it has none."""
+
+    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
+        self._nc = nc
+        self._next_subject = subjects.pull_next(stream, consumer)
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._inbox = nc.new_inbox()
+        self._sub = None
+
+    async def start(self) -> "PullSource":
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._queue.put)
+        return self
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    def _ready(self) -> Msg | None:
+        """A job that arrived after an earlier request gave up waiting, if any."""
+        while not self._queue.empty():
+            msg = self._queue.get_nowait()
+            if not (msg.headers and STATUS in msg.headers):
+                return msg
+        return None
+
+    async def next(self, wait_s: float = 0.0) -> Msg | None:
+        """The next job; ``wait_s=0`` probes without waiting (``no_wait``)."""
+        if (msg := self._ready()) is not None:
+            return msg
+        request = {"batch": 1, "no_wait": True} if wait_s <= 0 else \
+            {"batch": 1, "expires": int(wait_s * 1e9)}
+        await self._nc.publish(self._next_subject, json.dumps(request).encode(),
+                               reply=self._inbox)
+        try:
+            # The server always answers (a job or a status); the margin covers the trip.
+            msg = await asyncio.wait_for(self._queue.get(), timeout=wait_s + 2.0)
+        except asyncio.TimeoutError:
+            return None
+        status = msg.headers.get(STATUS) if msg.headers else None
+        if status is None:
+            return msg
+        if status not in _EMPTY and status != "100":
+            raise RuntimeError(f"pull request failed: {status} {msg.headers}")
+        return None
