@@ -1,0 +1,235 @@
+"""The projector: applies the EVENTS stream to the read model exactly once.
+
+Exactly-once comes from the position, not from acks: the stream sequence of
+the last applied event is written to ``tracking`` in the same transaction as
+the row changes. On start the projector reads it and consumes from
+``position + 1`` with an ordered (ephemeral, unacked, gap-free) consumer; any
+delivery at or below the stored position is skipped, so a redelivery, a
+consumer reset or a second projector on the same store changes nothing.
+
+Messages are applied in batches: the first one is awaited, then whatever is
+already buffered (up to ``batch_max``) joins it in one transaction. A
+malformed event is logged with its sequence and skipped (the position still
+moves past it); the consumer never stops on bad data. A failing store is
+retried with backoff, holding the batch, until it recovers or ``stop`` is set.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from bus import subjects
+from bus.events import parse_event
+from projections import jobs
+from projections.store import Store, read_position, write_position
+
+log = logging.getLogger("inferbus.projections")
+
+BATCH_MAX = 500
+POLL_S = 0.5  # how long an idle loop waits before looking at `stop` again
+RETRY_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event as the stream delivered it."""
+
+    seq: int
+    subject: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    position: int
+    applied: int  # well-formed events past the old position (job or not)
+    malformed: int
+    stale: int  # deliveries at or below the stored position, ignored
+
+
+def _log_zone(subject: str) -> str | None:
+    tokens = subject.split(".")  # events.<zone>.<EventType>[.<entity>]
+    return tokens[1] if len(tokens) >= 3 and tokens[0] == "events" else None
+
+
+def apply_batch(store: Store, deliveries: Sequence[Delivery],
+                projection: str = jobs.NAME) -> BatchOutcome:
+    """Apply ``deliveries`` and the new position in one transaction (sync)."""
+    applied = malformed = stale = 0
+    with store.transaction() as tx:
+        position = start = read_position(tx, projection, lock=True)
+        for d in deliveries:
+            if d.seq <= position:
+                stale += 1
+                continue
+            try:
+                event = parse_event(d.data)
+            except ValueError as exc:  # pydantic's ValidationError, bad JSON included
+                log.warning("skipping malformed event at stream sequence %d on %s: %s",
+                            d.seq, d.subject, exc)
+                malformed += 1
+            else:
+                jobs.apply(tx, event, _log_zone(d.subject))
+                applied += 1
+            position = d.seq
+        if position != start:
+            write_position(tx, projection, position)
+    return BatchOutcome(position, applied, malformed, stale)
+
+
+class Projector:
+    """Keeps one store's job projection up to date with the EVENTS stream.
+
+    ``position`` is the last stream sequence committed; ``applied``,
+    ``malformed`` and ``stale`` count what this instance has processed."""
+
+    def __init__(self, store: Store, js: JetStreamContext, *, projection: str = jobs.NAME,
+                 batch_max: int = BATCH_MAX) -> None:
+        self.store, self.js, self.projection, self.batch_max = store, js, projection, batch_max
+        self.position = 0
+        self.applied = self.malformed = self.stale = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._stopped = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume and apply until ``stop`` is set."""
+        self._stopped = False
+        sub = None
+        try:
+            self.position = await asyncio.to_thread(self._stored_position)
+            self._wake()
+            log.info("projection %s resuming after stream sequence %d",
+                     self.projection, self.position)
+            sub = await self._subscribe(self.position)
+            while not stop.is_set():
+                batch = await self._next_batch(sub)
+                if batch:
+                    await self._apply(batch, stop)
+        finally:
+            self._stopped = True
+            self._wake()  # fail the waiters now rather than at their timeout
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def wait_for(self, seq: int, timeout: float = 5.0) -> None:
+        """Return once stream sequence ``seq`` is committed; raise TimeoutError
+        after ``timeout`` seconds, RuntimeError if the projector stops first."""
+        if self.position >= seq:
+            return
+        if self._stopped:
+            raise RuntimeError(f"projector stopped at {self.position}, before {seq}")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"projector at {self.position}, not {seq}, after {timeout}s") from None
+        finally:
+            self._waiters = [w for w in self._waiters if w[1] is not future]
+
+    def _stored_position(self) -> int:
+        with self.store.transaction(write=False) as tx:
+            return read_position(tx, self.projection)
+
+    async def _subscribe(self, position: int) -> Any:
+        if position == 0:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        else:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                    opt_start_seq=position + 1)
+        sub = await self.js.subscribe(subjects.all_events(), stream=subjects.EVENTS_STREAM,
+                                      ordered_consumer=True, config=config)
+        # nats-py quirk: an ordered consumer that resets (missed heartbeats, gap)
+        # before its first message restarts at its tracked sequence + 1, which
+        # starts at 0, not at opt_start_seq: it would replay the whole log. Seed
+        # the tracked sequence (private state; harmless if it ever disappears,
+        # since stale deliveries are skipped anyway).
+        jsi = getattr(getattr(sub, "_sub", None), "_jsi", None)
+        if jsi is not None and getattr(jsi, "_sseq", position) < position:
+            jsi._sseq = position
+        return sub
+
+    async def _next_batch(self, sub: Any) -> list[Delivery]:
+        try:
+            messages = [await sub.next_msg(timeout=POLL_S)]
+        except nats.errors.TimeoutError:
+            return []
+        # Only what is already buffered: a batch never waits for more events.
+        while len(messages) < self.batch_max and sub.pending_msgs > 0:
+            messages.append(await sub.next_msg(timeout=POLL_S))
+        batch = []
+        for msg in messages:
+            try:
+                batch.append(Delivery(msg.metadata.sequence.stream, msg.subject, msg.data))
+            except nats.errors.NotJSMessageError:  # cannot happen on a JS consumer
+                log.warning("ignoring non-JetStream message on %s", msg.subject)
+        return batch
+
+    async def _apply(self, batch: list[Delivery], stop: asyncio.Event) -> None:
+        delay = 0.1
+        while True:
+            try:
+                # Off the event loop: the NATS client must keep answering
+                # heartbeats and flow control while the store commits.
+                outcome = await asyncio.to_thread(apply_batch, self.store, batch, self.projection)
+                break
+            except Exception:
+                log.exception("applying stream sequences %d..%d failed; retrying in %.1fs",
+                              batch[0].seq, batch[-1].seq, delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    # Stopping mid-retry loses nothing: the next start resumes
+                    # from the stored position.
+                    await asyncio.wait_for(stop.wait(), delay)
+                    return
+                delay = min(delay * 2, RETRY_MAX_S)
+        self.position = outcome.position
+        self.applied += outcome.applied
+        self.malformed += outcome.malformed
+        self.stale += outcome.stale
+        log.debug("projection %s at %d (+%d events)", self.projection, self.position, len(batch))
+        self._wake()
+
+    def _wake(self) -> None:
+        for seq, future in self._waiters:
+            if future.done():
+                continue
+            if seq <= self.position:
+                future.set_result(None)
+            elif self._stopped:
+                future.set_exception(
+                    RuntimeError(f"projector stopped at {self.position}, before {seq}"))
+
+
+async def rebuild(store: Store, js: JetStreamContext, *, projection: str = jobs.NAME,
+                  timeout: float = 300.0) -> int:
+    """Replay the EVENTS stream from its first event into an empty ``store``.
+
+    Applies everything up to the stream's last sequence at call time and
+    returns the resulting position. Raises ValueError if ``store`` already
+    holds this projection (rebuild into a fresh store, then compare or swap)."""
+    def is_empty() -> bool:
+        with store.transaction(write=False) as tx:
+            return read_position(tx, projection) == 0 and jobs.is_empty(tx)
+
+    if not await asyncio.to_thread(is_empty):
+        raise ValueError(f"rebuild of {projection!r} needs an empty store")
+    target = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+    projector = Projector(store, js, projection=projection)
+    if target == 0:
+        return 0
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        await projector.wait_for(target, timeout)
+    finally:
+        stop.set()
+        await task  # surfaces the cause if the projector itself failed
+    return projector.position

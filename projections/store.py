@@ -1,0 +1,243 @@
+"""The read-model store port and its SQLite and PostgreSQL adapters.
+
+Projections and views speak one small port: ``store.transaction()`` yields a
+:class:`Tx` whose ``execute``/``query`` take SQL written with qmark (``?``)
+placeholders in the dialect both backends share (``INSERT ... ON CONFLICT``,
+``COALESCE``, ``CASE``). Each adapter translates placeholders and values;
+nothing outside this module knows which database it talks to.
+
+Choosing a backend (:func:`open_store`): ``settings.database_url`` set to a
+``postgresql://`` URL selects PostgreSQL (a small psycopg connection pool);
+unset selects SQLite at ``settings.sqlite_path("readmodels")`` in WAL mode, so
+the API process reads while the projector process writes.
+
+PostgreSQL schema: pass ``schema="name"`` to put the tables in their own
+schema (created if missing; used by tests for isolation). It sets the
+connection's ``search_path`` through libpq ``options``, replacing any
+``options`` in the URL; without it, a URL such as
+``postgresql://host/db?options=-csearch_path%3Dname`` works too, provided the
+schema already exists.
+
+The schema (``jobs``, ``tracking``) is created idempotently when a store opens.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+from bus.config import Settings
+
+Params = Sequence[Any]
+
+# Timestamps are TIMESTAMPTZ in PostgreSQL and ISO-8601 text in SQLite.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        job_id TEXT PRIMARY KEY,
+        account TEXT, key_id TEXT, model TEXT, kind TEXT,
+        status TEXT NOT NULL,
+        zone TEXT, route TEXT, served_zone TEXT, node_id TEXT,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        text TEXT, finish_reason TEXT,
+        prompt_tokens INTEGER, completion_tokens INTEGER,
+        error_code TEXT, error_message TEXT,
+        created_at {ts}, started_at {ts}, finished_at {ts})""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_account ON jobs (account, created_at)",
+    """CREATE TABLE IF NOT EXISTS tracking (
+        projection TEXT PRIMARY KEY,
+        position BIGINT NOT NULL)""",
+)
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class Tx(Protocol):
+    """One open transaction. SQL uses ``?`` placeholders."""
+
+    dialect: str  # "sqlite" or "postgres", for the rare statement that differs
+
+    def execute(self, sql: str, params: Params = ()) -> None: ...
+
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]: ...
+
+
+class Store(Protocol):
+    """A relational read-model store (sync; async callers use ``asyncio.to_thread``)."""
+
+    dialect: str
+
+    def transaction(self, *, write: bool = True) -> AbstractContextManager[Tx]:
+        """Commit on clean exit, roll back on exception."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# --- SQLite -----------------------------------------------------------------
+
+def _sqlite_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+class _SqliteTx:
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Params = ()) -> None:
+        self._conn.execute(sql, [_sqlite_value(p) for p in params])
+
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        cursor = self._conn.execute(sql, [_sqlite_value(p) for p in params])
+        return [dict(row) for row in cursor.fetchall()]
+
+
+class SqliteStore:
+    """One connection guarded by a lock: callers may come from worker threads.
+
+    Other processes open their own connection to the same file; WAL lets them
+    read during our writes, and ``busy_timeout`` makes concurrent writers wait
+    instead of failing with ``database is locked``."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 5000) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is safe here: a commit lost to power failure rolls back rows and
+        # position together, and the projector simply re-applies those events.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        with self.transaction() as tx:
+            for statement in _SCHEMA:
+                tx.execute(statement.format(ts="TEXT"))
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+        with self._lock:
+            # IMMEDIATE takes the write lock up front, so a competing writer waits
+            # on busy_timeout rather than failing later on a lock upgrade.
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield _SqliteTx(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+# --- PostgreSQL -------------------------------------------------------------
+
+class _PgTx:
+    dialect = "postgres"
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Params = ()) -> None:
+        # Our SQL never contains a literal '?' or '%', so a plain replace is exact.
+        self._conn.execute(sql.replace("?", "%s"), list(params))
+
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        return self._conn.execute(sql.replace("?", "%s"), list(params)).fetchall()
+
+
+class PostgresStore:
+    """A psycopg connection pool; each transaction borrows one connection."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, schema: str | None = None, max_size: int = 4,
+                 connect_timeout_s: float = 10.0) -> None:
+        import psycopg
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+
+        kwargs: dict[str, Any] = {"row_factory": dict_row}
+        if schema is not None:
+            if not _SCHEMA_NAME.match(schema):
+                raise ValueError(f"schema {schema!r}: use lowercase letters, digits and '_'")
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            kwargs["options"] = f"-c search_path={schema}"
+        self.schema = schema
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, kwargs=kwargs,
+                                    open=True, name="inferbus-readmodels")
+        try:
+            self._pool.wait(connect_timeout_s)
+            with self.transaction() as tx:
+                # Two processes opening at once would race on CREATE TABLE IF NOT
+                # EXISTS (a unique violation in pg_type); serialize them.
+                tx.query("SELECT pg_advisory_xact_lock(7424130161)")
+                for statement in _SCHEMA:
+                    tx.execute(statement.format(ts="TIMESTAMPTZ"))
+        except BaseException:
+            self._pool.close()
+            raise
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Tx]:
+        # pool.connection() commits on clean exit and rolls back on exception.
+        with self._pool.connection() as conn:
+            if not write:
+                conn.execute("SET TRANSACTION READ ONLY")
+            yield _PgTx(conn)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+# --- opening ----------------------------------------------------------------
+
+def open_store_url(url_or_path: str | Path, *, schema: str | None = None) -> Store:
+    """A PostgreSQL store for a ``postgresql://`` URL, else SQLite at that path."""
+    target = str(url_or_path)
+    if target.startswith(POSTGRES_SCHEMES):
+        return PostgresStore(target, schema=schema)
+    if schema is not None:
+        raise ValueError("schema applies to PostgreSQL stores only")
+    return SqliteStore(target)
+
+
+def open_store(settings: Settings) -> Store:
+    """The store this deployment uses: ``database_url`` if set, else local SQLite."""
+    if settings.database_url:
+        return open_store_url(settings.database_url)
+    return SqliteStore(settings.sqlite_path("readmodels"))
+
+
+# --- tracking: the applied stream position of each projection ----------------
+
+def read_position(tx: Tx, projection: str, *, lock: bool = False) -> int:
+    """The last stream sequence ``projection`` applied (0 if none).
+
+    With ``lock`` (inside a write transaction) the tracking row is created if
+    missing and locked, so two projectors writing one store serialize on it and
+    the second one sees the first one's position."""
+    if lock:
+        tx.execute("INSERT INTO tracking (projection, position) VALUES (?, 0) "
+                   "ON CONFLICT (projection) DO NOTHING", (projection,))
+    suffix = " FOR UPDATE" if lock and tx.dialect == "postgres" else ""
+    rows = tx.query(f"SELECT position FROM tracking WHERE projection = ?{suffix}", (projection,))
+    return int(rows[0]["position"]) if rows else 0
+
+
+def write_position(tx: Tx, projection: str, position: int) -> None:
+    tx.execute("INSERT INTO tracking (projection, position) VALUES (?, ?) "
+               "ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+               (projection, position))
