@@ -1,0 +1,154 @@
+"""Serving logic: turn a validated request into a job and answer it sync,
+streaming (an async iterator of SSE chunks) or async (202 + Location).
+
+Routers stay thin; everything that decides lives here.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from nats.js import JetStreamContext
+
+from api.errors import APIError
+from api.keys import Principal
+from api.nodes import LiveNodes
+from api.protocol import ChatCompletionRequest, CompletionRequest, chunk_body, now, result_body
+from api.replies import ReplyRouter
+from bus import subjects
+from bus.events import JobCompleted, JobExpired, JobFailed, JobSubmitted, new_id
+from bus.publish import enqueue_job, publish_event
+from bus.replies import Delta, Finished, Started
+
+Request = ChatCompletionRequest | CompletionRequest
+_FAILURE_STATUS = {"context_length_exceeded": 400}
+
+
+@dataclass
+class Submission:
+    job: JobSubmitted
+    replies: asyncio.Queue | None
+    created: int
+    include_usage: bool = False
+
+    def headers(self, served_zone: str | None = None) -> dict[str, str]:
+        return {"X-Inferbus-Zone": served_zone or self.job.zone,
+                "X-Inferbus-Route": self.job.route, "X-Inferbus-Job": self.job.job_id}
+
+
+def failure(event: JobFailed | JobExpired) -> APIError:
+    if isinstance(event, JobExpired):
+        return APIError(504, "the job passed its deadline before a node ran it", "deadline")
+    return APIError(_FAILURE_STATUS.get(event.code, 500), event.message, event.code)
+
+
+class Serving:
+    def __init__(self, js: JetStreamContext, nodes: LiveNodes, router: ReplyRouter,
+                 job_timeout_s: float) -> None:
+        self._js, self._nodes, self._router = js, nodes, router
+        self._timeout = job_timeout_s
+
+    def _check_model(self, req: Request) -> str:
+        info = self._nodes.models().get(req.model)
+        if info is None:
+            if self._nodes.was_seen(req.model):
+                raise APIError(503, f"no live node serves {req.model!r} right now", "no_capacity")
+            raise APIError(404, f"The model {req.model!r} does not exist", "model_not_found",
+                           "model")
+        if req.sampling().max_tokens > info.context_length:
+            raise APIError(400, f"max_tokens {req.sampling().max_tokens} exceeds the model's "
+                           f"context length {info.context_length}", "context_length_exceeded",
+                           "max_tokens")
+        return info.name
+
+    async def submit(self, who: Principal, req: Request, zone: str, live: bool) -> Submission:
+        """Validate against live capacity, then log and queue the job."""
+        model = self._check_model(req)
+        route = "zone" if zone != subjects.GLOBAL and self._nodes.serves(zone, model) else "global"
+        is_chat = isinstance(req, ChatCompletionRequest)
+        job = JobSubmitted(
+            job_id=new_id(), account=who.account, key_id=who.key_id, model=model,
+            kind="chat" if is_chat else "completion", sampling=req.sampling(),
+            messages=tuple(m.to_contract() for m in req.messages) if is_chat else None,
+            prompt=None if is_chat else req.prompt, zone=zone, route=route,
+            deadline=datetime.now(timezone.utc) + timedelta(seconds=self._timeout),
+            reply_to=self._router.subject if live else None)
+        replies = self._router.expect(job.job_id) if live else None
+        try:
+            await publish_event(self._js, job, zone)
+            await enqueue_job(self._js, job)
+        except Exception:
+            self._router.forget(job.job_id)
+            raise
+        return Submission(job, replies, now(), req.include_usage)
+
+    async def _next(self, sub: Submission) -> Started | Delta | Finished:
+        left = (sub.job.deadline - datetime.now(timezone.utc)).total_seconds()
+        try:
+            return await asyncio.wait_for(sub.replies.get(), timeout=max(left, 0.0) + 1.0)
+        except asyncio.TimeoutError:
+            raise APIError(504, "no result before the job's deadline", "deadline") from None
+
+    async def complete(self, sub: Submission) -> tuple[dict, dict[str, str]]:
+        """Wait for the job's outcome and return the sync body and headers."""
+        try:
+            while not isinstance(reply := await self._next(sub), Finished):
+                pass
+        finally:
+            self._router.forget(sub.job.job_id)
+        event = reply.event
+        if not isinstance(event, JobCompleted):
+            raise failure(event)
+        body = result_body(sub.job.kind, sub.job.job_id, sub.job.model, sub.created, event.text,
+                           event.finish_reason, event.usage)
+        return body, sub.headers(event.zone)
+
+    async def start_stream(self, sub: Submission) -> tuple[dict[str, str], AsyncIterator[bytes]]:
+        """Wait until a node starts the job (so headers tell where), then stream."""
+        try:
+            first = await self._next(sub)
+            while isinstance(first, Delta):
+                first = await self._next(sub)
+            if isinstance(first, Finished) and not isinstance(first.event, JobCompleted):
+                raise failure(first.event)
+        except BaseException:
+            self._router.forget(sub.job.job_id)
+            raise
+        zone = first.zone if isinstance(first, Started) else first.event.zone
+        return sub.headers(zone), self._sse(sub, first)
+
+    async def _sse(self, sub: Submission, first: Started | Finished) -> AsyncIterator[bytes]:
+        job = sub.job
+
+        def chunk(**kw) -> bytes:
+            body = chunk_body(job.kind, job.job_id, job.model, sub.created, **kw)
+            return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+        sent = 0
+        try:
+            if job.kind == "chat":
+                yield chunk(first=True)
+            reply = first
+            while not isinstance(reply, Finished):
+                reply = await self._next(sub)
+                if isinstance(reply, Delta) and reply.offset + len(reply.text) > sent:
+                    text = reply.text[max(sent - reply.offset, 0):]
+                    sent += len(text)
+                    yield chunk(text=text)
+            event = reply.event
+            if not isinstance(event, JobCompleted):
+                yield b"data: " + json.dumps(failure(event).body()).encode() + b"\n\n"
+            else:
+                if len(event.text) > sent:  # a lost live delta: the log has the whole text
+                    yield chunk(text=event.text[sent:])
+                yield chunk(finish_reason=event.finish_reason)
+                if sub.include_usage:
+                    yield chunk(usage=event.usage)
+            yield b"data: [DONE]\n\n"
+        except APIError as exc:
+            yield b"data: " + json.dumps(exc.body()).encode() + b"\n\ndata: [DONE]\n\n"
+        finally:
+            self._router.forget(job.job_id)
