@@ -1,0 +1,1 @@
+"""The ``inferbus`` command line: knows every part; nothing imports it."""

@@ -1,0 +1,109 @@
+"""``inferbus``: argument parsing and dispatch to each part's composition root.
+
+Every command builds ``Settings()`` from the environment once, here. Errors
+end as one line on stderr and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from bus.config import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inferbus", description="decentralized LLM inference")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="the whole network on this machine")
+    up.add_argument("--model", default=None, help="model the workers serve (default SmolLM2)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    api = sub.add_parser("api", help="the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    w = sub.add_parser("worker", help="a worker serving one model in one zone")
+    w.add_argument("--zone", required=True)
+    w.add_argument("--model", required=True, help="a pulled model's name or a model dir")
+    w.add_argument("--operator", default="operator", help="account that earns the RCP")
+    w.add_argument("--tier", type=int, default=1, choices=range(1, 7))
+    w.add_argument("--lat", type=float)
+    w.add_argument("--lon", type=float)
+    sub.add_parser("projector", help="the read-model projector")
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
+    kc = keys.add_parser("create", help="issue a key; printed once on the last line")
+    kc.add_argument("--account", required=True)
+    kc.add_argument("--subcloud")
+    models = sub.add_parser("models", help="local models").add_subparsers(dest="models_cmd",
+                                                                          required=True)
+    models.add_parser("pull", help="download and convert a model").add_argument("name")
+    models.add_parser("list", help="models in the data dir")
+    sub.add_parser("status", help="live nodes")
+    return p
+
+
+def _run_until_signal(main) -> int:
+    """Run ``main(stop)`` until SIGINT/SIGTERM sets ``stop``."""
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+    asyncio.run(runner())
+    return 0
+
+
+def _dispatch(args, settings: Settings) -> int:
+    if args.command == "up":
+        from cli import up
+        from workers.models import DEFAULT_MODEL
+        return up.run(settings, args.model or DEFAULT_MODEL, args.host, args.port)
+    if args.command == "api":
+        from api.main import run
+        run(settings, args.host, args.port)
+        return 0
+    if args.command == "worker":
+        from workers.main import WorkerOptions, run
+        opts = WorkerOptions(args.zone, args.model, args.operator, args.tier, args.lat, args.lon)
+        return _run_until_signal(lambda stop: run(settings, opts, stop))
+    if args.command == "projector":
+        from projections.main import run
+        return _run_until_signal(lambda stop: run(settings, stop))
+    if args.command == "keys":
+        from cli import admin
+        key = admin.run(admin.create_key(settings, args.account, args.subcloud))
+        print(f"API key for account {args.account!r} (shown once, keep it safe):")
+        print(key)
+        return 0
+    if args.command == "models":
+        from workers import models
+        if args.models_cmd == "pull":
+            print(models.pull(args.name, settings.models_dir))
+            return 0
+        local = models.list_local(settings.models_dir)
+        for m in local:
+            print(f"{m.name:32} {m.size_bytes / 2**20:8.1f} MiB  ctx {m.context_length}  {m.path}")
+        if not local:
+            print("no local models: try `inferbus models pull smollm2-135m-instruct`")
+        return 0
+    if args.command == "status":
+        from cli import admin
+        print(admin.status_table(admin.run(admin.live_nodes(settings))))
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return _dispatch(args, Settings())
+    except (RuntimeError, ValueError, KeyError, FileNotFoundError, OSError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"inferbus {args.command}: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

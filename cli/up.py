@@ -1,0 +1,165 @@
+"""``inferbus up``: the whole network on one machine, as child processes.
+
+Order: NATS (embedded unless ``INFERBUS_NATS_URL``), the demo key, projector,
+workers, API. Children run in their own sessions so Ctrl-C reaches only this
+supervisor, which stops them in reverse order and NATS last. Everything
+durable lives in the data dir, so a second ``up`` keeps the first's jobs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from bus.config import NATS_URL_FILE, Settings
+from cli import admin, natsserver
+
+ZONES = ("eu", "na")
+DEMO_ACCOUNT = "demo"
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+
+    def start(self, env: dict[str, str], log_dir) -> None:
+        log = open(log_dir / f"{self.name}.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", *self.args], env=env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@dataclass
+class Network:
+    settings: Settings
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    children: list[Child] = field(default_factory=list)
+    nats: subprocess.Popen | None = None
+    stopping: bool = False
+
+    def _env(self, nats_url: str) -> dict[str, str]:
+        return {**os.environ, "INFERBUS_NATS_URL": nats_url,
+                "INFERBUS_DATA_DIR": str(self.settings.data_dir), "PYTHONUNBUFFERED": "1"}
+
+    def _nats_url(self) -> str:
+        if self.settings.nats_url:
+            return self.settings.nats_url
+        port = natsserver.pick_port()
+        self.nats = natsserver.start(self.settings.data_dir, port)
+        url = f"nats://127.0.0.1:{port}"
+        (self.settings.data_dir / NATS_URL_FILE).write_text(url + "\n")
+        return url
+
+    def _demo_key(self) -> str:
+        path = self.settings.data_dir / "demo.key"
+        if path.exists():
+            return path.read_text().strip()
+        key = admin.run(admin.create_key(self.settings, DEMO_ACCOUNT))
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
+
+    def start(self) -> str:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.settings.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        url = self._nats_url()
+        self.settings = self.settings.model_copy(update={"nats_url": url})
+        key = self._demo_key()
+        self.children = [Child("projector", ["projector"])]
+        self.children += [Child(f"worker-{z}", ["worker", "--zone", z, "--model", self.model])
+                          for z in ZONES]
+        self.children.append(Child("api", ["api", "--host", self.host, "--port", str(self.port)]))
+        env = self._env(url)
+        for child in self.children:
+            child.start(env, logs)
+        return key
+
+    def wait_ready(self, key: str, timeout: float = 120.0) -> None:
+        """Until the API answers and lists the model (a worker is live)."""
+        deadline = time.monotonic() + timeout
+        request = urllib.request.Request(f"http://{self.host}:{self.port}/v1/models",
+                                         headers={"Authorization": f"Bearer {key}"})
+        while time.monotonic() < deadline:
+            self.check_children()
+            try:
+                with urllib.request.urlopen(request, timeout=2) as resp:
+                    if any(m["id"] == self.model for m in json.load(resp)["data"]):
+                        return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"the network was not ready within {timeout:.0f} s; see "
+                           f"{self.settings.data_dir / 'logs'}")
+
+    def check_children(self) -> None:
+        """Restart a child that died (a few times), so one crash does not stop the network."""
+        for child in self.children:
+            if child.proc and child.proc.poll() is not None and not self.stopping:
+                if child.restarts >= 5:
+                    raise RuntimeError(f"{child.name} keeps exiting; see logs/{child.name}.log")
+                print(f"{child.name} exited ({child.proc.returncode}); restarting", flush=True)
+                child.restarts += 1
+                child.start(self._env(self.settings.nats_url), self.settings.data_dir / "logs")
+
+    def stop(self) -> None:
+        self.stopping = True
+        for child in reversed(self.children):
+            if child.proc and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            if child.proc:
+                try:
+                    child.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
+        if self.nats is not None:
+            self.nats.terminate()
+            self.nats.wait(timeout=15)
+            (self.settings.data_dir / NATS_URL_FILE).unlink(missing_ok=True)
+
+
+def curl_line(host: str, port: int, key: str, model: str) -> str:
+    body = json.dumps({"model": model, "max_tokens": 24, "messages": [
+        {"role": "user", "content": "What is the capital of France?"}]})
+    return (f"curl -s http://{host}:{port}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' -d '{body}'")
+
+
+def run(settings: Settings, model: str, host: str, port: int) -> int:
+    net = Network(settings, model, host, port)
+    stop = {"now": False}
+
+    def _signal(*_):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _signal)
+    signal.signal(signal.SIGTERM, _signal)
+    try:
+        key = net.start()
+        print(f"starting inferbus in {settings.data_dir} (logs in logs/) ...", flush=True)
+        net.wait_ready(key)
+        print(f"inferbus is up: API on http://{host}:{port}, workers in {', '.join(ZONES)}\n"
+              f"demo API key (account {DEMO_ACCOUNT!r}): {key}\n\ntry:\n"
+              f"{curl_line(host, port, key, model)}\n\nCtrl-C stops everything.", flush=True)
+        while not stop["now"]:
+            net.check_children()
+            time.sleep(0.2)
+        return 0
+    except RuntimeError as exc:
+        print(f"inferbus up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping ...", flush=True)
+        net.stop()

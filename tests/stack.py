@@ -1,0 +1,105 @@
+"""A running inferbus stack for e2e tests: real processes, real NATS, real stores.
+
+Each part is started as ``python -m cli <part>`` exactly as a deployment runs
+it; the harness only supplies the environment and waits until it is ready.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.natsd import free_port
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    nats_url: str
+    env_extra: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "INFERBUS_NATS_URL": self.nats_url,
+                "INFERBUS_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1",
+                **self.env_extra}
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cli", *args], env=self.env(),
+                              capture_output=True, text=True, check=check, timeout=120)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.data_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "cli", *args], env=self.env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def start_api(self) -> None:
+        self.start("api", "api", "--port", str(self.port))
+
+    def start_worker(self, zone: str, model: str, name: str | None = None) -> subprocess.Popen:
+        return self.start(name or f"worker-{zone}", "worker", "--zone", zone, "--model", model)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs.pop(name)
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def new_key(self, account: str) -> str:
+        return self.cli("keys", "create", "--account", account).stdout.strip().splitlines()[-1]
+
+    def log(self, name: str) -> str:
+        return (self.data_dir / f"{name}.log").read_text(errors="replace")
+
+    def wait_for_model(self, key: str, model: str, zones: int = 1, timeout: float = 90) -> None:
+        """Until the API is up and ``model`` is served (by ``zones`` live nodes' zones)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.log(name)[-3000:]}")
+            try:
+                r = httpx.get(f"{self.base_url}/v1/models",
+                              headers={"Authorization": f"Bearer {key}"}, timeout=2)
+                if r.status_code == 200 and any(m["id"] == model for m in r.json()["data"]):
+                    if self.live_zones(model) >= zones:
+                        return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{model} not served within {timeout}s")
+
+    def live_zones(self, model: str) -> int:
+        out = self.cli("status").stdout
+        return len({line.split()[0] for line in out.splitlines()[1:] if model in line})
+
+
+async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        await asyncio.sleep(interval)
+    raise TimeoutError("condition not met in time")
