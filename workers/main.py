@@ -1,8 +1,9 @@
 """The worker process: composition root and pull loop.
 
 Own zone first, global when the zone has nothing: each turn probes the zone
-and global queues without waiting, then long-polls the zone, so an idle
-worker answers a zone job at once and a global one within ``GLOBAL_POLL_S``.
+queue, then the global one, without waiting. An idle worker sleeps on a
+doorbell that rings when a job is queued on either subject, so it answers a
+new job at once; ``SAFETY_POLL_S`` bounds the wait for redeliveries.
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from workers.engine import Engine
 from workers.heartbeat import heartbeat
 from workers.jobs import JobRunner
 from workers.models import resolve
-from workers.pull import PullSource
+from workers.pull import Doorbell, PullSource
 
 log = logging.getLogger("inferbus.worker")
-GLOBAL_POLL_S = 0.5
+SAFETY_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class WorkerOptions:
     tier: int = 1
     lat: float | None = None
     lon: float | None = None
+    node_name: str | None = None  # names the key file; default <zone>-<model>
 
 
 def gpu_facts() -> dict:
@@ -45,28 +47,34 @@ def gpu_facts() -> dict:
             "vram_free_gb": free / 2**30}
 
 
-async def pull_loop(zone: PullSource, global_: PullSource, runner: JobRunner,
+async def pull_loop(zone: PullSource, global_: PullSource, bell: Doorbell, runner: JobRunner,
                     stop: asyncio.Event) -> None:
     while not stop.is_set():
-        msg = await zone.next() or await global_.next() or await zone.next(GLOBAL_POLL_S)
+        bell.clear()
+        msg = await zone.next() or await global_.next()
         if msg is not None:
             await runner.run(msg)
+        else:
+            await bell.wait(SAFETY_POLL_S)
 
 
 async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -> None:
     subjects.check_token(options.zone, "zone")
     name, path = resolve(options.model, settings.models_dir)
     engine = await asyncio.to_thread(Engine.load, path, name)
-    key = signing.load_or_create_key(settings.data_dir / "node" / f"{options.zone}-{name}.key")
+    key_name = options.node_name or f"{options.zone}-{name}"
+    key = signing.load_or_create_key(settings.data_dir / "node" / f"{key_name}.key")
     nc = await nats.connect(settings.resolved_nats_url(), name=f"worker-{options.zone}-{name}",
                             max_reconnect_attempts=-1)
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
     kv = await nodes_bucket(js, settings.stream_replicas)
+    zones = (options.zone, subjects.GLOBAL)
     sources = []
-    for zone in (options.zone, subjects.GLOBAL):
+    for zone in zones:
         consumer = await ensure_work_consumer(js, zone, name, settings.job_ack_wait_s)
         sources.append(await PullSource(nc, subjects.JOBS_STREAM, consumer).start())
+    bell = await Doorbell(nc, [subjects.jobs(z, name) for z in zones]).start()
     runner = JobRunner(nc, js, engine, key, options.zone, settings.job_ack_wait_s,
                        settings.job_max_attempts)
     facts = gpu_facts()
@@ -80,7 +88,7 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     log.info("worker %s… serving %s in zone %s on %s", runner.node_id[:12], name, options.zone,
              engine.device)
     try:
-        await pull_loop(sources[0], sources[1], runner, stop)
+        await pull_loop(sources[0], sources[1], bell, runner, stop)
     finally:
         await beats
         await nc.drain()

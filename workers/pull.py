@@ -64,3 +64,40 @@ class PullSource:
         if status not in _EMPTY and status != "100":
             raise RuntimeError(f"pull request failed: {status} {msg.headers}")
         return None
+
+
+class Doorbell:
+    """Wakes an idle worker when a job is queued on one of its subjects.
+
+    A JetStream publish is also an ordinary NATS message on its subject, so a
+    plain subscription hears every new job without any extra publish. It is a
+    hint only: the job is still taken with a pull request, and a missed ring
+    (e.g. a redelivery, which is not republished) is caught by the safety poll.
+    """
+
+    def __init__(self, nc: Client, subject_list: list[str]) -> None:
+        self._nc, self._subjects = nc, subject_list
+        self._rung = asyncio.Event()
+        self._subs = []
+
+    async def start(self) -> "Doorbell":
+        for subject in self._subjects:
+            self._subs.append(await self._nc.subscribe(subject, cb=self._ring))
+        return self
+
+    async def _ring(self, _: Msg) -> None:
+        self._rung.set()
+
+    def clear(self) -> None:
+        """Call before probing the queues, so a job queued meanwhile still rings."""
+        self._rung.clear()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._rung.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
