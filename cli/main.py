@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--tier", type=int, default=1, choices=range(1, 7))
     w.add_argument("--lat", type=float)
     w.add_argument("--lon", type=float)
+    w.add_argument("--node-name", help="node identity (key file) name; default ZONE-MODEL")
     sub.add_parser("projector", help="the read-model projector")
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
     kc = keys.add_parser("create", help="issue a key; printed once on the last line")
@@ -67,7 +68,8 @@ def _dispatch(args, settings: Settings) -> int:
         return 0
     if args.command == "worker":
         from workers.main import WorkerOptions, run
-        opts = WorkerOptions(args.zone, args.model, args.operator, args.tier, args.lat, args.lon)
+        opts = WorkerOptions(args.zone, args.model, args.operator, args.tier, args.lat, args.lon,
+                             args.node_name)
         return _run_until_signal(lambda stop: run(settings, opts, stop))
     if args.command == "projector":
         from projections.main import run

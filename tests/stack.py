@@ -51,7 +51,8 @@ class Stack:
         self.start("api", "api", "--port", str(self.port))
 
     def start_worker(self, zone: str, model: str, name: str | None = None) -> subprocess.Popen:
-        return self.start(name or f"worker-{zone}", "worker", "--zone", zone, "--model", model)
+        name = name or f"worker-{zone}"
+        return self.start(name, "worker", "--zone", zone, "--model", model, "--node-name", name)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)
