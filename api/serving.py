@@ -79,10 +79,17 @@ class Serving:
         replies = self._router.expect(job.job_id) if live else None
         try:
             await publish_event(self._js, job, zone)
-            await enqueue_job(self._js, job)
         except Exception:
             self._router.forget(job.job_id)
-            raise
+            raise APIError(503, "the job log is unavailable; nothing was queued",
+                           "bus_unavailable") from None
+        try:
+            await enqueue_job(self._js, job)
+        except Exception as exc:  # logged but not queued: close it so it never hangs
+            self._router.forget(job.job_id)
+            await publish_event(self._js, JobFailed(job_id=job.job_id, zone=zone,
+                                                    code="enqueue_failed", message=str(exc)), zone)
+            raise APIError(503, "the job queue is unavailable", "bus_unavailable") from None
         return Submission(job, replies, now(), req.include_usage)
 
     async def _next(self, sub: Submission) -> Started | Delta | Finished:

@@ -36,6 +36,7 @@ class JobRunner:
     zone: str
     ack_wait_s: float
     max_attempts: int
+    busy: int = 0  # jobs running now, reported in heartbeats
 
     @property
     def node_id(self) -> str:
@@ -50,12 +51,14 @@ class JobRunner:
             return
         attempt = msg.metadata.num_delivered
         keepalive = asyncio.create_task(self._keep_claim(msg))
+        self.busy += 1
         try:
             outcome = await self._outcome(job, attempt)
             await publish_event(self.js, outcome, job.zone)
             await self._reply(job, Finished(event=outcome))
             await msg.ack()
         finally:
+            self.busy -= 1
             keepalive.cancel()
 
     async def _outcome(self, job: JobSubmitted, attempt: int) -> Event:

@@ -53,7 +53,10 @@ async def pull_loop(zone: PullSource, global_: PullSource, bell: Doorbell, runne
         bell.clear()
         msg = await zone.next() or await global_.next()
         if msg is not None:
-            await runner.run(msg)
+            try:
+                await runner.run(msg)
+            except Exception:  # noqa: BLE001 - unacked, the job is redelivered
+                log.exception("job not recorded; it will be redelivered")
         else:
             await bell.wait(SAFETY_POLL_S)
 
@@ -82,7 +85,8 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     def record() -> NodeRecord:
         return NodeRecord(node_id=runner.node_id, zone=options.zone, operator=options.operator,
                           tier=options.tier, lat=options.lat, lon=options.lon, **facts,
-                          models=(ModelInfo(name=name, context_length=engine.context_length),))
+                          models=(ModelInfo(name=name, context_length=engine.context_length),),
+                          busy=runner.busy)
 
     beats = asyncio.create_task(heartbeat(kv, record, stop))
     log.info("worker %s… serving %s in zone %s on %s", runner.node_id[:12], name, options.zone,
