@@ -70,6 +70,9 @@ class Network:
         return key
 
     def start(self) -> str:
+        if not natsserver.port_free(self.port, self.host):
+            raise RuntimeError(f"{self.host}:{self.port} is in use (another `inferbus up`?); "
+                               "choose another with --port")
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.settings.data_dir / "logs"
         logs.mkdir(exist_ok=True)
@@ -85,17 +88,19 @@ class Network:
             child.start(env, logs)
         return key
 
-    def wait_ready(self, key: str, timeout: float = 120.0) -> None:
-        """Until the API answers and lists the model (a worker is live)."""
+    def wait_ready(self, key: str, stopped, timeout: float = 120.0) -> bool:
+        """Until the API answers and lists the model (a worker is live); False if stopped."""
         deadline = time.monotonic() + timeout
         request = urllib.request.Request(f"http://{self.host}:{self.port}/v1/models",
                                          headers={"Authorization": f"Bearer {key}"})
         while time.monotonic() < deadline:
+            if stopped():
+                return False
             self.check_children()
             try:
                 with urllib.request.urlopen(request, timeout=2) as resp:
                     if any(m["id"] == self.model for m in json.load(resp)["data"]):
-                        return
+                        return True
             except (urllib.error.URLError, OSError, ValueError):
                 pass
             time.sleep(0.25)
@@ -131,7 +136,7 @@ class Network:
 
 
 def curl_line(host: str, port: int, key: str, model: str) -> str:
-    body = json.dumps({"model": model, "max_tokens": 24, "messages": [
+    body = json.dumps({"model": model, "max_tokens": 24, "temperature": 0, "messages": [
         {"role": "user", "content": "What is the capital of France?"}]})
     return (f"curl -s http://{host}:{port}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             f"-H 'Content-Type: application/json' -d '{body}'")
@@ -149,7 +154,8 @@ def run(settings: Settings, model: str, host: str, port: int) -> int:
     try:
         key = net.start()
         print(f"starting inferbus in {settings.data_dir} (logs in logs/) ...", flush=True)
-        net.wait_ready(key)
+        if not net.wait_ready(key, lambda: stop["now"]):
+            return 130
         print(f"inferbus is up: API on http://{host}:{port}, workers in {', '.join(ZONES)}\n"
               f"demo API key (account {DEMO_ACCOUNT!r}): {key}\n\ntry:\n"
               f"{curl_line(host, port, key, model)}\n\nCtrl-C stops everything.", flush=True)

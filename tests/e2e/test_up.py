@@ -78,3 +78,18 @@ def test_up_serves_the_printed_curl_line_and_stops_cleanly(tmp_path, models_dir)
         assert job["status"] == "completed" and job["result"]["id"] == body["id"]
     finally:
         ctrl_c(proc)
+
+
+def test_up_on_a_busy_port_says_so_in_one_line(tmp_path, models_dir):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFERBUS_")}
+        env["INFERBUS_DATA_DIR"] = str(tmp_path)
+        out = subprocess.run([sys.executable, "-m", "cli", "up", "--model", TINY_MODEL,
+                              "--port", str(port)], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert out.returncode == 1
+    assert f"{port} is in use" in out.stderr and len(out.stderr.strip().splitlines()) == 1
