@@ -101,6 +101,8 @@ class JobCompleted(Event):
     type: Literal["JobCompleted"] = "JobCompleted"
     job_id: str
     node_id: str
+    operator: str  # the account that earns the job's RCP
+    tier: int = Field(default=1, ge=1, le=6)
     zone: str
     attempt: int
     text: str
@@ -123,10 +125,15 @@ class JobFailed(Event):
 
 
 class JobCancelled(Event):
+    """A job stopped on request (``DELETE``, or the client went away). ``usage``
+    counts what was produced before it stopped: that much is charged."""
+
     type: Literal["JobCancelled"] = "JobCancelled"
     job_id: str
     zone: str
     reason: str
+    node_id: str | None = None
+    usage: Usage | None = None
 
 
 class JobExpired(Event):
@@ -149,10 +156,71 @@ class ApiKeyRevoked(Event):
     key_hash: str
 
 
+# --- credits: amounts are integer micro-credits (1 credit = ``MICRO``) ---------
+
+MICRO = 1_000_000
+
+
+class CreditsDeposited(Event):
+    type: Literal["CreditsDeposited"] = "CreditsDeposited"
+    account: str
+    amount: int = Field(gt=0)
+    zone: str = "global"
+
+
+class CreditsReserved(Event):
+    """The worst-case cost of a job, held before the job is published."""
+
+    type: Literal["CreditsReserved"] = "CreditsReserved"
+    account: str
+    job_id: str
+    key_id: str
+    amount: int = Field(ge=0)
+    zone: str
+    deadline: datetime
+    request_hash: str = ""
+
+
+class CreditsDebited(Event):
+    """The job's actual cost, taken from the reservation (at most once per job)."""
+
+    type: Literal["CreditsDebited"] = "CreditsDebited"
+    account: str
+    job_id: str
+    amount: int = Field(ge=0)
+    zone: str
+
+
+class CreditsRefunded(Event):
+    """What a reservation returns: the rest after a debit, or all of it.
+    Exactly one per reservation; it is what closes the reservation."""
+
+    type: Literal["CreditsRefunded"] = "CreditsRefunded"
+    account: str
+    job_id: str
+    amount: int = Field(ge=0)
+    zone: str
+    reason: str
+
+
+class RCPAwarded(Event):
+    """Contribution points for the operator of the node that completed a job."""
+
+    type: Literal["RCPAwarded"] = "RCPAwarded"
+    operator: str
+    job_id: str
+    node_id: str
+    points: int = Field(ge=0)
+    zone: str
+
+
+CREDIT_EVENTS = (CreditsDeposited, CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded)
+
 JobEvent = Union[JobSubmitted, JobStarted, JobCompleted, JobFailed, JobCancelled, JobExpired]
 AnyEvent = Annotated[
     Union[JobSubmitted, JobStarted, JobCompleted, JobFailed, JobCancelled, JobExpired,
-          ApiKeyIssued, ApiKeyRevoked],
+          ApiKeyIssued, ApiKeyRevoked, CreditsDeposited, CreditsReserved, CreditsDebited,
+          CreditsRefunded, RCPAwarded],
     Field(discriminator="type"),
 ]
 TERMINAL_JOB_EVENTS = (JobCompleted, JobFailed, JobCancelled, JobExpired)

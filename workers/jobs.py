@@ -34,6 +34,8 @@ class JobRunner:
     engine: Engine
     key: SigningKey
     zone: str
+    operator: str
+    tier: int
     ack_wait_s: float
     max_attempts: int
     busy: int = 0  # jobs running now, reported in heartbeats
@@ -110,11 +112,12 @@ class JobRunner:
     def _completed(self, job: JobSubmitted, attempt: int, text: str, last: Step) -> JobCompleted:
         usage = Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens)
         in_hash, out_hash = job.input_hash(), output_hash(text)
+        signature = signing.sign_result(self.key, job.job_id, self.operator, self.tier, attempt,
+                                        in_hash, out_hash, usage)
         return JobCompleted(
-            job_id=job.job_id, node_id=self.node_id, zone=self.zone, attempt=attempt, text=text,
-            finish_reason=last.finish_reason or "stop", usage=usage, input_hash=in_hash,
-            output_hash=out_hash,
-            signature=signing.sign_result(self.key, job.job_id, attempt, in_hash, out_hash, usage))
+            job_id=job.job_id, node_id=self.node_id, operator=self.operator, tier=self.tier,
+            zone=self.zone, attempt=attempt, text=text, finish_reason=last.finish_reason or "stop",
+            usage=usage, input_hash=in_hash, output_hash=out_hash, signature=signature)
 
     def _failed(self, job: JobSubmitted, code: str, message: str) -> JobFailed:
         return JobFailed(job_id=job.job_id, node_id=self.node_id, zone=job.zone, code=code,

@@ -78,8 +78,8 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
         consumer = await ensure_work_consumer(js, zone, name, settings.job_ack_wait_s)
         sources.append(await PullSource(nc, subjects.JOBS_STREAM, consumer).start())
     bell = await Doorbell(nc, [subjects.jobs(z, name) for z in zones]).start()
-    runner = JobRunner(nc, js, engine, key, options.zone, settings.job_ack_wait_s,
-                       settings.job_max_attempts)
+    runner = JobRunner(nc, js, engine, key, options.zone, options.operator, options.tier,
+                       settings.job_ack_wait_s, settings.job_max_attempts)
     facts = gpu_facts()
 
     def record() -> NodeRecord:

@@ -93,7 +93,7 @@ def started(job_id: str, attempt: int = 1, node: str = "node-a") -> JobStarted:
 
 def completed(job_id: str, text: str = "hi there") -> JobCompleted:
     return JobCompleted(
-        job_id=job_id, node_id="node-a", zone="us", attempt=1, text=text,
+        job_id=job_id, node_id="node-a", operator="op", zone="us", attempt=1, text=text,
         finish_reason="stop", usage=Usage(prompt_tokens=5, completion_tokens=2),
         input_hash="in", output_hash=output_hash(text), signature="sig")
 

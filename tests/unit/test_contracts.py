@@ -59,10 +59,10 @@ def test_subject_tokens_reject_dots_and_wildcards(bad):
 def completed(key, **kw) -> JobCompleted:
     usage = Usage(prompt_tokens=3, completion_tokens=2)
     fields = dict(job_id="j1", attempt=1, input_hash="i", output_hash=output_hash("Paris"))
-    sig = signing.sign_result(key, fields["job_id"], fields["attempt"], fields["input_hash"],
-                              fields["output_hash"], usage)
-    base = dict(node_id=signing.node_id(key), zone="eu", text="Paris", finish_reason="stop",
-                usage=usage, signature=sig, **fields)
+    sig = signing.sign_result(key, fields["job_id"], "op", 2, fields["attempt"],
+                              fields["input_hash"], fields["output_hash"], usage)
+    base = dict(node_id=signing.node_id(key), operator="op", tier=2, zone="eu", text="Paris",
+                finish_reason="stop", usage=usage, signature=sig, **fields)
     return JobCompleted(**{**base, **kw})
 
 
@@ -73,7 +73,8 @@ def test_signed_result_verifies(tmp_path):
 
 @pytest.mark.parametrize("tamper", [
     {"job_id": "j2"}, {"attempt": 2}, {"output_hash": output_hash("Lyon")},
-    {"usage": Usage(prompt_tokens=3, completion_tokens=200)}, {"signature": "00" * 64},
+    {"usage": Usage(prompt_tokens=3, completion_tokens=200)}, {"operator": "mallory"},
+    {"tier": 6}, {"signature": "00" * 64},
     {"signature": "not hex"}])
 def test_tampered_or_moved_result_fails_verification(tmp_path, tamper):
     key = signing.load_or_create_key(tmp_path / "node.key")
