@@ -1,0 +1,300 @@
+"""The ledger: the only code that changes money.
+
+An ``eventsourcing`` application over :mod:`bus.ledger.domain`. A command reads,
+decides, and saves every aggregate it changed in ONE ``save()`` (one
+transaction). Concurrency is optimistic: the store refuses a second event with
+the same aggregate version; the command then re-reads and retries (bounded,
+with jitter). In one process, every load and command of an account runs under
+that account's striped lock, so a thread pool does not fight itself;
+conflicts come from other processes sharing the database.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import random
+import re
+import threading
+import time
+from collections import Counter
+from datetime import datetime
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import (DatabaseError, OperationalError, RecordConflictError,
+                                       Recording)
+from eventsourcing.utils import Environment, get_topic
+import psycopg
+from psycopg import sql
+
+from bus.config import Settings
+from bus.events import Event
+from bus.ledger.contracts import (MONEY_TOPICS, AccountView, ReservationView, Resolution,
+                                  UnknownReservation, account_view, reservation_view,
+                                  resolution, to_bus_event)
+from bus.ledger.domain import (Account, Deposit, InsufficientCredits, LedgerConflict,
+                               Reservation, account_id, deposit_receipt_id, replay,
+                               reservation_id)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 50  # generous: only other processes, or a racing resolution, conflict
+LOCK_STRIPES = 64
+SNAPSHOT_INTERVAL = 200  # account events between snapshots: bounds a cold load
+
+
+def ledger_env(settings: Settings) -> dict[str, str]:
+    """The eventsourcing persistence settings for ``settings.database_url``."""
+    url = settings.database_url
+    if not url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(settings.sqlite_path("ledger")),
+                "SQLITE_LOCK_TIMEOUT": "10"}  # seconds a writer waits for another process
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError("INFERBUS_DATABASE_URL must be a postgresql:// URL")
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    env = {"PERSISTENCE_MODULE": "eventsourcing.postgres",
+           "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
+           "POSTGRES_HOST": parts.hostname or query.get("host", ["localhost"])[0],
+           "POSTGRES_PORT": str(parts.port or 5432),
+           "POSTGRES_USER": unquote(parts.username or "postgres"),
+           "POSTGRES_PASSWORD": unquote(parts.password or ""),
+           # Each insert takes an EXCLUSIVE table lock (so notification ids
+           # commit in order): wait at most 5 s for it; the recorder retries.
+           "POSTGRES_LOCK_TIMEOUT": "5", "POSTGRES_CONNECT_TIMEOUT": "10"}
+    found = re.search(r"-c\s*search_path\s*=\s*([^\s,]+)", " ".join(query.get("options", [])))
+    if found:
+        env["POSTGRES_SCHEMA"] = found.group(1).strip('"')
+    return env
+
+
+class Ledger(Application):
+    """Credits in integer micro-credits. Persistence comes only from ``env``
+    (eventsourcing keys such as ``PERSISTENCE_MODULE``); none means in-memory."""
+
+    name = "Ledger"
+    # Cached accounts are fast-forwarded with one indexed SELECT per load, so
+    # another process's writes are still seen (and conflicts detected).
+    env = {"IS_SNAPSHOTTING_ENABLED": "y", "AGGREGATE_CACHE_MAXSIZE": "10000"}
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        super().__init__(dict(env) if env is not None else None)
+
+    def construct_env(self, name: str, env: Any = None) -> Environment:
+        # The base class also reads os.environ; the ledger's persistence must
+        # come only from the mapping it is given.
+        return Environment(name, {**type(self).env, **(env or {})})
+
+    @classmethod
+    def open(cls, settings: Settings) -> Ledger:
+        """SQLite at ``settings.sqlite_path("ledger")`` when ``database_url`` is
+        unset, else PostgreSQL (schema from the URL's ``search_path`` option)."""
+        env = ledger_env(settings)
+        if schema := env.get("POSTGRES_SCHEMA"):  # eventsourcing does not create it
+            with psycopg.connect(settings.database_url or "", autocommit=True) as conn, \
+                    contextlib.suppress(psycopg.errors.UniqueViolation):  # made meanwhile
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(schema)))
+        for attempt in itertools.count(1):
+            try:
+                return cls(env)
+            except DatabaseError:  # e.g. another process creating the same tables
+                if attempt == 5:
+                    raise
+                time.sleep(0.2 + random.random() * 0.3)
+
+    def deposit(self, account: str, amount: int, deposit_id: str | None = None) -> AccountView:
+        """Add credits (``amount`` > 0, else ValueError). With ``deposit_id``, a
+        repeated deposit is a no-op."""
+        def attempt(_: int) -> AccountView:
+            with self._serialized(account):
+                acct = self._account(account)
+                if deposit_id is not None and self._load(deposit_receipt_id(deposit_id)):
+                    return account_view(account, acct)
+                acct = acct or Account(name=account)
+                acct.deposit(amount, deposit_id)
+                receipt = Deposit(deposit_id, account, amount) if deposit_id else None
+                self.save(acct, receipt)
+                return account_view(account, acct)
+        return self._retry(attempt)
+
+    def reserve(self, account: str, job_id: str, amount: int, *, key_id: str, zone: str,
+                deadline: datetime, request_hash: str = "") -> ReservationView:
+        """Hold ``amount`` for ``job_id``. Raises :class:`InsufficientCredits`
+        (recording nothing) when the balance is short. A job already reserved
+        returns its existing reservation unchanged (no second hold)."""
+        if amount < 0:
+            raise ValueError(f"a reservation cannot be negative, got {amount}")
+
+        def attempt(n: int) -> ReservationView:
+            with self._serialized(account):
+                # First try is optimistic: a new job has no reservation, and a
+                # repeated one makes the save conflict, after which we look.
+                existing = self._load(reservation_id(job_id)) if n else None
+                if existing is not None:
+                    return reservation_view(existing)
+                acct = self._account(account) or Account(name=account)
+                try:
+                    acct.reserve(job_id, key_id, amount, zone, deadline, request_hash)
+                except InsufficientCredits:
+                    existing = None if n else self._load(reservation_id(job_id))
+                    if existing is not None:
+                        return reservation_view(existing)
+                    raise
+                res = Reservation(job_id, account, key_id, amount, zone, deadline, request_hash)
+                self.save(acct, res)
+                return reservation_view(res)
+        return self._retry(attempt)
+
+    def settle(self, job_id: str, actual: int, *, operator: str | None = None,
+               node_id: str | None = None, points: int = 0) -> Resolution:
+        """Debit ``min(actual, reserved)``, refund the rest, and award ``points``
+        RCP to ``operator`` (not to the job's own account), in one save.
+        At most once per job: a resolved reservation returns ``already=True``."""
+        if actual < 0 or points < 0:
+            raise ValueError("actual cost and points cannot be negative")
+
+        def apply(res: Reservation, acct: Account) -> Account | None:
+            award = operator is not None and operator != res.account and points > 0
+            debit = min(actual, res.amount)
+            res.settle(debit, operator if award else None, node_id, points if award else 0)
+            acct.debit(job_id, debit, res.zone)
+            acct.release(job_id, res.amount - debit, res.zone, reason="settled")
+            if not award:
+                return None
+            op = self._account(operator) or Account(name=operator)
+            op.award_rcp(job_id, node_id or "", points, res.zone)
+            return op
+        return self._resolve(job_id, operator, apply)
+
+    def refund(self, job_id: str, reason: str) -> Resolution:
+        """Return the whole reservation. At most once per job, like :meth:`settle`."""
+        def apply(res: Reservation, acct: Account) -> None:
+            res.refund(reason)
+            acct.release(job_id, res.amount, res.zone, reason=reason)
+        return self._resolve(job_id, None, apply)
+
+    def _resolve(self, job_id: str, operator: str | None,
+                 apply: Callable[[Reservation, Account], Account | None]) -> Resolution:
+        def attempt(_: int) -> Resolution:
+            res = self._load(reservation_id(job_id))
+            if res is None:
+                raise UnknownReservation(job_id)
+            if res.status != "pending":
+                return resolution(res, already=True)
+            # If it was resolved meanwhile, the account refuses (LedgerConflict)
+            # or the save conflicts on the reservation's version; the retry
+            # then reads it resolved.
+            with self._serialized(res.account, operator):
+                acct = self._account(res.account)
+                assert acct is not None, "a reservation is saved with its account"
+                self.save(res, acct, apply(res, acct))
+            return resolution(res, already=False)
+        return self._retry(attempt)
+
+    def account(self, account: str) -> AccountView:
+        """Zeros for an account the ledger has never seen."""
+        # Locked: eventsourcing copies a cached aggregate after releasing its
+        # fast-forward lock, so a concurrent load could expose a half-applied event.
+        with self._serialized(account):
+            return account_view(account, self._account(account))
+
+    def reservation(self, job_id: str) -> ReservationView | None:
+        """The job's reservation in its current state, None if never reserved."""
+        res = self._load(reservation_id(job_id))
+        return reservation_view(res) if res is not None else None
+
+    def accounts(self) -> list[AccountView]:
+        """Every account known to the ledger, by name (scans the log: for audits)."""
+        names, after, topic = [], 0, get_topic(Account.Opened)
+        while page := self.recorder.select_notifications(
+                start=after, limit=500, topics=[topic], inclusive_of_start=False):
+            names += [self.mapper.to_domain_event(n).name for n in page]  # type: ignore
+            after = page[-1].id
+        return [self.account(name) for name in sorted(names)]
+
+    def bus_events(self, after: int, limit: int = 500) -> list[tuple[int, Event, str]]:
+        """``(notification id, bus contract, zone)`` for the money events after
+        notification id ``after``, in log order. Other events are filtered out
+        in the query (ids have gaps); empty means no money event after ``after``."""
+        page = self.recorder.select_notifications(
+            start=after, limit=limit, topics=list(MONEY_TOPICS), inclusive_of_start=False)
+        return [(n.id, *to_bus_event(n.topic, self.mapper.to_domain_event(n))) for n in page]
+
+    def max_notification_id(self) -> int:
+        """The id of the last stored event (0 when empty): where the log ends now."""
+        return self.recorder.max_notification_id() or 0
+
+    def _account(self, name: str) -> Account | None:
+        try:
+            return self.repository.get(account_id(name), projector_func=replay)
+        except AggregateNotFoundError:
+            return None
+
+    def _load(self, aggregate_id: Any) -> Any:
+        # Reservations and receipts (1-2 events) skip the cache: no churn there.
+        return replay(None, self.events.get(aggregate_id))
+
+    @contextlib.contextmanager
+    def _serialized(self, *accounts: str | None) -> Iterator[None]:
+        # Sorted stripe order: two commands locking two accounts cannot deadlock.
+        stripes = sorted({hash(a) % LOCK_STRIPES for a in accounts if a is not None})
+        with contextlib.ExitStack() as stack:
+            for i in stripes:
+                stack.enter_context(self._stripes[i])
+            yield
+
+    def _retry(self, attempt: Callable[[int], T]) -> T:
+        for n in itertools.count():
+            try:
+                return attempt(n)
+            except (RecordConflictError, LedgerConflict, OperationalError) as exc:
+                # Stale state, or SQLite busy / pool exhausted: re-read and retry.
+                if n + 1 == MAX_ATTEMPTS:
+                    raise
+                log.debug("ledger retry %d after %s", n + 1, exc)
+                time.sleep(random.uniform(0, min(0.05, 0.0005 * 2 ** n)))
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[Any]]:
+        # As the base class, minus its per-object runtime Protocol checks (the
+        # costliest part of a save in profiles): we only ever save aggregates.
+        processing = ProcessingEvent()
+        for obj in objs:
+            if obj is not None:
+                processing.events.extend(obj.collect_events())
+                processing.aggregates[obj.id] = obj
+        processing.saved_kwargs.update(kwargs)
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        return recordings
+
+    def _record(self, processing_event: ProcessingEvent[Any]) -> list[Recording[Any]]:
+        recordings = super()._record(processing_event)
+        # The base class caches saved aggregates only when not fast-forwarding;
+        # we fast-forward (other processes write) AND cache what we stored, so the
+        # next load skips our own events. The cache is never ahead of the database.
+        if self.repository.cache is not None:
+            for agg_id, agg in processing_event.aggregates.items():
+                if isinstance(agg, Account):
+                    self.repository.cache.put(agg_id, agg)
+        return recordings
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[Any]) -> None:
+        # Snapshot the account in hand (just saved: exactly the stored state), not a
+        # re-read as the base class does; a failure must not fail a committed command.
+        if self.snapshots is None:
+            return
+        saved = Counter(e.originator_id for e in processing_event.events)
+        for agg_id, agg in processing_event.aggregates.items():
+            if isinstance(agg, Account) and agg.version % SNAPSHOT_INTERVAL < saved[agg_id]:
+                try:  # this save crossed a multiple of the interval
+                    self.snapshots.put([Account.Snapshot.take(agg)])
+                except Exception:  # noqa: BLE001
+                    log.warning("ledger: snapshot of account %s failed", agg.name, exc_info=True)
