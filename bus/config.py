@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bus.pricing import Pricing
+
 NATS_URL_FILE = "nats.url"
 
 
@@ -25,6 +27,8 @@ class Settings(BaseSettings):
     job_ack_wait_s: float = 30.0
     job_max_attempts: int = 3
     stream_replicas: int = 1  # 3 in production (compose.yaml)
+    pricing: Pricing = Pricing()
+    expiry_grace_s: float = 30.0  # past a job's deadline before its reservation is swept
 
     def resolved_nats_url(self) -> str:
         """``INFERBUS_NATS_URL``, else the embedded server ``inferbus up`` wrote down."""

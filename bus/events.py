@@ -100,6 +100,7 @@ class JobCompleted(Event):
 
     type: Literal["JobCompleted"] = "JobCompleted"
     job_id: str
+    model: str
     node_id: str
     operator: str  # the account that earns the job's RCP
     tier: int = Field(default=1, ge=1, le=6)
@@ -132,6 +133,7 @@ class JobCancelled(Event):
     job_id: str
     zone: str
     reason: str
+    model: str | None = None
     node_id: str | None = None
     usage: Usage | None = None
 

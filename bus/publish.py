@@ -24,10 +24,10 @@ def event_subject(event: Event, zone: str) -> str:
 
 
 async def publish_event(js: JetStreamContext, event: Event, zone: str = subjects.GLOBAL,
-                        timeout: float = 5.0) -> PubAck:
+                        timeout: float = 5.0, headers: dict[str, str] | None = None) -> PubAck:
     """Append ``event`` to the log on its zone's subject; returns once stored."""
     return await js.publish(event_subject(event, zone), event.model_dump_json().encode(),
-                            timeout=timeout, headers={MSG_ID: event.event_id})
+                            timeout=timeout, headers={**(headers or {}), MSG_ID: event.event_id})
 
 
 async def enqueue_job(js: JetStreamContext, job: JobSubmitted, timeout: float = 5.0) -> PubAck:

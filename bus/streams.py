@@ -53,14 +53,22 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     await _ensure(js, events_stream_config(replicas))
 
 
-async def nodes_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    """Live node records; an entry older than ``NODE_TTL_S`` is dropped."""
+async def _bucket(js: JetStreamContext, name: str, ttl_s: float, replicas: int) -> KeyValue:
     try:
-        return await js.key_value(subjects.NODES_BUCKET)
+        return await js.key_value(name)
     except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError
         return await js.create_key_value(KeyValueConfig(
-            bucket=subjects.NODES_BUCKET, ttl=NODE_TTL_S, history=1, replicas=replicas,
-            storage=StorageType.FILE))
+            bucket=name, ttl=ttl_s, history=1, replicas=replicas, storage=StorageType.FILE))
+
+
+async def nodes_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """Live node records; an entry older than ``NODE_TTL_S`` is dropped."""
+    return await _bucket(js, subjects.NODES_BUCKET, NODE_TTL_S, replicas)
+
+
+async def cancels_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) -> KeyValue:
+    """Jobs a consumer asked to stop; kept as long as a job can live."""
+    return await _bucket(js, subjects.CANCELS_BUCKET, ttl_s, replicas)
 
 
 async def ensure_work_consumer(js: JetStreamContext, zone: str, model: str,

@@ -7,7 +7,8 @@ Layout:
   ``EVENTS``). Jobs log on their submitted zone; account-wide facts (keys) on
   ``global``. Keys add their hash so one direct get finds them.
 - ``replies.<instance>``: core-NATS inbox of one API instance (not stored).
-- KV bucket ``nodes``: live node heartbeats.
+- ``control.cancel.<job>``: core-NATS stop signal to the worker running a job.
+- KV bucket ``nodes``: live node heartbeats; ``cancels``: jobs asked to stop.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import re
 JOBS_STREAM = "JOBS"
 EVENTS_STREAM = "EVENTS"
 NODES_BUCKET = "nodes"
+CANCELS_BUCKET = "cancels"
 GLOBAL = "global"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -49,12 +51,21 @@ def all_events() -> str:
     return "events.>"
 
 
+def events_of(*event_types: str) -> list[str]:
+    """Filter subjects for these event types in every zone."""
+    return [f"events.*.{t}" for t in event_types]
+
+
 def key_issued(key_hash: str) -> str:
     return event(GLOBAL, "ApiKeyIssued", key_hash)
 
 
 def key_revoked(key_hash: str) -> str:
     return event(GLOBAL, "ApiKeyRevoked", key_hash)
+
+
+def cancel(job_id: str) -> str:
+    return f"control.cancel.{check_token(job_id, 'job id')}"
 
 
 def replies(instance: str) -> str:

@@ -1,0 +1,63 @@
+"""Prices, worst-case reservations and RCP points. Shared by the API (which
+reserves) and settlement (which charges), so both use one rule.
+
+Credits are integer micro-credits (``bus.events.MICRO``). Prices are set per
+model in credits per 1,000 tokens, so one token costs ``price * 1000`` micro.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+
+from bus.events import MICRO, ChatMessage, Usage
+
+# A byte-level tokenizer makes at most one token per UTF-8 byte; these cover the
+# chat template's own tokens (role markers, a default system prompt).
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+TEMPLATE_TOKENS = 64
+
+
+class ModelPrice(BaseModel):
+    prompt_per_1k: Decimal = Field(default=Decimal("1"), ge=0)
+    completion_per_1k: Decimal = Field(default=Decimal("2"), ge=0)
+
+    def per_token(self) -> tuple[int, int]:
+        return (int(self.prompt_per_1k * MICRO / 1000), int(self.completion_per_1k * MICRO / 1000))
+
+
+class Pricing(BaseModel):
+    """Configured through ``INFERBUS_PRICING`` (JSON) in ``bus.config.Settings``."""
+
+    models: dict[str, ModelPrice] = {}
+    default: ModelPrice = ModelPrice()
+    rcp_per_token: int = 1
+    tier_multiplier: dict[int, float] = {1: 1.0, 2: 1.25, 3: 1.5, 4: 2.0, 5: 2.5, 6: 3.0}
+
+    def price(self, model: str) -> ModelPrice:
+        return self.models.get(model, self.default)
+
+    def cost(self, model: str, usage: Usage) -> int:
+        prompt, completion = self.price(model).per_token()
+        return usage.prompt_tokens * prompt + usage.completion_tokens * completion
+
+    def worst_case(self, model: str, prompt_tokens_bound: int, max_tokens: int) -> int:
+        return self.cost(model, Usage(prompt_tokens=prompt_tokens_bound,
+                                      completion_tokens=max_tokens))
+
+    def points(self, completion_tokens: int, tier: int) -> int:
+        return int(completion_tokens * self.rcp_per_token * self.tier_multiplier.get(tier, 1.0))
+
+
+def prompt_tokens_bound(messages: tuple[ChatMessage, ...] | None, prompt: str | None) -> int:
+    """An upper bound on prompt tokens without the model's tokenizer: the API
+    never loads a model, and reserving the worst case needs no exact count."""
+    if messages is not None:
+        return TEMPLATE_TOKENS + sum(len(m.content.encode()) + TEMPLATE_TOKENS_PER_MESSAGE
+                                     for m in messages)
+    return len((prompt or "").encode()) + 2
+
+
+def credits(micro: int) -> float:
+    """Micro-credits as the decimal credits the HTTP API shows."""
+    return float(Decimal(micro) / MICRO)

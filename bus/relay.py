@@ -1,0 +1,73 @@
+"""Relays the ledger's money events onto the JetStream event log, in order,
+each exactly once.
+
+Every relayed message carries the ledger notification id it came from in a
+header, and its ``Nats-Msg-Id`` is the event's deterministic id. On start the
+relay reads the last relayed message back from the stream and resumes after
+its notification id: the bus itself is the relay's position, so a crash
+between a publish and any bookkeeping can neither lose nor repeat an event,
+whatever the duplicate window.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from bus import subjects
+from bus.events import CREDIT_EVENTS
+from bus.publish import publish_event
+
+log = logging.getLogger("inferbus.relay")
+NOTIFICATION_HEADER = "Inferbus-Ledger-Notification"
+IDLE_S = 0.05
+
+
+async def last_relayed(js: JetStreamContext) -> int:
+    """The ledger notification id of the newest credit event on the log (0 if none)."""
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    if info.state.messages == 0:
+        return 0
+    sub = await js.pull_subscribe(
+        "", stream=subjects.EVENTS_STREAM, config=ConsumerConfig(
+            filter_subjects=subjects.events_of(*(e.__name__ for e in CREDIT_EVENTS)),
+            deliver_policy=DeliverPolicy.LAST, ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0))
+    try:
+        msgs = await sub.fetch(1, timeout=2)
+    except NatsTimeout:
+        return 0
+    finally:
+        await sub.unsubscribe()
+    return int((msgs[0].headers or {}).get(NOTIFICATION_HEADER, 0))
+
+
+async def relay_once(ledger, js: JetStreamContext, after: int, limit: int = 500) -> int:
+    """Publish the next batch after notification ``after``; returns the new position."""
+    batch = await asyncio.to_thread(ledger.bus_events, after, limit)
+    for notification_id, event, zone in batch:
+        await publish_event(js, event, zone, headers={NOTIFICATION_HEADER: str(notification_id)})
+        after = notification_id
+    return after
+
+
+async def run_relay(ledger, js: JetStreamContext, stop: asyncio.Event) -> None:
+    position = await last_relayed(js)
+    log.info("ledger relay resuming after notification %d", position)
+    while not stop.is_set():
+        try:
+            moved = await relay_once(ledger, js, position)
+        except Exception:  # noqa: BLE001 - keep relaying once the bus or database is back
+            log.exception("ledger relay failed; retrying")
+            await asyncio.sleep(1.0)
+            position = await last_relayed(js)
+            continue
+        if moved == position:
+            try:
+                await asyncio.wait_for(stop.wait(), IDLE_S)
+            except asyncio.TimeoutError:
+                pass
+        position = moved
