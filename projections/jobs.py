@@ -29,10 +29,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from bus.events import (Event, JobCancelled, JobCompleted, JobExpired, JobFailed, JobStarted,
-                        JobSubmitted)
-from projections.store import Tx
+                        JobSubmitted, Usage)
+from projections.store import Table, Tx
 
 NAME = "jobs"
+TABLES = (Table("jobs", "job_id", ("created_at", "started_at", "finished_at")),)
 ACTIVE = ("queued", "running")
 TERMINAL = ("completed", "failed", "cancelled", "expired")
 
@@ -85,17 +86,21 @@ def _completed(tx: Tx, e: JobCompleted, log_zone: str | None) -> None:
 
 
 def _ended(tx: Tx, job_id: str, status: str, zone: str, node_id: str | None,
-           code: str | None, message: str | None, at: datetime) -> None:
-    # Failed/cancelled/expired carry the job's own zone; keep a known one.
+           code: str | None, message: str | None, at: datetime,
+           usage: Usage | None = None) -> None:
+    # Failed/cancelled/expired carry the job's own zone; keep a known one. A
+    # cancelled job's usage is what it produced before it stopped (and is charged).
     tx.execute(
-        "INSERT INTO jobs (job_id, status, zone, node_id, error_code, error_message, finished_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "INSERT INTO jobs (job_id, status, zone, node_id, error_code, error_message, finished_at, "
+        "prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, "
         "zone = COALESCE(jobs.zone, excluded.zone), "
         "node_id = COALESCE(excluded.node_id, jobs.node_id), "
         "error_code = excluded.error_code, error_message = excluded.error_message, "
+        "prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
         f"finished_at = excluded.finished_at {_ONLY_IF_ACTIVE}",
-        (job_id, status, zone, node_id, code, message, _utc(at)))
+        (job_id, status, zone, node_id, code, message, _utc(at),
+         usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None))
 
 
 def apply(tx: Tx, event: Event, log_zone: str | None = None) -> bool:
@@ -112,8 +117,8 @@ def apply(tx: Tx, event: Event, log_zone: str | None = None) -> bool:
         _ended(tx, event.job_id, "failed", event.zone, event.node_id, event.code, event.message,
                event.occurred_at)
     elif isinstance(event, JobCancelled):
-        _ended(tx, event.job_id, "cancelled", event.zone, None, None, event.reason,
-               event.occurred_at)
+        _ended(tx, event.job_id, "cancelled", event.zone, event.node_id, None, event.reason,
+               event.occurred_at, event.usage)
     elif isinstance(event, JobExpired):
         _ended(tx, event.job_id, "expired", event.zone, None, None, None, event.occurred_at)
     else:

@@ -1,7 +1,9 @@
-"""Composition root of the projector process.
+"""Composition root of the projector process: the read models, settlement,
+the ledger relay and the expiry sweep, until ``stop`` is set.
 
-Wires settings to a NATS connection, the streams and the read-model store,
-then runs the :class:`~projections.projector.Projector` until ``stop`` is set.
+Read models and the relay use nats-py (ordered consumption from a stored
+position); settlement is a faststream durable consumer, one handler per
+outcome event.
 """
 from __future__ import annotations
 
@@ -9,9 +11,13 @@ import asyncio
 import logging
 
 import nats
+from faststream.nats import NatsBroker
 
 from bus.config import Settings
+from bus.ledger import Ledger
+from bus.relay import run_relay
 from bus.streams import ensure_streams
+from projections import settlement
 from projections.projector import Projector
 from projections.store import open_store
 
@@ -19,18 +25,25 @@ log = logging.getLogger("inferbus.projections")
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """Project the EVENTS stream into the configured store until ``stop``."""
-    nc = await nats.connect(settings.resolved_nats_url(), name="inferbus-projector",
-                            max_reconnect_attempts=-1)
+    url = settings.resolved_nats_url()
+    nc = await nats.connect(url, name="inferbus-projector", max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await ensure_streams(js, settings.stream_replicas)
+    store = await asyncio.to_thread(open_store, settings)
+    ledger = await asyncio.to_thread(Ledger.open, settings)
+    broker = NatsBroker(url, name="inferbus-settlement", max_reconnect_attempts=-1,
+                        log_level=logging.DEBUG)  # one line per settled job is noise
+    settlement.subscribe(broker, settlement.Settlement(ledger, settings.pricing),
+                         settings.job_ack_wait_s)
+    await broker.start()
     try:
-        js = nc.jetstream()
-        await ensure_streams(js, settings.stream_replicas)
-        # Opening the store may block (PostgreSQL connect, SQLite schema).
-        store = await asyncio.to_thread(open_store, settings)
-        try:
-            await Projector(store, js).run(stop)
-        finally:
-            await asyncio.to_thread(store.close)
+        await asyncio.gather(
+            Projector(store, js).run(stop),
+            run_relay(ledger, js, stop),
+            settlement.sweep_expired(store, ledger, js, settings.expiry_grace_s, stop))
     finally:
-        await nc.close()
+        await broker.stop()
+        await nc.drain()
+        await asyncio.to_thread(store.close)
+        await asyncio.to_thread(ledger.close)
     log.info("projector stopped")

@@ -7,11 +7,16 @@ the row changes. On start the projector reads it and consumes from
 delivery at or below the stored position is skipped, so a redelivery, a
 consumer reset or a second projector on the same store changes nothing.
 
-Messages are applied in batches: the first one is awaited, then whatever is
-already buffered (up to ``batch_max``) joins it in one transaction. A
-malformed event is logged with its sequence and skipped (the position still
-moves past it); the consumer never stops on bad data. A failing store is
-retried with backoff, holding the batch, until it recovers or ``stop`` is set.
+Every projection in :data:`PROJECTIONS` (jobs, credits) is applied to each
+event in that one transaction, under one shared position (the tracking row
+``jobs``, named before the credit projection existed). Messages are applied
+in batches: the first one is awaited, then whatever is already buffered (up
+to ``batch_max``) joins it in one transaction. A malformed event is logged
+with its sequence and skipped (the position still moves past it); the
+consumer never stops on bad data. A failing store is retried with backoff,
+holding the batch, until it recovers or ``stop`` is set. :func:`rebuild`
+replays the log into an empty store with the fast reader of
+:mod:`projections.replay`.
 """
 from __future__ import annotations
 
@@ -19,16 +24,17 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus import subjects
-from bus.events import parse_event
-from projections import jobs
-from projections.store import Store, read_position, write_position
+from bus.events import Event, parse_event
+from projections import credits, jobs
+from projections.replay import Delivery, read_stream
+from projections.store import Store, Table, Tx, read_position, write_position
 
 log = logging.getLogger("inferbus.projections")
 
@@ -37,13 +43,23 @@ POLL_S = 0.5  # how long an idle loop waits before looking at `stop` again
 RETRY_MAX_S = 5.0
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """One event as the stream delivered it."""
+class Projection(Protocol):
+    """What a projection module provides (see :mod:`projections.jobs`)."""
 
-    seq: int
-    subject: str
-    data: bytes
+    NAME: str
+    TABLES: tuple[Table, ...]
+
+    def apply(self, tx: Tx, event: Event, log_zone: str | None = None) -> bool: ...
+
+    def is_empty(self, tx: Tx) -> bool: ...
+
+
+# Applied to each event in this order, in one transaction. credits goes first:
+# it reads a job's status before jobs records the outcome, to count a job's
+# usage once.
+PROJECTIONS: tuple[Projection, ...] = (credits, jobs)  # type: ignore[assignment]
+POSITION = jobs.NAME  # the tracking row every projection shares
+Observer = Callable[[Delivery, Event | None], None]
 
 
 @dataclass(frozen=True)
@@ -59,9 +75,11 @@ def _log_zone(subject: str) -> str | None:
     return tokens[1] if len(tokens) >= 3 and tokens[0] == "events" else None
 
 
-def apply_batch(store: Store, deliveries: Sequence[Delivery],
-                projection: str = jobs.NAME) -> BatchOutcome:
-    """Apply ``deliveries`` and the new position in one transaction (sync)."""
+def apply_batch(store: Store, deliveries: Sequence[Delivery], projection: str = POSITION,
+                observe: Observer | None = None) -> BatchOutcome:
+    """Apply ``deliveries`` to every projection, and the new position, in one
+    transaction (sync). ``observe`` sees each delivery past the position with
+    its parsed event (None if malformed), in order, inside the transaction."""
     applied = malformed = stale = 0
     with store.transaction() as tx:
         position = start = read_position(tx, projection, lock=True)
@@ -75,9 +93,14 @@ def apply_batch(store: Store, deliveries: Sequence[Delivery],
                 log.warning("skipping malformed event at stream sequence %d on %s: %s",
                             d.seq, d.subject, exc)
                 malformed += 1
+                event = None
             else:
-                jobs.apply(tx, event, _log_zone(d.subject))
+                zone = _log_zone(d.subject)
+                for projection_module in PROJECTIONS:
+                    projection_module.apply(tx, event, zone)
                 applied += 1
+            if observe is not None:
+                observe(d, event)
             position = d.seq
         if position != start:
             write_position(tx, projection, position)
@@ -85,12 +108,12 @@ def apply_batch(store: Store, deliveries: Sequence[Delivery],
 
 
 class Projector:
-    """Keeps one store's job projection up to date with the EVENTS stream.
+    """Keeps one store's projections up to date with the EVENTS stream.
 
     ``position`` is the last stream sequence committed; ``applied``,
     ``malformed`` and ``stale`` count what this instance has processed."""
 
-    def __init__(self, store: Store, js: JetStreamContext, *, projection: str = jobs.NAME,
+    def __init__(self, store: Store, js: JetStreamContext, *, projection: str = POSITION,
                  batch_max: int = BATCH_MAX) -> None:
         self.store, self.js, self.projection, self.batch_max = store, js, projection, batch_max
         self.position = 0
@@ -208,28 +231,29 @@ class Projector:
                     RuntimeError(f"projector stopped at {self.position}, before {seq}"))
 
 
-async def rebuild(store: Store, js: JetStreamContext, *, projection: str = jobs.NAME,
-                  timeout: float = 300.0) -> int:
+async def rebuild(store: Store, js: JetStreamContext, *, projection: str = POSITION,
+                  timeout: float = 300.0, upto: int | None = None,
+                  observe: Observer | None = None) -> int:
     """Replay the EVENTS stream from its first event into an empty ``store``.
 
-    Applies everything up to the stream's last sequence at call time and
-    returns the resulting position. Raises ValueError if ``store`` already
-    holds this projection (rebuild into a fresh store, then compare or swap)."""
+    Applies everything up to ``upto`` (default: the stream's last sequence at
+    call time) and returns the resulting position (less than ``upto`` only if
+    the stream ends first). ``observe`` is passed to :func:`apply_batch`: the
+    audit checks its invariants on the same pass. Raises ValueError if
+    ``store`` already holds a projection (rebuild into a fresh store, then
+    compare or swap), TimeoutError after ``timeout`` seconds."""
     def is_empty() -> bool:
         with store.transaction(write=False) as tx:
-            return read_position(tx, projection) == 0 and jobs.is_empty(tx)
+            return read_position(tx, projection) == 0 and all(p.is_empty(tx) for p in PROJECTIONS)
 
     if not await asyncio.to_thread(is_empty):
         raise ValueError(f"rebuild of {projection!r} needs an empty store")
-    target = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
-    projector = Projector(store, js, projection=projection)
-    if target == 0:
-        return 0
-    stop = asyncio.Event()
-    task = asyncio.create_task(projector.run(stop))
-    try:
-        await projector.wait_for(target, timeout)
-    finally:
-        stop.set()
-        await task  # surfaces the cause if the projector itself failed
-    return projector.position
+    if upto is None:
+        upto = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+    position = 0
+    async with asyncio.timeout(timeout):
+        async for batch in read_stream(js, 1, upto):
+            # Off the event loop: the next batch arrives while this one commits.
+            outcome = await asyncio.to_thread(apply_batch, store, batch, projection, observe)
+            position = outcome.position
+    return position

@@ -18,7 +18,9 @@ connection's ``search_path`` through libpq ``options``, replacing any
 ``postgresql://host/db?options=-csearch_path%3Dname`` works too, provided the
 schema already exists.
 
-The schema (``jobs``, ``tracking``) is created idempotently when a store opens.
+The schema (the ``jobs`` table, the credit tables of :mod:`projections.credits`
+and ``tracking``) is created idempotently when a store opens. Money columns
+are ``BIGINT`` micro-credits: an ``INTEGER`` would overflow at 2,147 credits.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import re
 import sqlite3
 import threading
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -47,12 +50,52 @@ _SCHEMA = (
         error_code TEXT, error_message TEXT,
         created_at {ts}, started_at {ts}, finished_at {ts})""",
     "CREATE INDEX IF NOT EXISTS jobs_by_account ON jobs (account, created_at)",
+    # credits (projections/credits.py)
+    """CREATE TABLE IF NOT EXISTS accounts (
+        account TEXT PRIMARY KEY,
+        deposited BIGINT NOT NULL DEFAULT 0, held BIGINT NOT NULL DEFAULT 0,
+        spent BIGINT NOT NULL DEFAULT 0, refunded BIGINT NOT NULL DEFAULT 0,
+        rcp BIGINT NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS reservations (
+        job_id TEXT PRIMARY KEY,
+        account TEXT NOT NULL, key_id TEXT,
+        amount BIGINT NOT NULL DEFAULT 0, debited BIGINT NOT NULL DEFAULT 0,
+        refunded BIGINT NOT NULL DEFAULT 0,
+        status TEXT NOT NULL, zone TEXT,
+        deadline {ts}, created_at {ts}, resolved_at {ts})""",
+    # The expiry sweep's query: pending reservations by deadline.
+    "CREATE INDEX IF NOT EXISTS reservations_by_status ON reservations (status, deadline)",
+    """CREATE TABLE IF NOT EXISTS key_usage (
+        key_id TEXT PRIMARY KEY, account TEXT,
+        jobs BIGINT NOT NULL DEFAULT 0, prompt_tokens BIGINT NOT NULL DEFAULT 0,
+        completion_tokens BIGINT NOT NULL DEFAULT 0, spent BIGINT NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS operator_rcp (
+        operator TEXT PRIMARY KEY,
+        points BIGINT NOT NULL DEFAULT 0, jobs BIGINT NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS tracking (
         projection TEXT PRIMARY KEY,
         position BIGINT NOT NULL)""",
 )
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A read-model table as ``inferbus audit`` compares it: its primary key and
+    its timestamp columns (stored as text by SQLite, TIMESTAMPTZ by PostgreSQL)."""
+
+    name: str
+    key: str
+    timestamps: tuple[str, ...] = ()
+
+
+def utc(value: datetime) -> datetime:
+    """An event timestamp as stored: aware UTC (a naive one is taken as UTC).
+    One zone for every stored timestamp keeps SQLite's text order chronological."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
 
 
 class Tx(Protocol):
@@ -79,21 +122,19 @@ class Store(Protocol):
 
 # --- SQLite -----------------------------------------------------------------
 
-def _sqlite_value(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
 class _SqliteTx:
     dialect = "sqlite"
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
+    # Inline rather than a call per value: a rebuild binds millions of them.
     def execute(self, sql: str, params: Params = ()) -> None:
-        self._conn.execute(sql, [_sqlite_value(p) for p in params])
+        self._conn.execute(sql, [p.isoformat() if isinstance(p, datetime) else p for p in params])
 
     def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
-        cursor = self._conn.execute(sql, [_sqlite_value(p) for p in params])
+        cursor = self._conn.execute(
+            sql, [p.isoformat() if isinstance(p, datetime) else p for p in params])
         return [dict(row) for row in cursor.fetchall()]
 
 

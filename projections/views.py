@@ -7,11 +7,11 @@ backend: timestamps are always timezone-aware UTC datetimes.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from projections import jobs
-from projections.store import Store, read_position
+from projections.store import Store, read_position, utc
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,104 @@ def position(store: Store, projection: str = jobs.NAME) -> int:
     """The last stream sequence ``projection`` has applied (0 if none)."""
     with store.transaction(write=False) as tx:
         return read_position(tx, projection)
+
+
+# --- credits (projections/credits.py); amounts in micro-credits ---------------
+
+@dataclass(frozen=True)
+class AccountRow:
+    """One account's credits. ``rcp`` is what it earned as a node operator."""
+
+    account: str
+    deposited: int
+    held: int
+    spent: int
+    refunded: int
+    rcp: int
+
+    @property
+    def balance(self) -> int:
+        """What the account can still reserve."""
+        return self.deposited - self.held - self.spent
+
+
+@dataclass(frozen=True)
+class ReservationRow:
+    """A job's hold: ``pending``, then ``settled`` (debited) or ``refunded``."""
+
+    job_id: str
+    account: str
+    key_id: str | None
+    amount: int
+    debited: int
+    refunded: int
+    status: str
+    zone: str | None
+    deadline: datetime | None
+    created_at: datetime | None
+    resolved_at: datetime | None
+
+
+@dataclass(frozen=True)
+class KeyUsageRow:
+    key_id: str
+    account: str | None
+    jobs: int
+    prompt_tokens: int
+    completion_tokens: int
+    spent: int
+
+
+@dataclass(frozen=True)
+class OperatorRcpRow:
+    operator: str
+    points: int
+    jobs: int
+
+
+def _one(store: Store, row_type: type, table: str, key: str, value: str) -> Any:
+    columns = ", ".join(f.name for f in fields(row_type))
+    with store.transaction(write=False) as tx:
+        rows = tx.query(f"SELECT {columns} FROM {table} WHERE {key} = ?", (value,))
+    return row_type(**rows[0]) if rows else None
+
+
+def account_view(store: Store, account: str) -> AccountRow | None:
+    """The account's credits, or None if no credit event names it."""
+    return _one(store, AccountRow, "accounts", "account", account)
+
+
+def get_reservation(store: Store, job_id: str) -> ReservationRow | None:
+    row = _one(store, ReservationRow, "reservations", "job_id", job_id)
+    if row is None:
+        return None
+    stamps = {n: _utc(getattr(row, n)) for n in ("deadline", "created_at", "resolved_at")}
+    return ReservationRow(**{**row.__dict__, **stamps})
+
+
+def job_cost(store: Store, job_id: str) -> int | None:
+    """What the job was charged once its reservation is resolved (0 when it was
+    refunded in full); None while it is pending or if it has no reservation."""
+    with store.transaction(write=False) as tx:
+        rows = tx.query("SELECT debited, status FROM reservations WHERE job_id = ?", (job_id,))
+    return None if not rows or rows[0]["status"] == "pending" else int(rows[0]["debited"])
+
+
+def expired_reservations(store: Store, now: datetime, grace_s: float) -> list[str]:
+    """Jobs whose reservation is still pending ``grace_s`` seconds past its
+    deadline, oldest deadline first: what the expiry sweep refunds."""
+    cutoff = utc(now) - timedelta(seconds=grace_s)
+    with store.transaction(write=False) as tx:
+        rows = tx.query("SELECT job_id FROM reservations WHERE status = 'pending' "
+                        "AND deadline < ? ORDER BY deadline, job_id", (cutoff,))
+    return [row["job_id"] for row in rows]
+
+
+def key_usage(store: Store, key_id: str) -> KeyUsageRow | None:
+    """Jobs, tokens and credits spent through one API key."""
+    return _one(store, KeyUsageRow, "key_usage", "key_id", key_id)
+
+
+def operator_rcp(store: Store, operator: str) -> OperatorRcpRow | None:
+    """RCP points and jobs awarded to one operator account."""
+    return _one(store, OperatorRcpRow, "operator_rcp", "operator", operator)

@@ -8,23 +8,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator
 
 import nats
 import pytest
-import pytest_asyncio
 
 from bus.events import (ApiKeyIssued, ChatMessage, JobCancelled, JobCompleted, JobExpired,
                         JobFailed, JobStarted, JobSubmitted, Sampling, Usage, output_hash)
 from bus.publish import publish_event
-from bus.streams import ensure_streams
 from projections import views
 from projections.projector import Delivery, Projector, apply_batch, rebuild
-from projections.store import Store, open_store_url
+from projections.store import Store
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,49 +30,6 @@ PG_URL_ENV = "INFERBUS_TEST_DATABASE_URL"
 def nats_server(fresh_nats) -> str:
     """Each test counts stream contents, so each gets a server of its own."""
     return fresh_nats.url
-
-
-@pytest_asyncio.fixture
-async def js(nats_server: str) -> AsyncIterator[nats.js.JetStreamContext]:
-    nc = await nats.connect(nats_server)
-    await ensure_streams(nc.jetstream())
-    yield nc.jetstream()
-    await nc.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Store]]:
-    """Opens stores of one backend: ``stores("name")`` twice opens the same
-    database again (a process restart), a new name an empty one."""
-    opened: list[Store] = []
-    schemas: list[str] = []
-    pg_url = os.environ.get(PG_URL_ENV)
-    if request.param == "postgres" and not pg_url:
-        pytest.skip(f"{PG_URL_ENV} not set: PostgreSQL store not tested")
-    prefix = f"t_{uuid.uuid4().hex[:12]}"
-
-    def open_named(name: str = "readmodels") -> Store:
-        if request.param == "sqlite":
-            store = open_store_url(tmp_path / f"{name}.sqlite3")
-        else:
-            schemas.append(f"{prefix}_{name}")
-            store = open_store_url(pg_url, schema=schemas[-1])
-        opened.append(store)
-        return store
-
-    yield open_named
-    for store in opened:
-        store.close()
-    if schemas:
-        import psycopg
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            for schema in set(schemas):
-                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@pytest.fixture
-def store(stores: Callable[..., Store]) -> Store:
-    return stores()
 
 
 def submitted(job_id: str) -> JobSubmitted:
@@ -93,7 +45,7 @@ def started(job_id: str, attempt: int = 1, node: str = "node-a") -> JobStarted:
 
 def completed(job_id: str, text: str = "hi there") -> JobCompleted:
     return JobCompleted(
-        job_id=job_id, node_id="node-a", operator="op", zone="us", attempt=1, text=text,
+        job_id=job_id, model="m", node_id="node-a", operator="op", zone="us", attempt=1, text=text,
         finish_reason="stop", usage=Usage(prompt_tokens=5, completion_tokens=2),
         input_hash="in", output_hash=output_hash(text), signature="sig")
 

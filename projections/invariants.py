@@ -1,0 +1,249 @@
+"""The money invariants, checked from the events themselves in stream order.
+
+One pass, O(events) time and O(jobs + accounts) memory: :meth:`Checker.observe`
+folds each event into per-job and per-account state and reports what can be
+judged at once; :meth:`Checker.finish` judges what needs the whole log.
+
+- I1 every reservation is closed by exactly one refund (possibly 0), has at
+  most one debit, and debit + refund == reserved; no debit or refund without
+  a reservation, none after the refund that closed it.
+- I2 per account, replayed: ``balance = deposited - held - spent`` never
+  below 0 and ``held`` never below 0 at any point; at the end ``held`` equals
+  what the open reservations still hold.
+- I4 one RCP award per completed and paid job, to the operator and node of
+  its ``JobCompleted``; none on a self-job (operator == the job's account),
+  none for a job that did not complete.
+- I5 a paid ``JobCompleted`` (debit > 0 or an RCP award) carries a valid
+  node signature (:func:`bus.signing.verify_result`).
+
+A job's outcome is its first terminal event, as in the jobs read model and
+as settlement resolves it. Checks that an in-flight job could fail wait for
+``grace_s``: a reservation may stay open until its deadline + grace; a paid
+completion may lack its award until its refund is ``grace_s`` old.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReserved,
+                        Event, JobCancelled, JobCompleted, JobExpired, JobFailed, JobSubmitted,
+                        RCPAwarded, parse_event)
+from bus.signing import verify_result
+from projections.replay import Delivery
+from projections.store import utc
+
+MAX_LINES_PER_RULE = 200  # a broken log can break millions of rules: count the rest
+
+
+class Violations:
+    """Readable violation lines, at most ``MAX_LINES_PER_RULE`` per invariant."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.counts: dict[str, int] = {}
+
+    def add(self, rule: str, text: str) -> None:
+        n = self.counts[rule] = self.counts.get(rule, 0) + 1
+        if n <= MAX_LINES_PER_RULE:
+            self.lines.append(f"{rule} {text}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Balance:
+    __slots__ = ("deposited", "held", "spent", "refunded", "rcp", "flagged")
+
+    def __init__(self) -> None:
+        self.deposited = self.held = self.spent = self.refunded = self.rcp = 0
+        self.flagged = False  # one I2 line per account, not one per later event
+
+    @property
+    def balance(self) -> int:
+        return self.deposited - self.held - self.spent
+
+
+class _Job:
+    __slots__ = ("account", "submitted_account", "reserved", "reserves", "deadline", "debited",
+                 "debits", "refunded", "refunds", "closed_at", "outcome", "node_id", "operator",
+                 "completion_tokens", "completed_seq", "signature_ok", "awards")
+
+    def __init__(self) -> None:
+        self.account = self.submitted_account = self.outcome = None
+        self.node_id = self.operator = None
+        self.deadline = self.closed_at = None
+        self.reserved = self.reserves = self.debited = self.debits = 0
+        self.refunded = self.refunds = self.completion_tokens = self.completed_seq = 0
+        self.signature_ok = True
+        self.awards: list[tuple[str, str, int]] = []  # (operator, node_id, seq)
+
+
+class Checker:
+    """Replayed accounts (``accounts``), per-job facts and the violations found.
+    Feed it every delivery in stream order, then call :meth:`finish` once."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, _Job] = {}
+        self.accounts: dict[str, Balance] = {}
+        self.v = Violations()
+        self.events = self.malformed = self.open_reservations = 0
+        self._handlers = {
+            CreditsDeposited: self._deposited, CreditsReserved: self._reserved,
+            CreditsDebited: self._debited, CreditsRefunded: self._refunded,
+            RCPAwarded: self._rcp, JobSubmitted: self._submitted, JobCompleted: self._completed,
+            JobFailed: self._ended, JobCancelled: self._ended, JobExpired: self._ended}
+
+    def observe(self, d: Delivery, event: Event | None) -> None:
+        """Fold one delivery (``event`` None when malformed) into the state."""
+        self.events += 1
+        if event is None:
+            self.malformed += 1
+            return
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(d.seq, event)
+
+    def observe_raw(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            try:
+                event = parse_event(d.data)
+            except ValueError:
+                event = None
+            self.observe(d, event)
+
+    def _job(self, job_id: str) -> _Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            job = self.jobs[job_id] = _Job()
+        return job
+
+    def _account(self, account: str) -> Balance:
+        acct = self.accounts.get(account)
+        if acct is None:
+            acct = self.accounts[account] = Balance()
+        return acct
+
+    def _check_account(self, name: str, acct: Balance, seq: int, what: str) -> None:
+        if (acct.balance < 0 or acct.held < 0) and not acct.flagged:
+            acct.flagged = True
+            self.v.add("I2", f"account {name}: balance {acct.balance}, held {acct.held} "
+                             f"after {what} at seq {seq} (neither may go below 0)")
+
+    def _deposited(self, seq: int, e: CreditsDeposited) -> None:
+        self._account(e.account).deposited += e.amount
+
+    def _reserved(self, seq: int, e: CreditsReserved) -> None:
+        job = self._job(e.job_id)
+        if job.reserves:
+            self.v.add("I1", f"job {e.job_id}: reserved again at seq {seq}")
+        job.reserves += 1
+        job.reserved += e.amount
+        job.account, job.deadline = e.account, utc(e.deadline)
+        acct = self._account(e.account)
+        acct.held += e.amount
+        self._check_account(e.account, acct, seq, f"reserving {e.amount} for job {e.job_id}")
+
+    def _money_on_job(self, seq: int, e: CreditsDebited | CreditsRefunded, what: str) -> _Job:
+        job = self._job(e.job_id)
+        said = f"job {e.job_id}: {what} of {e.amount} at seq {seq}"
+        if not job.reserves:
+            self.v.add("I1", f"{said} without a reservation")
+        elif job.refunds:  # the refund is what closes a reservation
+            self.v.add("I1", f"{said} after its refund closed the reservation")
+        if job.account is not None and e.account != job.account:
+            self.v.add("I1", f"{said} on account {e.account}, reserved on {job.account}")
+        return job
+
+    def _debited(self, seq: int, e: CreditsDebited) -> None:
+        job = self._money_on_job(seq, e, "debit")
+        if job.debits:
+            self.v.add("I1", f"job {e.job_id}: debited twice (again {e.amount} at seq {seq}, "
+                             f"after {job.debited})")
+        job.debits += 1
+        job.debited += e.amount
+        acct = self._account(e.account)
+        acct.held -= e.amount
+        acct.spent += e.amount
+        self._check_account(e.account, acct, seq, f"debiting {e.amount} for job {e.job_id}")
+
+    def _refunded(self, seq: int, e: CreditsRefunded) -> None:
+        job = self._money_on_job(seq, e, "refund")
+        job.refunds += 1
+        job.refunded += e.amount
+        job.closed_at = job.closed_at or utc(e.occurred_at)
+        acct = self._account(e.account)
+        acct.held -= e.amount
+        acct.refunded += e.amount
+        self._check_account(e.account, acct, seq, f"refunding {e.amount} for job {e.job_id}")
+
+    def _rcp(self, seq: int, e: RCPAwarded) -> None:
+        self._account(e.operator).rcp += e.points
+        self._job(e.job_id).awards.append((e.operator, e.node_id, seq))
+
+    def _submitted(self, seq: int, e: JobSubmitted) -> None:
+        self._job(e.job_id).submitted_account = e.account
+
+    def _completed(self, seq: int, e: JobCompleted) -> None:
+        job = self._job(e.job_id)
+        if job.outcome is None:  # later completions are never the one paid
+            job.outcome, job.node_id, job.operator = "completed", e.node_id, e.operator
+            job.completion_tokens, job.completed_seq = e.usage.completion_tokens, seq
+            job.signature_ok = verify_result(e)
+
+    def _ended(self, seq: int, e: Event) -> None:
+        job = self._job(e.job_id)  # type: ignore[attr-defined]
+        if job.outcome is None:
+            job.outcome = type(e).__name__.removeprefix("Job").lower()
+
+    def finish(self, now: datetime | None = None, grace_s: float = 120.0) -> None:
+        """Judge what needs the whole log (I1 closure and sums, I2 holds, I4, I5)."""
+        now = now or datetime.now(timezone.utc)
+        grace = timedelta(seconds=grace_s)
+        open_hold: dict[str, int] = {}
+        for job_id, job in self.jobs.items():
+            if job.reserves and not job.refunds:
+                open_hold[job.account] = open_hold.get(job.account, 0) + job.reserved - job.debited
+                if job.deadline is not None and job.deadline + grace < now:
+                    self.v.add("I1", f"job {job_id}: reservation of {job.reserved} never closed "
+                                     f"(deadline {job.deadline.isoformat()}, no refund)")
+                else:
+                    self.open_reservations += 1
+            elif job.reserves and job.debited + job.refunded != job.reserved:
+                self.v.add("I1", f"job {job_id}: debit {job.debited} + refund {job.refunded} "
+                                 f"!= reserved {job.reserved}")
+            self._check_rcp(job_id, job, now, grace)
+            if job.outcome == "completed" and (job.debited > 0 or job.awards) \
+                    and not job.signature_ok:
+                self.v.add("I5", f"job {job_id}: paid JobCompleted at seq {job.completed_seq} "
+                                 f"has no valid signature of node {job.node_id}")
+        for name, acct in self.accounts.items():
+            expected = open_hold.get(name, 0)
+            if acct.held != expected:
+                self.v.add("I2", f"account {name}: held {acct.held}, but its open reservations "
+                                 f"hold {expected} (deposited {acct.deposited} != balance "
+                                 f"{acct.balance} + held {expected} + debited {acct.spent})")
+
+    def _check_rcp(self, job_id: str, job: _Job, now: datetime, grace: timedelta) -> None:
+        account = job.account or job.submitted_account
+        self_job = job.operator is not None and job.operator == account
+        if len(job.awards) > 1:
+            self.v.add("I4", f"job {job_id}: RCP awarded {len(job.awards)} times "
+                             f"(seqs {', '.join(str(a[2]) for a in job.awards)})")
+        for operator, node_id, seq in job.awards[:1]:
+            if job.outcome != "completed":
+                self.v.add("I4", f"job {job_id}: RCP awarded to {operator} at seq {seq}, but the "
+                                 f"job did not complete (outcome: {job.outcome or 'none'})")
+            elif self_job:
+                self.v.add("I4", f"job {job_id}: RCP awarded on a self-job (operator {operator} "
+                                 f"is the job's own account)")
+            elif (operator, node_id) != (job.operator, job.node_id):
+                self.v.add("I4", f"job {job_id}: RCP awarded to operator {operator} node "
+                                 f"{node_id[:16]}, expected operator {job.operator} node "
+                                 f"{(job.node_id or '')[:16]} (ran the job)")
+        # No award is due for zero points (no completion tokens) or a self-job.
+        if not job.awards and job.outcome == "completed" and job.debited > 0 and not self_job \
+                and job.completion_tokens > 0 and job.closed_at is not None \
+                and job.closed_at + grace < now:
+            self.v.add("I4", f"job {job_id}: completed and paid {job.debited}, but no RCP award "
+                             f"to operator {job.operator}")

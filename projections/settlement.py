@@ -1,0 +1,96 @@
+"""Settlement: each job outcome on the log becomes one ledger resolution.
+
+A faststream durable pull consumer reads the four terminal job events and
+drives the ledger; the ledger resolves a reservation at most once, so a
+redelivered or repeated outcome changes nothing. A verified ``JobCompleted``
+is charged its counted usage and earns its node's operator RCP; an
+unverifiable one, a failure, an expiry or a cancel before any output is
+refunded in full; a cancel charges what was produced. An expiry sweep refunds
+reservations still held well past their job's deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.js.api import ConsumerConfig
+from pydantic import ValidationError
+
+from bus import subjects
+from bus.events import Event, JobCancelled, JobCompleted, JobExpired, JobFailed, parse_event
+from bus.pricing import Pricing
+from bus.publish import publish_event
+from bus.signing import verify_result
+from projections import views
+
+log = logging.getLogger("inferbus.settlement")
+DURABLE = "settlement"
+OUTCOMES = (JobCompleted, JobFailed, JobCancelled, JobExpired)
+SWEEP_EVERY_S = 5.0
+
+
+class Settlement:
+    """The settlement policy: job outcome -> ledger command."""
+
+    def __init__(self, ledger, pricing: Pricing) -> None:
+        self.ledger, self.pricing = ledger, pricing
+
+    def apply(self, event: Event):
+        """Resolve the job's reservation; None when the job has none (unbilled)."""
+        try:
+            return self._resolve(event)
+        except KeyError:  # UnknownReservation: a job that was never billed
+            log.warning("no reservation for %s %s", type(event).__name__, event.job_id)
+            return None
+
+    def _resolve(self, event: Event):
+        if isinstance(event, JobCompleted):
+            if not verify_result(event):
+                return self.ledger.refund(event.job_id, "result signature invalid")
+            return self.ledger.settle(
+                event.job_id, self.pricing.cost(event.model, event.usage),
+                operator=event.operator, node_id=event.node_id,
+                points=self.pricing.points(event.usage.completion_tokens, event.tier))
+        if isinstance(event, JobCancelled) and event.usage and event.model:
+            return self.ledger.settle(event.job_id, self.pricing.cost(event.model, event.usage))
+        reason = {JobFailed: "failed", JobExpired: "expired"}.get(type(event), "cancelled")
+        return self.ledger.refund(event.job_id, reason)
+
+
+def subscribe(broker: NatsBroker, settlement: Settlement, ack_wait_s: float = 30.0) -> None:
+    """Register the settlement consumer on ``broker`` (before it starts)."""
+
+    @broker.subscriber(
+        stream=JStream(name=subjects.EVENTS_STREAM, declare=False), durable=DURABLE,
+        pull_sub=PullSub(batch_size=64, timeout=1.0), ack_policy=AckPolicy.NACK_ON_ERROR,
+        config=ConsumerConfig(filter_subjects=subjects.events_of(*(e.__name__ for e in OUTCOMES)),
+                              ack_wait=ack_wait_s))
+    async def settle(msg: NatsMessage) -> None:
+        try:
+            event = parse_event(msg.body)
+        except ValidationError as exc:  # a malformed outcome can never settle: skip it
+            log.error("malformed outcome at %s skipped: %s", msg.raw_message.subject, exc)
+            return
+        # A ledger error raises: the message is nacked and delivered again.
+        await asyncio.to_thread(settlement.apply, event)
+
+
+async def sweep_expired(store, ledger, js, grace_s: float, stop: asyncio.Event) -> None:
+    """Close reservations still pending past deadline + grace: refund and log expiry."""
+    while not stop.is_set():
+        try:
+            now = datetime.now(timezone.utc)
+            for job_id in await asyncio.to_thread(views.expired_reservations, store, now, grace_s):
+                resolution = await asyncio.to_thread(ledger.refund, job_id, "expired")
+                if not resolution.already:
+                    view = await asyncio.to_thread(ledger.reservation, job_id)
+                    await publish_event(js, JobExpired(job_id=job_id, zone=view.zone), view.zone)
+        except Exception:  # noqa: BLE001 - the next sweep tries again
+            log.exception("expiry sweep failed")
+        try:
+            await asyncio.wait_for(stop.wait(), SWEEP_EVERY_S)
+        except asyncio.TimeoutError:
+            pass

@@ -1,0 +1,92 @@
+"""Settlement on a real nats-server and a real ledger: outcomes drive the
+ledger exactly once, however often they are delivered."""
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import nats
+import pytest
+from faststream.nats import NatsBroker
+
+from bus import signing
+from bus.config import Settings
+from bus.events import JobCompleted, JobFailed, Usage, output_hash
+from bus.ledger import Ledger
+from bus.pricing import Pricing
+from bus.publish import publish_event
+from bus.streams import ensure_streams
+from projections import settlement
+
+USAGE = Usage(prompt_tokens=10, completion_tokens=20)
+
+
+@pytest.fixture
+async def world(fresh_nats, tmp_path):
+    nc = await nats.connect(fresh_nats.url)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    ledger = Ledger.open(Settings(data_dir=tmp_path, nats_url=fresh_nats.url))
+    broker = NatsBroker(fresh_nats.url)
+    settlement.subscribe(broker, settlement.Settlement(ledger, Pricing()), ack_wait_s=2)
+    await broker.start()
+    key = signing.load_or_create_key(tmp_path / "node.key")
+    yield js, ledger, key
+    await broker.stop()
+    await nc.close()
+    ledger.close()
+
+
+def reserve(ledger, job_id: str, account: str = "acme") -> None:
+    ledger.deposit(account, 10_000_000)
+    ledger.reserve(account, job_id, 1_000_000, key_id="k", zone="eu",
+                   deadline=datetime.now(timezone.utc) + timedelta(minutes=5))
+
+
+def completed(key, job_id: str, **kw) -> JobCompleted:
+    fields = dict(job_id=job_id, operator="op", tier=1, attempt=1, input_hash="i",
+                  output_hash=output_hash("x"))
+    sig = signing.sign_result(key, usage=USAGE, **fields)
+    return JobCompleted(model="m", node_id=signing.node_id(key), zone="eu", text="x",
+                        finish_reason="stop", usage=USAGE, signature=sig, **{**fields, **kw})
+
+
+async def resolved(ledger, job_id: str):
+    for _ in range(200):
+        view = await asyncio.to_thread(ledger.reservation, job_id)
+        if view.status != "pending":
+            return view
+        await asyncio.sleep(0.02)
+    raise TimeoutError(job_id)
+
+
+async def test_outcome_delivered_three_times_is_charged_once(world):
+    js, ledger, key = world
+    reserve(ledger, "job1")
+    event = completed(key, "job1")
+    for _ in range(3):  # three distinct messages: JetStream cannot deduplicate them
+        await publish_event(js, event.model_copy(update={"event_id": f"e{_}"}), "eu")
+    view = await resolved(ledger, "job1")
+    await asyncio.sleep(0.5)  # give the two repeats time to (not) act
+    expected = Pricing().cost("m", USAGE)
+    assert (view.status, view.debited, view.refunded) == ("settled", expected, 1_000_000 - expected)
+    assert ledger.account("acme").spent == expected
+    assert ledger.account("op").rcp == USAGE.completion_tokens
+
+
+async def test_result_with_a_forged_signature_is_refunded_and_never_paid(world):
+    js, ledger, key = world
+    reserve(ledger, "job2")
+    forged = completed(key, "job2").model_copy(update={"operator": "mallory"})
+    await publish_event(js, forged, "eu")
+    view = await resolved(ledger, "job2")
+    assert (view.status, view.debited) == ("refunded", 0)
+    assert ledger.account("mallory").rcp == 0
+
+
+async def test_failed_job_is_refunded_in_full(world):
+    js, ledger, _ = world
+    reserve(ledger, "job3")
+    await publish_event(js, JobFailed(job_id="job3", zone="eu", code="worker_error",
+                                      message="boom"), "eu")
+    view = await resolved(ledger, "job3")
+    assert (view.status, view.refunded) == ("refunded", 1_000_000)
+    assert ledger.account("acme").held == 0
