@@ -17,9 +17,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from bus import signing
-from bus.events import (Event, JobCompleted, JobExpired, JobFailed, JobStarted, JobSubmitted,
-                        Usage, output_hash)
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from bus import signing, subjects
+from bus.events import (Event, JobCancelled, JobCompleted, JobExpired, JobFailed, JobStarted,
+                        JobSubmitted, Usage, output_hash)
 from bus.publish import publish_event
 from bus.replies import Delta, Finished, Started
 from workers.engine import ContextLengthExceeded, Engine, GenerationRequest, Step
@@ -38,6 +41,7 @@ class JobRunner:
     tier: int
     ack_wait_s: float
     max_attempts: int
+    cancels: KeyValue
     busy: int = 0  # jobs running now, reported in heartbeats
 
     @property
@@ -68,19 +72,43 @@ class JobRunner:
             return self._failed(job, "job_failed", f"gave up after {attempt - 1} attempts")
         if job.deadline <= datetime.now(timezone.utc):
             return JobExpired(job_id=job.job_id, zone=job.zone)
-        await publish_event(self.js, JobStarted(job_id=job.job_id, node_id=self.node_id,
-                                                zone=self.zone, attempt=attempt), job.zone)
-        await self._reply(job, Started(job_id=job.job_id, zone=self.zone, attempt=attempt))
+        stop = asyncio.Event()
+        # Listen first, then look: a cancel sent between the two is still heard.
+        async def on_cancel(_: Msg) -> None:
+            stop.set()
+
+        sub = await self.nc.subscribe(subjects.cancel(job.job_id), cb=on_cancel)
         try:
-            text, last = await self._generate(job)
-        except ContextLengthExceeded as exc:
-            return self._failed(job, "context_length_exceeded", str(exc))
-        except Exception as exc:  # noqa: BLE001 - any engine fault fails this job only
-            log.exception("job %s failed", job.job_id)
-            return self._failed(job, "worker_error", f"{type(exc).__name__}: {exc}")
+            if await self._cancelled(job.job_id):
+                return self._cancelled_event(job, None)
+            await publish_event(self.js, JobStarted(job_id=job.job_id, node_id=self.node_id,
+                                                    zone=self.zone, attempt=attempt), job.zone)
+            await self._reply(job, Started(job_id=job.job_id, zone=self.zone, attempt=attempt))
+            try:
+                text, last = await self._generate(job, stop)
+            except ContextLengthExceeded as exc:
+                return self._failed(job, "context_length_exceeded", str(exc))
+            except Exception as exc:  # noqa: BLE001 - any engine fault fails this job only
+                log.exception("job %s failed", job.job_id)
+                return self._failed(job, "worker_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            await sub.unsubscribe()
+        if stop.is_set():
+            return self._cancelled_event(job, _usage(last))
         return self._completed(job, attempt, text, last)
 
-    async def _generate(self, job: JobSubmitted) -> tuple[str, Step]:
+    async def _cancelled(self, job_id: str) -> bool:
+        try:
+            await self.cancels.get(job_id)
+        except KeyNotFoundError:
+            return False
+        return True
+
+    def _cancelled_event(self, job: JobSubmitted, usage: Usage | None) -> JobCancelled:
+        return JobCancelled(job_id=job.job_id, zone=job.zone, reason="cancelled",
+                            model=job.model, node_id=self.node_id, usage=usage)
+
+    async def _generate(self, job: JobSubmitted, stop: asyncio.Event) -> tuple[str, Step]:
         """Run the engine in a thread, replying each piece of text as it comes."""
         loop = asyncio.get_running_loop()
         steps: asyncio.Queue[Step | BaseException | None] = asyncio.Queue()
@@ -90,7 +118,7 @@ class JobRunner:
 
         def produce() -> None:
             try:
-                for step in self.engine.generate(request):
+                for step in self.engine.generate(request, should_stop=stop.is_set):
                     loop.call_soon_threadsafe(steps.put_nowait, step)
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop
                 loop.call_soon_threadsafe(steps.put_nowait, exc)
@@ -110,12 +138,13 @@ class JobRunner:
         return text, last
 
     def _completed(self, job: JobSubmitted, attempt: int, text: str, last: Step) -> JobCompleted:
-        usage = Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens)
+        usage = _usage(last)
         in_hash, out_hash = job.input_hash(), output_hash(text)
         signature = signing.sign_result(self.key, job.job_id, self.operator, self.tier, attempt,
                                         in_hash, out_hash, usage)
         return JobCompleted(
-            job_id=job.job_id, node_id=self.node_id, operator=self.operator, tier=self.tier,
+            job_id=job.job_id, model=job.model, node_id=self.node_id, operator=self.operator,
+            tier=self.tier,
             zone=self.zone, attempt=attempt, text=text, finish_reason=last.finish_reason or "stop",
             usage=usage, input_hash=in_hash, output_hash=out_hash, signature=signature)
 
@@ -135,3 +164,7 @@ class JobRunner:
                 await msg.in_progress()
             except Exception as exc:  # noqa: BLE001
                 log.warning("in-progress ack failed: %s", exc)
+
+
+def _usage(last: Step) -> Usage:
+    return Usage(prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens)

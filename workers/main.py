@@ -16,7 +16,7 @@ import nats
 from bus import signing, subjects
 from bus.config import Settings
 from bus.nodes import ModelInfo, NodeRecord
-from bus.streams import ensure_streams, ensure_work_consumer, nodes_bucket
+from bus.streams import cancels_bucket, ensure_streams, ensure_work_consumer, nodes_bucket
 from workers.engine import Engine
 from workers.heartbeat import heartbeat
 from workers.jobs import JobRunner
@@ -78,8 +78,10 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
         consumer = await ensure_work_consumer(js, zone, name, settings.job_ack_wait_s)
         sources.append(await PullSource(nc, subjects.JOBS_STREAM, consumer).start())
     bell = await Doorbell(nc, [subjects.jobs(z, name) for z in zones]).start()
+    cancels = await cancels_bucket(js, settings.job_timeout_s + settings.expiry_grace_s,
+                                   settings.stream_replicas)
     runner = JobRunner(nc, js, engine, key, options.zone, options.operator, options.tier,
-                       settings.job_ack_wait_s, settings.job_max_attempts)
+                       settings.job_ack_wait_s, settings.job_max_attempts, cancels)
     facts = gpu_facts()
 
     def record() -> NodeRecord:
