@@ -1,6 +1,7 @@
-"""The API's composition root: connects the bus and read models, wires routes."""
+"""The API's composition root: connects the bus, ledger and read models, wires routes."""
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 import nats
@@ -15,7 +16,8 @@ from api.routes import router
 from api.serving import Serving
 from api.zones import ZoneResolver
 from bus.config import Settings
-from bus.streams import ensure_streams, nodes_bucket
+from bus.ledger import Ledger
+from bus.streams import cancels_bucket, ensure_streams, nodes_bucket
 from projections.store import open_store
 
 
@@ -25,16 +27,23 @@ def create_app(settings: Settings) -> FastAPI:
         nc = await nats.connect(settings.resolved_nats_url(), name="api",
                                 max_reconnect_attempts=-1)
         js = nc.jetstream()
-        await ensure_streams(js, settings.stream_replicas)
+        replicas = settings.stream_replicas
+        await ensure_streams(js, replicas)
         nodes, replies = LiveNodes(), ReplyRouter(nc)
-        await nodes.watch(await nodes_bucket(js, settings.stream_replicas))
+        await nodes.watch(await nodes_bucket(js, replicas))
         await replies.start()
-        store = open_store(settings)
+        cancels = await cancels_bucket(js, settings.job_timeout_s + settings.expiry_grace_s,
+                                       replicas)
+        store = await asyncio.to_thread(open_store, settings)
+        ledger = await asyncio.to_thread(Ledger.open, settings)
+        app.state.settings = settings
+        app.state.ledger = ledger
         app.state.keys = KeyRing(js)
         app.state.nodes = nodes
         app.state.zones = ZoneResolver(settings.geoip_db, settings.trusted_proxies)
-        app.state.serving = Serving(js, nodes, replies, settings.job_timeout_s)
-        app.state.jobs = JobQueries(store)
+        app.state.serving = Serving(nc, js, nodes, replies, ledger, settings.pricing, cancels,
+                                    settings.job_timeout_s)
+        app.state.jobs = JobQueries(store, ledger)
         try:
             yield
         finally:
@@ -42,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
             await replies.stop()
             await nc.drain()
             store.close()
+            ledger.close()
 
     app = FastAPI(title="inferbus", version="0.1.0", lifespan=lifespan)
     errors.install(app)

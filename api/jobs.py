@@ -1,8 +1,8 @@
-"""``GET /v1/jobs/{id}``: the job read model, shaped for consumers.
+"""Jobs as consumers see them: ``GET``/``DELETE /v1/jobs/{id}`` from the read models.
 
-The read model is built by the projector, a few milliseconds behind the log;
-a job just accepted may not be there yet, so a miss waits briefly before it
-becomes a 404. Another account's job is a 404 too, never a 403.
+The read models are built by the projector, a few milliseconds behind the
+log; a job just accepted may not be there yet, so a miss waits briefly before
+it becomes a 404. Another account's job is a 404 too, never a 403.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from datetime import datetime
 
 from api.protocol import result_body
 from bus.events import Usage
+from bus.pricing import credits
 from projections.views import JobView, get_job
 
 PROJECTION_LAG_S = 2.0
@@ -25,16 +26,23 @@ def _unix(value) -> int | None:
     return int(value.timestamp())
 
 
-def job_body(view: JobView) -> dict:
+def result_of(view: JobView) -> dict | None:
+    """The sync body of a completed job, None otherwise."""
+    if view.status != "completed" or view.completion_tokens is None:
+        return None
+    usage = Usage(prompt_tokens=view.prompt_tokens or 0, completion_tokens=view.completion_tokens)
+    return result_body(view.kind, view.job_id, view.model, _unix(view.created_at),
+                       view.text or "", view.finish_reason or "stop", usage)
+
+
+def job_body(view: JobView, cost: int | None) -> dict:
+    result = result_of(view)
     usage = None
-    if view.completion_tokens is not None and view.prompt_tokens is not None:
-        usage = Usage(prompt_tokens=view.prompt_tokens, completion_tokens=view.completion_tokens)
-    result = None
-    if view.status == "completed" and usage is not None:
-        result = result_body(view.kind, view.job_id, view.model, _unix(view.created_at),
-                             view.text or "", view.finish_reason or "stop", usage)
+    if view.completion_tokens is not None:
+        usage = {"prompt_tokens": view.prompt_tokens, "completion_tokens": view.completion_tokens,
+                 "total_tokens": (view.prompt_tokens or 0) + view.completion_tokens}
     body = {"id": view.job_id, "object": "job", "status": view.status, "model": view.model,
-            "result": result, "usage": result["usage"] if result else None, "cost": None,
+            "result": result, "usage": usage, "cost": None if cost is None else credits(cost),
             "zone": view.served_zone or view.zone, "route": view.route,
             "created_at": _unix(view.created_at), "finished_at": _unix(view.finished_at)}
     if view.status in ("failed", "expired", "cancelled"):
@@ -44,11 +52,12 @@ def job_body(view: JobView) -> dict:
 
 
 class JobQueries:
-    def __init__(self, store) -> None:
-        self._store = store
+    def __init__(self, store, ledger) -> None:
+        self._store, self._ledger = store, ledger
 
-    async def find(self, job_id: str, account: str) -> JobView | None:
-        deadline = time.monotonic() + PROJECTION_LAG_S
+    async def find(self, job_id: str, account: str, wait_s: float = PROJECTION_LAG_S
+                   ) -> JobView | None:
+        deadline = time.monotonic() + wait_s
         while True:
             view = await asyncio.to_thread(get_job, self._store, job_id)
             if view is not None:
@@ -56,3 +65,17 @@ class JobQueries:
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(0.05)
+
+    async def until_terminal(self, view: JobView, timeout: float) -> JobView:
+        """The job once it has ended (or as it is after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not view.terminal and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            view = await asyncio.to_thread(get_job, self._store, view.job_id) or view
+        return view
+
+    async def body(self, view: JobView) -> dict:
+        """The job with its cost from the ledger (authoritative, unlike a read model)."""
+        held = await asyncio.to_thread(self._ledger.reservation, view.job_id)
+        cost = held.debited if held is not None and held.status != "pending" else None
+        return job_body(view, cost)

@@ -6,12 +6,17 @@ Routers stay thin; everything that decides lives here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from api.errors import APIError
 from api.keys import Principal
@@ -19,12 +24,24 @@ from api.nodes import LiveNodes
 from api.protocol import ChatCompletionRequest, CompletionRequest, chunk_body, now, result_body
 from api.replies import ReplyRouter
 from bus import subjects
-from bus.events import JobCompleted, JobExpired, JobFailed, JobSubmitted, new_id
+from bus.events import JobCancelled, JobCompleted, JobExpired, JobFailed, JobSubmitted, new_id
+from bus.ledger import InsufficientCredits, Ledger
+from bus.pricing import Pricing, credits, prompt_tokens_bound
 from bus.publish import enqueue_job, publish_event
 from bus.replies import Delta, Finished, Started
 
+log = logging.getLogger("inferbus.api")
 Request = ChatCompletionRequest | CompletionRequest
 _FAILURE_STATUS = {"context_length_exceeded": 400}
+_IDEMPOTENT = uuid.UUID("6f1c2a52-4c1e-4f0e-9a55-2d9f2a1b7c01")
+
+
+class Duplicate(Exception):
+    """An ``Idempotency-Key`` seen before with the same body: answer with that job."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
 
 
 @dataclass
@@ -46,10 +63,13 @@ def failure(event: JobFailed | JobExpired) -> APIError:
 
 
 class Serving:
-    def __init__(self, js: JetStreamContext, nodes: LiveNodes, router: ReplyRouter,
+    def __init__(self, nc: Client, js: JetStreamContext, nodes: LiveNodes, router: ReplyRouter,
+                 ledger: Ledger, pricing: Pricing, cancels: KeyValue,
                  job_timeout_s: float) -> None:
-        self._js, self._nodes, self._router = js, nodes, router
+        self._nc, self._js, self._nodes, self._router = nc, js, nodes, router
+        self._ledger, self._pricing, self._cancels = ledger, pricing, cancels
         self._timeout = job_timeout_s
+        self._background: set[asyncio.Task] = set()
 
     def _check_model(self, req: Request) -> str:
         info = self._nodes.models().get(req.model)
@@ -64,33 +84,87 @@ class Serving:
                            "max_tokens")
         return info.name
 
-    async def submit(self, who: Principal, req: Request, zone: str, live: bool) -> Submission:
-        """Validate against live capacity, then log and queue the job."""
+    async def submit(self, who: Principal, req: Request, zone: str, live: bool,
+                     idempotency_key: str | None = None) -> Submission:
+        """Validate, reserve the worst-case cost, then log and queue the job.
+
+        Raises ``Duplicate`` for a repeated ``Idempotency-Key`` with the same body."""
         model = self._check_model(req)
         route = "zone" if zone != subjects.GLOBAL and self._nodes.serves(zone, model) else "global"
         is_chat = isinstance(req, ChatCompletionRequest)
+        request_hash = hashlib.sha256(f"{type(req).__name__}|{req.model_dump_json()}".encode()
+                                      ).hexdigest()
+        job_id, event_id = new_id(), new_id()
+        if idempotency_key:
+            # The same key always names the same job, and its events the same ids, so a
+            # concurrent repeat is deduplicated by JetStream rather than run twice.
+            job_id = uuid.uuid5(_IDEMPOTENT, f"{who.account}|{idempotency_key}").hex
+            event_id = uuid.uuid5(_IDEMPOTENT, f"{job_id}|submitted").hex
+            await self._check_repeat(job_id, request_hash)
         job = JobSubmitted(
-            job_id=new_id(), account=who.account, key_id=who.key_id, model=model,
-            kind="chat" if is_chat else "completion", sampling=req.sampling(),
+            event_id=event_id, job_id=job_id, account=who.account, key_id=who.key_id,
+            model=model, kind="chat" if is_chat else "completion", sampling=req.sampling(),
             messages=tuple(m.to_contract() for m in req.messages) if is_chat else None,
             prompt=None if is_chat else req.prompt, zone=zone, route=route,
             deadline=datetime.now(timezone.utc) + timedelta(seconds=self._timeout),
             reply_to=self._router.subject if live else None)
+        await self._reserve(job, request_hash, idempotency_key is not None)
         replies = self._router.expect(job.job_id) if live else None
         try:
-            await publish_event(self._js, job, zone)
-        except Exception:
+            await self._publish(job)
+        except APIError:
             self._router.forget(job.job_id)
+            raise
+        return Submission(job, replies, now(), req.include_usage)
+
+    async def _check_repeat(self, job_id: str, request_hash: str) -> None:
+        held = await asyncio.to_thread(self._ledger.reservation, job_id)
+        if held is not None:
+            if held.request_hash != request_hash:
+                raise APIError(422, "this Idempotency-Key was used with a different request",
+                               "idempotency_key_reused", "Idempotency-Key")
+            raise Duplicate(job_id)
+
+    async def _reserve(self, job: JobSubmitted, request_hash: str, idempotent: bool) -> None:
+        bound = prompt_tokens_bound(job.messages, job.prompt)
+        amount = self._pricing.worst_case(job.model, bound, job.sampling.max_tokens)
+        try:
+            held = await asyncio.to_thread(
+                self._ledger.reserve, job.account, job.job_id, amount, key_id=job.key_id,
+                zone=job.zone, deadline=job.deadline, request_hash=request_hash)
+        except InsufficientCredits as exc:
+            raise APIError(402, f"This request may cost up to {credits(amount)} credits; the "
+                           f"account has {credits(exc.available)} available.",
+                           "insufficient_quota") from None
+        if idempotent and held.request_hash != request_hash:  # lost a race to another body
+            raise APIError(422, "this Idempotency-Key was used with a different request",
+                           "idempotency_key_reused", "Idempotency-Key")
+
+    async def _publish(self, job: JobSubmitted) -> None:
+        """Log, then queue. A failure refunds or fails the job: no credit stays held."""
+        try:
+            await publish_event(self._js, job, job.zone)
+        except Exception:  # noqa: BLE001 - nothing was logged: give the credits back
+            await asyncio.to_thread(self._ledger.refund, job.job_id, "not queued")
             raise APIError(503, "the job log is unavailable; nothing was queued",
                            "bus_unavailable") from None
         try:
             await enqueue_job(self._js, job)
-        except Exception as exc:  # logged but not queued: close it so it never hangs
-            self._router.forget(job.job_id)
-            await publish_event(self._js, JobFailed(job_id=job.job_id, zone=zone,
-                                                    code="enqueue_failed", message=str(exc)), zone)
+        except Exception as exc:  # noqa: BLE001 - logged but not queued: fail it (refunds)
+            await publish_event(self._js, JobFailed(job_id=job.job_id, zone=job.zone,
+                                                    code="enqueue_failed", message=str(exc)),
+                                job.zone)
             raise APIError(503, "the job queue is unavailable", "bus_unavailable") from None
-        return Submission(job, replies, now(), req.include_usage)
+
+    async def cancel(self, job_id: str, zone: str, queued: bool) -> None:
+        """Ask whichever worker holds the job to stop; a job nobody runs is closed here.
+
+        Mark first, then signal: a worker listens first, then looks (workers.jobs)."""
+        await self._cancels.put(job_id, b"1")
+        await self._nc.publish(subjects.cancel(job_id), b"")
+        if queued:
+            await publish_event(self._js, JobCancelled(job_id=job_id, zone=zone,
+                                                       reason="cancelled before it started"), zone)
 
     async def _next(self, sub: Submission) -> Started | Delta | Finished:
         left = (sub.job.deadline - datetime.now(timezone.utc)).total_seconds()
@@ -134,7 +208,7 @@ class Serving:
             body = chunk_body(job.kind, job.job_id, job.model, sub.created, **kw)
             return b"data: " + json.dumps(body).encode() + b"\n\n"
 
-        sent = 0
+        sent, finished = 0, False
         try:
             if job.kind == "chat":
                 yield chunk(first=True)
@@ -155,7 +229,13 @@ class Serving:
                 if sub.include_usage:
                     yield chunk(usage=event.usage)
             yield b"data: [DONE]\n\n"
+            finished = True
         except APIError as exc:
             yield b"data: " + json.dumps(exc.body()).encode() + b"\n\ndata: [DONE]\n\n"
         finally:
             self._router.forget(job.job_id)
+            if not finished:  # the client went away mid-stream: stop the job, charge what ran
+                task = asyncio.get_running_loop().create_task(
+                    self.cancel(job.job_id, job.zone, False))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
