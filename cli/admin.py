@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal, InvalidOperation
 
 import nats
 
 from api.keys import hash_key, new_key
 from bus.config import Settings
-from bus.events import ApiKeyIssued
+from bus.events import MICRO, ApiKeyIssued, new_id
+from bus.ledger import Ledger
 from bus.nodes import NodeRecord
 from bus.publish import publish_event
 from bus.streams import ensure_streams, nodes_bucket
+from projections.audit import audit
+from projections.store import open_store
 
 
 async def _connect(settings: Settings):
@@ -25,16 +29,52 @@ async def _connect(settings: Settings):
     return nc, js
 
 
-async def create_key(settings: Settings, account: str, subcloud: str | None = None) -> str:
-    """Issue a key for ``account``; only its hash goes on the log."""
+def parse_credits(text: str) -> int:
+    """'12.5' credits -> micro-credits; a clear error for anything else."""
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"not a number of credits: {text!r}") from None
+    if not amount.is_finite() or amount <= 0 or amount * MICRO != int(amount * MICRO):
+        raise ValueError(f"credits must be positive with at most 6 decimals: {text!r}")
+    return int(amount * MICRO)
+
+
+def deposit(settings: Settings, account: str, micro: int, deposit_id: str | None = None):
+    """Credit ``account``; the relay in the projector puts the deposit on the log."""
+    ledger = Ledger.open(settings)
+    try:
+        return ledger.deposit(account, micro, deposit_id or new_id())
+    finally:
+        ledger.close()
+
+
+async def create_key(settings: Settings, account: str, subcloud: str | None = None,
+                     micro_credits: int = 0) -> str:
+    """Issue a key for ``account`` (optionally with a deposit); only its hash is published."""
     key = new_key()
+    digest = hash_key(key)
     nc, js = await _connect(settings)
     try:
-        await publish_event(js, ApiKeyIssued(key_hash=hash_key(key), account=account,
-                                             subcloud=subcloud))
+        if micro_credits:  # before the key exists, so the key never works without its credits
+            await asyncio.to_thread(deposit, settings, account, micro_credits, f"key-{digest}")
+        await publish_event(js, ApiKeyIssued(key_hash=digest, account=account, subcloud=subcloud))
     finally:
         await nc.close()
     return key
+
+
+async def run_audit(settings: Settings):
+    """Replay the log and check it against the live read models and the ledger."""
+    nc, js = await _connect(settings)
+    store = await asyncio.to_thread(open_store, settings)
+    ledger = await asyncio.to_thread(Ledger.open, settings)
+    try:
+        return await audit(js, store, await asyncio.to_thread(ledger.accounts))
+    finally:
+        await nc.close()
+        store.close()
+        ledger.close()
 
 
 async def live_nodes(settings: Settings) -> list[NodeRecord]:

@@ -37,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     kc = keys.add_parser("create", help="issue a key; printed once on the last line")
     kc.add_argument("--account", required=True)
     kc.add_argument("--subcloud")
+    kc.add_argument("--credits", default="0", help="credits deposited for the account first")
+    cr = sub.add_parser("credits", help="account credits").add_subparsers(dest="credits_cmd",
+                                                                          required=True)
+    dep = cr.add_parser("deposit", help="add credits to an account")
+    dep.add_argument("--account", required=True)
+    dep.add_argument("amount", help="credits, e.g. 25 or 0.5")
+    sub.add_parser("audit", help="replay the log and check every invariant")
     models = sub.add_parser("models", help="local models").add_subparsers(dest="models_cmd",
                                                                           required=True)
     models.add_parser("pull", help="download and convert a model").add_argument("name")
@@ -76,10 +83,22 @@ def _dispatch(args, settings: Settings) -> int:
         return _run_until_signal(lambda stop: run(settings, stop))
     if args.command == "keys":
         from cli import admin
-        key = admin.run(admin.create_key(settings, args.account, args.subcloud))
+        micro = admin.parse_credits(args.credits) if args.credits not in ("0", "") else 0
+        key = admin.run(admin.create_key(settings, args.account, args.subcloud, micro))
         print(f"API key for account {args.account!r} (shown once, keep it safe):")
         print(key)
         return 0
+    if args.command == "credits":
+        from bus.pricing import credits
+        from cli import admin
+        view = admin.deposit(settings, args.account, admin.parse_credits(args.amount))
+        print(f"{args.account}: balance {credits(view.balance)} credits")
+        return 0
+    if args.command == "audit":
+        from cli import admin
+        report = admin.run(admin.run_audit(settings))
+        print(report.render())
+        return 0 if report.ok else 1
     if args.command == "models":
         from workers import models
         if args.models_cmd == "pull":

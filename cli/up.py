@@ -18,10 +18,12 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from bus.config import NATS_URL_FILE, Settings
+from bus.events import MICRO
 from cli import admin, natsserver
 
 ZONES = ("eu", "na")
 DEMO_ACCOUNT = "demo"
+DEMO_CREDITS = 100
 
 
 @dataclass
@@ -64,7 +66,8 @@ class Network:
         path = self.settings.data_dir / "demo.key"
         if path.exists():
             return path.read_text().strip()
-        key = admin.run(admin.create_key(self.settings, DEMO_ACCOUNT))
+        key = admin.run(admin.create_key(self.settings, DEMO_ACCOUNT,
+                                         micro_credits=DEMO_CREDITS * MICRO))
         path.write_text(key + "\n")
         path.chmod(0o600)
         return key
@@ -157,7 +160,7 @@ def run(settings: Settings, model: str, host: str, port: int) -> int:
         if not net.wait_ready(key, lambda: stop["now"]):
             return 130
         print(f"inferbus is up: API on http://{host}:{port}, workers in {', '.join(ZONES)}\n"
-              f"demo API key (account {DEMO_ACCOUNT!r}): {key}\n\ntry:\n"
+              f"demo API key (account {DEMO_ACCOUNT!r}, {DEMO_CREDITS} credits): {key}\n\ntry:\n"
               f"{curl_line(host, port, key, model)}\n\nCtrl-C stops everything.", flush=True)
         while not stop["now"]:
             net.check_children()
