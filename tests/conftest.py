@@ -11,6 +11,7 @@ from tests.tiny_model import build_tiny_model
 
 TEST_DATA = Path(__file__).parent / "data"
 TINY_MODEL = "tiny-random"
+LONG_MODEL = "tiny-long"  # the same size with an 8k context: jobs long enough to interrupt
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +32,10 @@ def fresh_nats(tmp_path):
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
-    """A models dir holding the tiny random-weight model under ``TINY_MODEL``."""
+    """A models dir holding the tiny random-weight models ``TINY_MODEL`` and ``LONG_MODEL``."""
     path = tmp_path_factory.mktemp("models")
     build_tiny_model(path / TINY_MODEL)
+    build_tiny_model(path / LONG_MODEL, context=8192)
     return path
 
 

@@ -47,9 +47,6 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def start_api(self) -> None:
-        self.start("api", "api", "--port", str(self.port))
-
     def start_worker(self, zone: str, model: str, name: str | None = None) -> subprocess.Popen:
         name = name or f"worker-{zone}"
         return self.start(name, "worker", "--zone", zone, "--model", model, "--node-name", name)
@@ -68,8 +65,12 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    def new_key(self, account: str) -> str:
-        return self.cli("keys", "create", "--account", account).stdout.strip().splitlines()[-1]
+    def new_key(self, account: str, credits: str = "1000") -> str:
+        out = self.cli("keys", "create", "--account", account, "--credits", credits)
+        return out.stdout.strip().splitlines()[-1]
+
+    def start_api(self, name: str = "api", port: int | None = None) -> None:
+        self.start(name, "api", "--port", str(port or self.port))
 
     def log(self, name: str) -> str:
         return (self.data_dir / f"{name}.log").read_text(errors="replace")

@@ -43,13 +43,13 @@ def build_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
                                    pad_token="<|endoftext|>", chat_template=CHATML_TEMPLATE)
 
 
-def build_tiny_model(path: Path, seed: int = 0) -> Path:
+def build_tiny_model(path: Path, seed: int = 0, context: int = 512) -> Path:
     """Write a tiny LlamaForCausalLM and its tokenizer into ``path``; returns ``path``."""
     path = Path(path)
     tokenizer = build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
         # No EOS in the model config: random weights could emit it at any step,
         # and the tests need generations that run to max_tokens.

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import TINY_MODEL
+from tests.conftest import LONG_MODEL, TINY_MODEL
 from tests.stack import Stack
 
 
@@ -17,10 +17,12 @@ def stack(nats_server, models_dir, geoip_db, tmp_path_factory):
     s.start("projector", "projector")
     s.start_worker("eu", TINY_MODEL)
     s.start_worker("na", TINY_MODEL)
+    s.start_worker("eu", LONG_MODEL, "worker-eu-long")
     s.start_api()
     try:
         s.key = s.new_key("alice")
         s.wait_for_model(s.key, TINY_MODEL, zones=2)
+        s.wait_for_model(s.key, LONG_MODEL)
         yield s
     finally:
         s.stop()

@@ -2,6 +2,7 @@
 client's stream goes on without duplicated text, and it completes once."""
 import asyncio
 import shutil
+import time
 
 import nats
 import openai
@@ -68,3 +69,13 @@ def test_job_of_a_killed_worker_is_redelivered_and_streamed_without_duplicates(c
     assert [e.attempt for e in starts] == [1, 2]
     assert len(starts[0].node_id) == len(starts[1].node_id) and starts[0].node_id != starts[1].node_id
     assert len(done) == 1 and done[0].attempt == 2 and done[0].text == reference
+
+    # Exactly one settlement: one reservation, one debit, one refund of the rest.
+    deadline = time.monotonic() + 15
+    while True:
+        money = [type(e).__name__ for e in job_events(s.nats_url, job_id)
+                 if type(e).__name__.startswith("Credits")]
+        if "CreditsRefunded" in money or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted(money) == ["CreditsDebited", "CreditsRefunded", "CreditsReserved"]

@@ -61,7 +61,7 @@ def completed(key, **kw) -> JobCompleted:
     fields = dict(job_id="j1", attempt=1, input_hash="i", output_hash=output_hash("Paris"))
     sig = signing.sign_result(key, fields["job_id"], "op", 2, fields["attempt"],
                               fields["input_hash"], fields["output_hash"], usage)
-    base = dict(node_id=signing.node_id(key), operator="op", tier=2, zone="eu", text="Paris",
+    base = dict(model="m", node_id=signing.node_id(key), operator="op", tier=2, zone="eu", text="Paris",
                 finish_reason="stop", usage=usage, signature=sig, **fields)
     return JobCompleted(**{**base, **kw})
 
