@@ -90,3 +90,25 @@ async def test_failed_job_is_refunded_in_full(world):
     view = await resolved(ledger, "job3")
     assert (view.status, view.refunded) == ("refunded", 1_000_000)
     assert ledger.account("acme").held == 0
+
+
+async def test_reservation_held_past_its_deadline_is_swept_and_refunded(world, tmp_path):
+    from projections.store import open_store_url
+    from bus import relay, subjects
+    from tests.integration.projecting import project
+    js, ledger, _ = world
+    ledger.deposit("acme", 10_000_000)
+    ledger.reserve("acme", "stale", 1_000_000, key_id="k", zone="eu",
+                   deadline=datetime.now(timezone.utc) - timedelta(seconds=1))
+    await relay.relay_once(ledger, js, 0)  # the reservation reaches the read model
+    store = open_store_url(tmp_path / "readmodels.sqlite3")
+    await project(store, js, (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
+    stop = asyncio.Event()
+    sweeper = asyncio.create_task(settlement.sweep_expired(store, ledger, js, 0.0, stop))
+    view = await resolved(ledger, "stale")
+    stop.set()
+    await sweeper
+    store.close()
+    assert (view.status, view.refunded) == ("refunded", 1_000_000)
+    info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter="events.eu.JobExpired")
+    assert info.state.subjects == {"events.eu.JobExpired": 1}
