@@ -5,12 +5,14 @@ and passed down.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.pricing import Pricing
+from bus.zones import COUNTRY_ZONE, is_zone
 
 NATS_URL_FILE = "nats.url"
 
@@ -22,6 +24,21 @@ class Settings(BaseSettings):
     database_url: str | None = None
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".local/share/inferbus")
     geoip_db: Path | None = None
+    zones_file: Path | None = None  # JSON {"CC": "zone"} over the built-in country table
+
+    def zone_table(self) -> dict[str, str]:
+        """The country -> zone table: the built-in one with the user's edits on top."""
+        table = dict(COUNTRY_ZONE)
+        if self.zones_file:
+            try:
+                edits = json.loads(self.zones_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"INFERBUS_ZONES_FILE {self.zones_file}: {exc}") from None
+            bad = {cc: z for cc, z in edits.items() if not is_zone(z)}
+            if bad:
+                raise ValueError(f"INFERBUS_ZONES_FILE names unknown zones: {bad}")
+            table.update({cc.upper(): z for cc, z in edits.items()})
+        return table
     trusted_proxies: list[str] = ["127.0.0.0/8", "::1/128"]
     job_timeout_s: float = 300.0
     job_ack_wait_s: float = 30.0
@@ -29,6 +46,8 @@ class Settings(BaseSettings):
     stream_replicas: int = 1  # 3 in production (compose.yaml)
     pricing: Pricing = Pricing()
     expiry_grace_s: float = 30.0  # past a job's deadline before its reservation is swept
+    zone_wait_s: float = 2.0  # a zone job nobody in the zone started goes global after this
+    node_wait_s: float = 1.0  # a job sent to a chosen node moves to the next one after this
 
     def resolved_nats_url(self) -> str:
         """``INFERBUS_NATS_URL``, else the embedded server ``inferbus up`` wrote down."""

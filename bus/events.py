@@ -71,6 +71,12 @@ class JobSubmitted(Event):
     route: Literal["zone", "global"]
     deadline: datetime
     reply_to: str | None = None
+    queue: str | None = None  # the first queue it was put on; None: its zone or global
+    subcloud: str | None = None
+    strict: bool = False  # subcloud residency: never leaves its zones
+
+    def first_queue(self) -> str:
+        return self.queue or (self.zone if self.route == "zone" else "global")
 
     def input_hash(self) -> str:
         """Hash of what the model is asked, bound into the result signature."""
@@ -84,6 +90,19 @@ class JobStarted(Event):
     node_id: str
     zone: str  # the node's zone: where the job runs
     attempt: int
+
+
+class JobEscalated(Event):
+    """A job that left its first queue: no in-zone worker started it within the
+    zone wait (``to="global"``), or a chosen node did not start it in time
+    (``to`` = the next node's queue token)."""
+
+    type: Literal["JobEscalated"] = "JobEscalated"
+    job_id: str
+    zone: str  # the job's own zone (its log subject)
+    from_queue: str
+    to: str
+    reason: str
 
 
 class Usage(Contract):
@@ -153,6 +172,16 @@ class ApiKeyIssued(Event):
     subcloud: str | None = None
 
 
+class SubcloudCreated(Event):
+    """A named group of zones keys can be bound to. ``strict``: its jobs never
+    run outside ``zones`` (data residency), and wait there rather than fall back."""
+
+    type: Literal["SubcloudCreated"] = "SubcloudCreated"
+    name: str
+    zones: tuple[str, ...]
+    strict: bool = False
+
+
 class ApiKeyRevoked(Event):
     type: Literal["ApiKeyRevoked"] = "ApiKeyRevoked"
     key_hash: str
@@ -218,10 +247,11 @@ class RCPAwarded(Event):
 
 CREDIT_EVENTS = (CreditsDeposited, CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded)
 
-JobEvent = Union[JobSubmitted, JobStarted, JobCompleted, JobFailed, JobCancelled, JobExpired]
+JobEvent = Union[JobSubmitted, JobStarted, JobEscalated, JobCompleted, JobFailed, JobCancelled,
+                 JobExpired]
 AnyEvent = Annotated[
-    Union[JobSubmitted, JobStarted, JobCompleted, JobFailed, JobCancelled, JobExpired,
-          ApiKeyIssued, ApiKeyRevoked, CreditsDeposited, CreditsReserved, CreditsDebited,
+    Union[JobSubmitted, JobStarted, JobEscalated, JobCompleted, JobFailed, JobCancelled,
+          JobExpired, ApiKeyIssued, ApiKeyRevoked, SubcloudCreated, CreditsDeposited, CreditsReserved, CreditsDebited,
           CreditsRefunded, RCPAwarded],
     Field(discriminator="type"),
 ]

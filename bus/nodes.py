@@ -25,3 +25,5 @@ class NodeRecord(Contract):
     models: tuple[ModelInfo, ...] = ()
     queue_depth: int = 0
     busy: int = 0
+    subcloud: str | None = None  # a private pool's node
+    public: bool = True  # serves public zone/global jobs too

@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from bus import subjects
-from bus.events import ApiKeyIssued, ApiKeyRevoked, Event, JobSubmitted
+from bus.events import ApiKeyIssued, ApiKeyRevoked, Event, JobSubmitted, SubcloudCreated
 
 MSG_ID = "Nats-Msg-Id"
 
@@ -20,6 +20,8 @@ def event_subject(event: Event, zone: str) -> str:
         return subjects.key_issued(event.key_hash)
     if isinstance(event, ApiKeyRevoked):
         return subjects.key_revoked(event.key_hash)
+    if isinstance(event, SubcloudCreated):
+        return subjects.subcloud_created(event.name)
     return subjects.event(zone, type(event).__name__)
 
 
@@ -30,11 +32,13 @@ async def publish_event(js: JetStreamContext, event: Event, zone: str = subjects
                             timeout=timeout, headers={**(headers or {}), MSG_ID: event.event_id})
 
 
-async def enqueue_job(js: JetStreamContext, job: JobSubmitted, timeout: float = 5.0) -> PubAck:
-    """Queue a submitted job on its route's jobs subject (zone or global).
+async def enqueue_job(js: JetStreamContext, job: JobSubmitted, queue: str | None = None,
+                      timeout: float = 5.0) -> PubAck:
+    """Queue a submitted job on ``queue`` (default: its first queue).
 
-    The msg id is derived from the event id so a retried enqueue is deduplicated
-    separately from the log entry of the same event."""
-    subject = subjects.jobs(job.zone if job.route == "zone" else subjects.GLOBAL, job.model)
-    return await js.publish(subject, job.model_dump_json().encode(), timeout=timeout,
-                            headers={MSG_ID: f"q-{job.event_id}"})
+    The msg id is derived from the event id and the queue, so a retried enqueue
+    is deduplicated, while the same job put on another queue (an escalation)
+    is a copy of its own; the ``claims`` bucket lets only one copy run."""
+    queue = queue or job.first_queue()
+    return await js.publish(subjects.jobs(queue, job.model), job.model_dump_json().encode(),
+                            timeout=timeout, headers={MSG_ID: f"q-{queue}-{job.event_id}"})

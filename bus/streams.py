@@ -71,6 +71,11 @@ async def cancels_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) 
     return await _bucket(js, subjects.CANCELS_BUCKET, ttl_s, replicas)
 
 
+async def claims_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) -> KeyValue:
+    """Which node runs each job: created once per job, taken over only on redelivery."""
+    return await _bucket(js, subjects.CLAIMS_BUCKET, ttl_s, replicas)
+
+
 async def ensure_work_consumer(js: JetStreamContext, zone: str, model: str,
                                ack_wait_s: float) -> str:
     """The durable pull consumer shared by every worker of (zone, model).

@@ -1,14 +1,17 @@
 """Every subject and stream name inferbus uses. No other module spells one.
 
 Layout:
-- ``jobs.<zone>.<model>``: the work queue (stream ``JOBS``); ``zone`` is a
-  geo-zone or ``global``.
+- ``jobs.<queue>.<model>``: the work queue (stream ``JOBS``). A queue is a
+  geo-zone, ``global``, one node's own queue (``node_<id16>``, for dispatch to
+  chosen candidates) or a subcloud's private pool (``sc_<name>``).
 - ``events.<zone>.<EventType>[.<entity>]``: the immutable event log (stream
   ``EVENTS``). Jobs log on their submitted zone; account-wide facts (keys) on
   ``global``. Keys add their hash so one direct get finds them.
 - ``replies.<instance>``: core-NATS inbox of one API instance (not stored).
 - ``control.cancel.<job>``: core-NATS stop signal to the worker running a job.
-- KV bucket ``nodes``: live node heartbeats; ``cancels``: jobs asked to stop.
+- KV bucket ``nodes``: live node heartbeats; ``cancels``: jobs asked to stop;
+  ``claims``: which node runs a job (one copy of a job runs, however many
+  queues it was put on).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ JOBS_STREAM = "JOBS"
 EVENTS_STREAM = "EVENTS"
 NODES_BUCKET = "nodes"
 CANCELS_BUCKET = "cancels"
+CLAIMS_BUCKET = "claims"
 GLOBAL = "global"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -32,6 +36,18 @@ def check_token(value: str, what: str) -> str:
 
 def jobs(zone: str, model: str) -> str:
     return f"jobs.{check_token(zone, 'zone')}.{check_token(model, 'model')}"
+
+
+def node_queue(node_id: str) -> str:
+    return f"node_{check_token(node_id, 'node id')[:16]}"
+
+
+def subcloud_queue(subcloud: str) -> str:
+    return f"sc_{check_token(subcloud, 'subcloud')}"
+
+
+def subcloud_created(name: str) -> str:
+    return event(GLOBAL, "SubcloudCreated", name)
 
 
 def global_jobs(model: str) -> str:

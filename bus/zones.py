@@ -1,7 +1,7 @@
 """Geo-zones and the country -> zone table.
 
-Users may edit the table by pointing ``INFERBUS_ZONES_FILE`` at a JSON object
-``{"CC": "zone", ...}`` (wired by the API's settings); these are defaults.
+Users edit the table by pointing ``INFERBUS_ZONES_FILE`` at a JSON object
+``{"CC": "zone", ...}`` that overrides these defaults (``Settings.zone_table``).
 """
 from __future__ import annotations
 
