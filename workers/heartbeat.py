@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.js.kv import KeyValue
 
@@ -14,11 +14,15 @@ log = logging.getLogger("inferbus.worker")
 INTERVAL_S = 1.0
 
 
-async def heartbeat(kv: KeyValue, record: Callable[[], NodeRecord], stop: asyncio.Event) -> None:
-    """Publish ``record()`` every ``INTERVAL_S`` until ``stop``; then withdraw the node."""
+async def heartbeat(kv: KeyValue, record: Callable[[], NodeRecord], stop: asyncio.Event,
+                    refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Publish ``record()`` every ``INTERVAL_S`` until ``stop``; then withdraw the node.
+    ``refresh`` (if given) updates what the record reports before each beat."""
     node = record().node_id
     while not stop.is_set():
         try:
+            if refresh is not None:
+                await refresh()
             await kv.put(node, record().model_dump_json().encode())
         except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the worker
             log.warning("heartbeat failed: %s", exc)

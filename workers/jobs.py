@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bus import signing, subjects
@@ -42,6 +42,7 @@ class JobRunner:
     ack_wait_s: float
     max_attempts: int
     cancels: KeyValue
+    claims: KeyValue
     busy: int = 0  # jobs running now, reported in heartbeats
 
     @property
@@ -56,6 +57,9 @@ class JobRunner:
             await msg.term()
             return
         attempt = msg.metadata.num_delivered
+        if not await self._claim(job.job_id, attempt):
+            await msg.ack()  # another copy of this job runs (or ran) on another node
+            return
         keepalive = asyncio.create_task(self._keep_claim(msg))
         self.busy += 1
         try:
@@ -96,6 +100,26 @@ class JobRunner:
         if stop.is_set():
             return self._cancelled_event(job, _usage(last))
         return self._completed(job, attempt, text, last)
+
+    async def _claim(self, job_id: str, attempt: int) -> bool:
+        """Whether this node may run the job. The first copy delivered claims it; a
+        redelivered copy (its holder stopped acking) takes the claim over."""
+        mine = f"{self.node_id}:{attempt}".encode()
+        try:
+            await self.claims.create(job_id, mine)
+            return True
+        except KeyWrongLastSequenceError:
+            pass
+        entry = await self.claims.get(job_id)
+        if (entry.value or b"").startswith(self.node_id.encode()):
+            return attempt > 1  # our own crashed run: retry; a second copy: already done
+        if attempt == 1:
+            return False
+        try:
+            await self.claims.update(job_id, mine, last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
 
     async def _cancelled(self, job_id: str) -> bool:
         try:

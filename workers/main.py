@@ -1,8 +1,8 @@
 """The worker process: composition root and pull loop.
 
-Own zone first, global when the zone has nothing: each turn probes the zone
-queue, then the global one, without waiting. An idle worker sleeps on a
-doorbell that rings when a job is queued on either subject, so it answers a
+First choice first: each turn probes, without waiting, the node's own queue,
+its subcloud's pool, its zone, then global. An idle worker sleeps on a
+doorbell that rings when a job is queued on any of them, so it answers a
 new job at once; ``SAFETY_POLL_S`` bounds the wait for redeliveries.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import nats
 from bus import signing, subjects
 from bus.config import Settings
 from bus.nodes import ModelInfo, NodeRecord
-from bus.streams import cancels_bucket, ensure_streams, ensure_work_consumer, nodes_bucket
+from bus.streams import (cancels_bucket, claims_bucket, ensure_streams, ensure_work_consumer,
+                         nodes_bucket)
 from workers.engine import Engine
 from workers.heartbeat import heartbeat
 from workers.jobs import JobRunner
@@ -36,6 +37,8 @@ class WorkerOptions:
     lat: float | None = None
     lon: float | None = None
     node_name: str | None = None  # names the key file; default <zone>-<model>
+    subcloud: str | None = None  # serve this subcloud's private pool
+    public: bool = True  # with a subcloud: serve public zone/global jobs too
 
 
 def gpu_facts() -> dict:
@@ -47,11 +50,29 @@ def gpu_facts() -> dict:
             "vram_free_gb": free / 2**30}
 
 
-async def pull_loop(zone: PullSource, global_: PullSource, bell: Doorbell, runner: JobRunner,
+def queues(options: WorkerOptions, node_id: str) -> list[str]:
+    """The queues this worker pulls, first choice first: jobs sent to this very
+    node, its subcloud's pool, its zone, then global."""
+    own = [subjects.node_queue(node_id)]
+    if options.subcloud:
+        own.append(subjects.subcloud_queue(options.subcloud))
+    if not options.subcloud or options.public:
+        own += [options.zone, subjects.GLOBAL]
+    return own
+
+
+async def next_job(sources: list[PullSource]):
+    for source in sources:
+        if (msg := await source.next()) is not None:
+            return msg
+    return None
+
+
+async def pull_loop(sources: list[PullSource], bell: Doorbell, runner: JobRunner,
                     stop: asyncio.Event) -> None:
     while not stop.is_set():
         bell.clear()
-        msg = await zone.next() or await global_.next()
+        msg = await next_job(sources)
         if msg is not None:
             try:
                 await runner.run(msg)
@@ -72,29 +93,40 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
     kv = await nodes_bucket(js, settings.stream_replicas)
-    zones = (options.zone, subjects.GLOBAL)
-    sources = []
-    for zone in zones:
-        consumer = await ensure_work_consumer(js, zone, name, settings.job_ack_wait_s)
-        sources.append(await PullSource(nc, subjects.JOBS_STREAM, consumer).start())
-    bell = await Doorbell(nc, [subjects.jobs(z, name) for z in zones]).start()
-    cancels = await cancels_bucket(js, settings.job_timeout_s + settings.expiry_grace_s,
-                                   settings.stream_replicas)
+    node = signing.node_id(key)
+    sources, consumers = [], []
+    for queue in queues(options, node):
+        consumers.append(await ensure_work_consumer(js, queue, name, settings.job_ack_wait_s))
+        sources.append(await PullSource(nc, subjects.JOBS_STREAM, consumers[-1]).start())
+    waiting = {"jobs": 0}
+
+    async def count_waiting() -> None:
+        """Jobs waiting in this node's own queues (not global, which every node shares)."""
+        total = 0
+        for consumer in consumers:
+            if consumer != subjects.consumer_name(subjects.GLOBAL, name):
+                total += (await js.consumer_info(subjects.JOBS_STREAM, consumer)).num_pending
+        waiting["jobs"] = total
+    bell = await Doorbell(nc, [subjects.jobs(q, name) for q in queues(options, node)]).start()
+    job_life_s = settings.job_timeout_s + settings.expiry_grace_s
+    cancels = await cancels_bucket(js, job_life_s, settings.stream_replicas)
+    claims = await claims_bucket(js, job_life_s, settings.stream_replicas)
     runner = JobRunner(nc, js, engine, key, options.zone, options.operator, options.tier,
-                       settings.job_ack_wait_s, settings.job_max_attempts, cancels)
+                       settings.job_ack_wait_s, settings.job_max_attempts, cancels, claims)
     facts = gpu_facts()
 
     def record() -> NodeRecord:
         return NodeRecord(node_id=runner.node_id, zone=options.zone, operator=options.operator,
                           tier=options.tier, lat=options.lat, lon=options.lon, **facts,
                           models=(ModelInfo(name=name, context_length=engine.context_length),),
-                          busy=runner.busy)
+                          busy=runner.busy, queue_depth=waiting["jobs"],
+                          subcloud=options.subcloud, public=options.public)
 
-    beats = asyncio.create_task(heartbeat(kv, record, stop))
+    beats = asyncio.create_task(heartbeat(kv, record, stop, count_waiting))
     log.info("worker %s… serving %s in zone %s on %s", runner.node_id[:12], name, options.zone,
              engine.device)
     try:
-        await pull_loop(sources[0], sources[1], bell, runner, stop)
+        await pull_loop(sources, bell, runner, stop)
     finally:
         await beats
         await nc.drain()
