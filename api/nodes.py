@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from nats.js.kv import KeyValue
 
@@ -16,23 +17,30 @@ from bus.nodes import ModelInfo, NodeRecord
 
 log = logging.getLogger("inferbus.api")
 LIVE_S = 3.0
+FORGET_S = 30.0  # a crashed node's entry expires silently (no watch event): drop it
 
 
 class LiveNodes:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._nodes: dict[str, tuple[float, NodeRecord]] = {}
         self._seen_models: set[str] = set()
         self._task: asyncio.Task | None = None
+        self._pruned_at = clock()
 
     def update(self, record: NodeRecord, at: float | None = None) -> None:
-        self._nodes[record.node_id] = (time.monotonic() if at is None else at, record)
+        self._nodes[record.node_id] = (self._clock() if at is None else at, record)
         self._seen_models.update(m.name for m in record.models)
 
     def remove(self, node_id: str) -> None:
         self._nodes.pop(node_id, None)
 
     def live(self) -> list[NodeRecord]:
-        cutoff = time.monotonic() - LIVE_S
+        now = self._clock()
+        if now - self._pruned_at > FORGET_S:
+            self._nodes = {k: v for k, v in self._nodes.items() if v[0] >= now - FORGET_S}
+            self._pruned_at = now
+        cutoff = now - LIVE_S
         return [rec for seen, rec in self._nodes.values() if seen >= cutoff]
 
     def models(self) -> dict[str, ModelInfo]:

@@ -6,6 +6,7 @@ import asyncio
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from api.discovery import parse_headers
 from api.errors import APIError
 from api.jobs import result_of
 from api.keys import Principal
@@ -60,12 +61,14 @@ async def _repeat(request: Request, job_id: str, who: Principal, is_async: bool)
 async def _serve(request: Request, body: ChatCompletionRequest | CompletionRequest,
                  who: Principal, idempotency_key: str | None) -> Response:
     state = request.app.state
-    zone = state.zones.resolve(request.headers.get(ZONE_HEADER),
-                               request.client.host if request.client else None,
-                               request.headers.get("x-forwarded-for"))
+    peer = request.client.host if request.client else None
+    forwarded = request.headers.get("x-forwarded-for")
+    zone = state.zones.resolve(request.headers.get(ZONE_HEADER), peer, forwarded)
+    constraints = parse_headers(request.headers, body.model)
     is_async = wants_async(request)
     try:
-        sub = await state.serving.submit(who, body, zone, not is_async, idempotency_key)
+        sub = await state.serving.submit(who, body, zone, not is_async, idempotency_key,
+                                         constraints, state.zones.locate(peer, forwarded))
     except Duplicate as dup:
         return await _repeat(request, dup.job_id, who, is_async)
     if is_async:

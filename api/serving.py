@@ -18,11 +18,14 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from api.discovery import Constraints
 from api.errors import APIError
+from api.escalation import Escalator
 from api.keys import Principal
 from api.nodes import LiveNodes
 from api.protocol import ChatCompletionRequest, CompletionRequest, chunk_body, now, result_body
 from api.replies import ReplyRouter
+from api.routing import Routing
 from bus import subjects
 from bus.events import JobCancelled, JobCompleted, JobExpired, JobFailed, JobSubmitted, new_id
 from bus.ledger import InsufficientCredits, Ledger
@@ -52,8 +55,11 @@ class Submission:
     include_usage: bool = False
 
     def headers(self, served_zone: str | None = None) -> dict[str, str]:
+        """Where it ran: its zone, and ``zone`` when that is the client's own zone."""
+        route = self.job.route if served_zone is None else \
+            ("zone" if served_zone == self.job.zone else "global")
         return {"X-Inferbus-Zone": served_zone or self.job.zone,
-                "X-Inferbus-Route": self.job.route, "X-Inferbus-Job": self.job.job_id}
+                "X-Inferbus-Route": route, "X-Inferbus-Job": self.job.job_id}
 
 
 def failure(event: JobFailed | JobExpired) -> APIError:
@@ -64,10 +70,11 @@ def failure(event: JobFailed | JobExpired) -> APIError:
 
 class Serving:
     def __init__(self, nc: Client, js: JetStreamContext, nodes: LiveNodes, router: ReplyRouter,
-                 ledger: Ledger, pricing: Pricing, cancels: KeyValue,
-                 job_timeout_s: float) -> None:
+                 ledger: Ledger, pricing: Pricing, cancels: KeyValue, routing: Routing,
+                 escalator: Escalator, job_timeout_s: float) -> None:
         self._nc, self._js, self._nodes, self._router = nc, js, nodes, router
         self._ledger, self._pricing, self._cancels = ledger, pricing, cancels
+        self._routing, self._escalator = routing, escalator
         self._timeout = job_timeout_s
         self._background: set[asyncio.Task] = set()
 
@@ -85,13 +92,19 @@ class Serving:
         return info.name
 
     async def submit(self, who: Principal, req: Request, zone: str, live: bool,
-                     idempotency_key: str | None = None) -> Submission:
-        """Validate, reserve the worst-case cost, then log and queue the job.
+                     idempotency_key: str | None = None, constraints: Constraints | None = None,
+                     location: tuple[float, float] | None = None) -> Submission:
+        """Validate, route, reserve the worst-case cost, then log and queue the job.
 
         Raises ``Duplicate`` for a repeated ``Idempotency-Key`` with the same body."""
         model = self._check_model(req)
-        route = "zone" if zone != subjects.GLOBAL and self._nodes.serves(zone, model) else "global"
         is_chat = isinstance(req, ChatCompletionRequest)
+        messages = tuple(m.to_contract() for m in req.messages) if is_chat else None
+        prompt = None if is_chat else req.prompt
+        route = await self._routing.decide(
+            who, model, zone, constraints=constraints, location=location,
+            prompt_tokens=prompt_tokens_bound(messages, prompt),
+            max_tokens=req.sampling().max_tokens)
         request_hash = hashlib.sha256(f"{type(req).__name__}|{req.model_dump_json()}".encode()
                                       ).hexdigest()
         job_id, event_id = new_id(), new_id()
@@ -104,8 +117,8 @@ class Serving:
         job = JobSubmitted(
             event_id=event_id, job_id=job_id, account=who.account, key_id=who.key_id,
             model=model, kind="chat" if is_chat else "completion", sampling=req.sampling(),
-            messages=tuple(m.to_contract() for m in req.messages) if is_chat else None,
-            prompt=None if is_chat else req.prompt, zone=zone, route=route,
+            messages=messages, prompt=prompt, zone=route.zone, route=route.route,
+            queue=route.queue, subcloud=route.subcloud, strict=route.strict,
             deadline=datetime.now(timezone.utc) + timedelta(seconds=self._timeout),
             reply_to=self._router.subject if live else None)
         await self._reserve(job, request_hash, idempotency_key is not None)
@@ -115,6 +128,7 @@ class Serving:
         except APIError:
             self._router.forget(job.job_id)
             raise
+        self._escalator.watch(job, list(route.chain))
         return Submission(job, replies, now(), req.include_usage)
 
     async def _check_repeat(self, job_id: str, request_hash: str) -> None:
@@ -178,11 +192,16 @@ class Serving:
         try:
             while not isinstance(reply := await self._next(sub), Finished):
                 pass
+        except APIError as exc:
+            exc.headers.update(sub.headers())  # a failed job is still named
+            raise
         finally:
             self._router.forget(sub.job.job_id)
         event = reply.event
         if not isinstance(event, JobCompleted):
-            raise failure(event)
+            exc = failure(event)
+            exc.headers.update(sub.headers())
+            raise exc
         body = result_body(sub.job.kind, sub.job.job_id, sub.job.model, sub.created, event.text,
                            event.finish_reason, event.usage)
         return body, sub.headers(event.zone)
@@ -195,6 +214,10 @@ class Serving:
                 first = await self._next(sub)
             if isinstance(first, Finished) and not isinstance(first.event, JobCompleted):
                 raise failure(first.event)
+        except APIError as exc:
+            self._router.forget(sub.job.job_id)
+            exc.headers.update(sub.headers())
+            raise
         except BaseException:
             self._router.forget(sub.job.job_id)
             raise

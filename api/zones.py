@@ -51,6 +51,19 @@ class ZoneResolver:
         continent = (record.get("continent") or {}).get("code")
         return zone_for(country, continent, self._table)
 
+    def locate(self, peer: str | None, forwarded_for: str | None) -> tuple[float, float] | None:
+        """The client's coordinates when the GeoIP database has them (City databases)."""
+        ip = self.client_ip(peer, forwarded_for)
+        if self._reader is None or not ip:
+            return None
+        try:
+            where = (self._reader.get(ip) or {}).get("location") or {}
+        except ValueError:
+            return None
+        if "latitude" in where and "longitude" in where:
+            return where["latitude"], where["longitude"]
+        return None
+
     def resolve(self, declared: str | None, peer: str | None, forwarded_for: str | None) -> str:
         """The declared zone wins; an unknown declared zone is a 400."""
         if declared:

@@ -41,3 +41,20 @@ def test_without_a_geoip_db_everything_is_global():
 def test_zone_table_is_editable():
     assert zone_for("GB", "EU", {"GB": "na"}) == "na"
     assert zone_for("ZZ", None) == "global"
+
+
+def test_zones_file_overrides_the_built_in_table(tmp_path, geoip_db):
+    from bus.config import Settings
+    edits = tmp_path / "zones.json"
+    edits.write_text('{"gb": "na"}')
+    table = Settings(zones_file=edits).zone_table()
+    assert ZoneResolver(geoip_db, [], table).resolve(None, GB, None) == "na"
+    assert table["PH"] == "sea"  # untouched entries stay
+
+
+def test_zones_file_with_an_unknown_zone_is_refused(tmp_path):
+    from bus.config import Settings
+    edits = tmp_path / "zones.json"
+    edits.write_text('{"GB": "atlantis"}')
+    with pytest.raises(ValueError, match="unknown zones"):
+        Settings(zones_file=edits).zone_table()

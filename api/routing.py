@@ -1,0 +1,69 @@
+"""Where a job goes first, and where it moves if nobody starts it.
+
+Order of decisions: a key bound to a subcloud keeps the job in that
+subcloud's zones (its private pool first, when one is live; a strict
+subcloud never falls back). Otherwise the dispatch policy (api.discovery)
+picks chosen nodes (explicit constraints, heavy jobs, a nearest node), or the
+zone's queue when a live node there serves the model, or global. The chain
+lists the queues the escalator moves the job to, in order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from api.discovery import Constraints, Policy, plan
+from api.errors import APIError
+from api.keys import Principal
+from api.nodes import LiveNodes
+from api.subclouds import Subclouds
+from bus import subjects
+
+
+@dataclass(frozen=True)
+class Route:
+    zone: str  # the job's zone: its log subject and, for a strict subcloud, its residency
+    queue: str  # the first queue
+    chain: tuple[str, ...]  # where the escalator moves it next
+    route: str  # "zone" or "global", as planned
+    subcloud: str | None = None
+    strict: bool = False
+
+
+class Routing:
+    def __init__(self, nodes: LiveNodes, subclouds: Subclouds, policy: Policy) -> None:
+        self._nodes, self._subclouds, self._policy = nodes, subclouds, policy
+
+    async def decide(self, who: Principal, model: str, zone: str, *,
+                     constraints: Constraints | None = None,
+                     location: tuple[float, float] | None = None,
+                     prompt_tokens: int = 0, max_tokens: int = 0) -> Route:
+        if who.subcloud:
+            return await self._subcloud_route(who.subcloud, model, zone)
+        decided = plan(self._policy, self._nodes.live(), model, zone, location, prompt_tokens,
+                       max_tokens, constraints)
+        if decided.route == "nodes":
+            if not decided.nodes:
+                raise APIError(503, "no live node satisfies the requested constraints",
+                               "no_capacity")
+            queues = tuple(subjects.node_queue(n) for n in decided.nodes)
+            tail = () if constraints is not None else (subjects.GLOBAL,)
+            return Route(zone, queues[0], queues[1:] + tail, "zone")
+        if decided.route == "zone":
+            return Route(zone, zone, (subjects.GLOBAL,), "zone")
+        return Route(zone, subjects.GLOBAL, (), "global")
+
+    async def _subcloud_route(self, name: str, model: str, zone: str) -> Route:
+        sc = await self._subclouds.get(name)
+        if sc is None:
+            raise APIError(403, f"this key's subcloud {name!r} does not exist", "no_subcloud")
+        zone = zone if zone in sc.zones else sc.zones[0]
+        private = [n for n in self._nodes.live() if n.subcloud == name
+                   and any(m.name == model for m in n.models)
+                   and (not sc.strict or n.zone in sc.zones)]
+        pool = subjects.subcloud_queue(name)
+        if sc.strict:  # never leaves its zones: no global in the chain, ever
+            first = pool if private else zone
+            return Route(zone, first, (zone,) if first == pool else (), "zone", name, True)
+        if private:
+            return Route(zone, pool, (zone, subjects.GLOBAL), "zone", name)
+        return Route(zone, zone, (subjects.GLOBAL,), "zone", name)
