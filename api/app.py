@@ -8,16 +8,23 @@ import nats
 from fastapi import FastAPI
 
 from api import errors
+from api.discovery import Policy
+from api.escalation import Escalator
 from api.jobs import JobQueries
 from api.keys import KeyRing
+from api.network import router as network_router
 from api.nodes import LiveNodes
 from api.replies import ReplyRouter
 from api.routes import router
+from api.routing import Routing
 from api.serving import Serving
+from api.status import RequestCounter
+from api.status import router as status_router
+from api.subclouds import Subclouds
 from api.zones import ZoneResolver
 from bus.config import Settings
 from bus.ledger import Ledger
-from bus.streams import cancels_bucket, ensure_streams, nodes_bucket
+from bus.streams import cancels_bucket, claims_bucket, ensure_streams, nodes_bucket
 from projections.store import open_store
 
 
@@ -32,21 +39,27 @@ def create_app(settings: Settings) -> FastAPI:
         nodes, replies = LiveNodes(), ReplyRouter(nc)
         await nodes.watch(await nodes_bucket(js, replicas))
         await replies.start()
-        cancels = await cancels_bucket(js, settings.job_timeout_s + settings.expiry_grace_s,
-                                       replicas)
+        job_life_s = settings.job_timeout_s + settings.expiry_grace_s
+        cancels = await cancels_bucket(js, job_life_s, replicas)
+        claims = await claims_bucket(js, job_life_s, replicas)
+        escalator = Escalator(js, claims, settings.zone_wait_s, settings.node_wait_s)
+        routing = Routing(nodes, Subclouds(js), Policy())
         store = await asyncio.to_thread(open_store, settings)
         ledger = await asyncio.to_thread(Ledger.open, settings)
         app.state.settings = settings
         app.state.ledger = ledger
         app.state.keys = KeyRing(js)
         app.state.nodes = nodes
-        app.state.zones = ZoneResolver(settings.geoip_db, settings.trusted_proxies)
+        app.state.zones = ZoneResolver(settings.geoip_db, settings.trusted_proxies,
+                                       settings.zone_table())
         app.state.serving = Serving(nc, js, nodes, replies, ledger, settings.pricing, cancels,
-                                    settings.job_timeout_s)
+                                    routing, escalator, settings.job_timeout_s)
         app.state.jobs = JobQueries(store, ledger)
+        app.state.jobs_store = store
         try:
             yield
         finally:
+            await escalator.close()
             await nodes.close()
             await replies.stop()
             await nc.drain()
@@ -56,4 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="inferbus", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(router)
+    app.include_router(network_router)
+    app.include_router(status_router)
+    app.add_middleware(RequestCounter)
     return app

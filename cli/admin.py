@@ -8,7 +8,10 @@ import nats
 
 from api.keys import hash_key, new_key
 from bus.config import Settings
-from bus.events import MICRO, ApiKeyIssued, new_id
+from api.subclouds import Subclouds
+from bus import subjects
+from bus.events import MICRO, ApiKeyIssued, SubcloudCreated, new_id
+from bus.zones import ZONES, is_zone
 from bus.ledger import Ledger
 from bus.nodes import NodeRecord
 from bus.publish import publish_event
@@ -56,12 +59,31 @@ async def create_key(settings: Settings, account: str, subcloud: str | None = No
     digest = hash_key(key)
     nc, js = await _connect(settings)
     try:
+        if subcloud and await Subclouds(js).get(subcloud) is None:
+            raise ValueError(f"no subcloud {subcloud!r}: `inferbus subclouds create` it first")
         if micro_credits:  # before the key exists, so the key never works without its credits
             await asyncio.to_thread(deposit, settings, account, micro_credits, f"key-{digest}")
         await publish_event(js, ApiKeyIssued(key_hash=digest, account=account, subcloud=subcloud))
     finally:
         await nc.close()
     return key
+
+
+async def create_subcloud(settings: Settings, name: str, zones: list[str], strict: bool):
+    """Publish a new subcloud; a name that exists already is an error."""
+    subjects.check_token(name, "subcloud name")
+    unknown = [z for z in zones if not is_zone(z) or z == subjects.GLOBAL]
+    if not zones or unknown:
+        raise ValueError(f"unknown zones {unknown or zones}: choose from {', '.join(ZONES)}")
+    nc, js = await _connect(settings)
+    try:
+        if await Subclouds(js).get(name) is not None:
+            raise ValueError(f"subcloud {name!r} exists already")
+        event = SubcloudCreated(name=name, zones=tuple(zones), strict=strict)
+        await publish_event(js, event)
+        return event
+    finally:
+        await nc.close()
 
 
 async def run_audit(settings: Settings):
@@ -93,17 +115,6 @@ async def live_nodes(settings: Settings) -> list[NodeRecord]:
         return records
     finally:
         await nc.close()
-
-
-def status_table(records: list[NodeRecord]) -> str:
-    if not records:
-        return "no live nodes"
-    rows = [("ZONE", "NODE", "TIER", "GPU", "MODELS", "BUSY")]
-    for r in sorted(records, key=lambda r: (r.zone, r.node_id)):
-        rows.append((r.zone, r.node_id[:12], str(r.tier), r.gpu,
-                     ",".join(m.name for m in r.models), str(r.busy)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def run(coro):

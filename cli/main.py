@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--lat", type=float)
     w.add_argument("--lon", type=float)
     w.add_argument("--node-name", help="node identity (key file) name; default ZONE-MODEL")
+    w.add_argument("--subcloud", help="serve this subcloud's private pool")
+    w.add_argument("--public", action="store_true",
+                   help="with --subcloud: serve public zone and global jobs too")
     sub.add_parser("projector", help="the read-model projector")
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
     kc = keys.add_parser("create", help="issue a key; printed once on the last line")
@@ -44,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--account", required=True)
     dep.add_argument("amount", help="credits, e.g. 25 or 0.5")
     sub.add_parser("audit", help="replay the log and check every invariant")
+    sc = sub.add_parser("subclouds", help="groups of zones keys can be bound to")
+    scc = sc.add_subparsers(dest="subclouds_cmd", required=True).add_parser(
+        "create", help="create a subcloud")
+    scc.add_argument("name")
+    scc.add_argument("--zones", required=True, help="comma-separated, e.g. eu or eu,me")
+    scc.add_argument("--strict", action="store_true",
+                     help="residency: its jobs never leave these zones")
     models = sub.add_parser("models", help="local models").add_subparsers(dest="models_cmd",
                                                                           required=True)
     models.add_parser("pull", help="download and convert a model").add_argument("name")
@@ -76,7 +86,7 @@ def _dispatch(args, settings: Settings) -> int:
     if args.command == "worker":
         from workers.main import WorkerOptions, run
         opts = WorkerOptions(args.zone, args.model, args.operator, args.tier, args.lat, args.lon,
-                             args.node_name)
+                             args.node_name, args.subcloud, not args.subcloud or args.public)
         return _run_until_signal(lambda stop: run(settings, opts, stop))
     if args.command == "projector":
         from projections.main import run
@@ -93,6 +103,13 @@ def _dispatch(args, settings: Settings) -> int:
         from cli import admin
         view = admin.deposit(settings, args.account, admin.parse_credits(args.amount))
         print(f"{args.account}: balance {credits(view.balance)} credits")
+        return 0
+    if args.command == "subclouds":
+        from cli import admin
+        zones = [z.strip().lower() for z in args.zones.split(",") if z.strip()]
+        made = admin.run(admin.create_subcloud(settings, args.name, zones, args.strict))
+        print(f"subcloud {made.name}: zones {', '.join(made.zones)}"
+              f"{' (strict residency)' if made.strict else ''}")
         return 0
     if args.command == "audit":
         from cli import admin
@@ -111,8 +128,8 @@ def _dispatch(args, settings: Settings) -> int:
             print("no local models: try `inferbus models pull smollm2-135m-instruct`")
         return 0
     if args.command == "status":
-        from cli import admin
-        print(admin.status_table(admin.run(admin.live_nodes(settings))))
+        from cli import admin, status
+        print(status.render_status(admin.run(status.gather(settings))))
         return 0
     raise AssertionError(args.command)
 

@@ -32,7 +32,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus import subjects
 from bus.events import Event, parse_event
-from projections import credits, jobs
+from projections import credits, jobs, status
 from projections.replay import Delivery, read_stream
 from projections.store import Store, Table, Tx, read_position, write_position
 
@@ -57,7 +57,7 @@ class Projection(Protocol):
 # Applied to each event in this order, in one transaction. credits goes first:
 # it reads a job's status before jobs records the outcome, to count a job's
 # usage once.
-PROJECTIONS: tuple[Projection, ...] = (credits, jobs)  # type: ignore[assignment]
+PROJECTIONS: tuple[Projection, ...] = (credits, jobs, status)  # type: ignore[assignment]
 POSITION = jobs.NAME  # the tracking row every projection shares
 Observer = Callable[[Delivery, Event | None], None]
 

@@ -18,9 +18,10 @@ connection's ``search_path`` through libpq ``options``, replacing any
 ``postgresql://host/db?options=-csearch_path%3Dname`` works too, provided the
 schema already exists.
 
-The schema (the ``jobs`` table, the credit tables of :mod:`projections.credits`
-and ``tracking``) is created idempotently when a store opens. Money columns
-are ``BIGINT`` micro-credits: an ``INTEGER`` would overflow at 2,147 credits.
+The schema (the ``jobs`` table, the credit tables of :mod:`projections.credits`,
+``zone_jobs`` of :mod:`projections.status` and ``tracking``) is created
+idempotently when a store opens. Money columns are ``BIGINT`` micro-credits:
+an ``INTEGER`` would overflow at 2,147 credits.
 """
 from __future__ import annotations
 
@@ -72,6 +73,15 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS operator_rcp (
         operator TEXT PRIMARY KEY,
         points BIGINT NOT NULL DEFAULT 0, jobs BIGINT NOT NULL DEFAULT 0)""",
+    # per-zone job timings for the network status (projections/status.py);
+    # epoch milliseconds, so durations and minute buckets are plain integer SQL
+    """CREATE TABLE IF NOT EXISTS zone_jobs (
+        job_id TEXT PRIMARY KEY,
+        zone TEXT, served_zone TEXT, route TEXT,
+        escalated INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        submitted_ms BIGINT, started_ms BIGINT, finished_ms BIGINT)""",
+    "CREATE INDEX IF NOT EXISTS zone_jobs_by_finish ON zone_jobs (finished_ms)",
     """CREATE TABLE IF NOT EXISTS tracking (
         projection TEXT PRIMARY KEY,
         position BIGINT NOT NULL)""",
