@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
@@ -40,8 +39,8 @@ from projections.replay import read_stream
 from projections.store import SqliteStore
 from tests.histories import credit_history
 from tests.natsd import NatsServer
+from bench.report import save
 
-RESULTS = Path(__file__).parent / "results" / "audit.json"
 
 
 async def publish_all(js, events) -> float:
@@ -147,5 +146,4 @@ if __name__ == "__main__":  # the audit spawns a child process: guard the entry 
     args = parser.parse_args()
     result = asyncio.run(main(args.jobs, args.repeat))
     print(table(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    save("audit", result)

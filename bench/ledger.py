@@ -15,7 +15,6 @@ Prints a table and writes bench/results/ledger.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -36,6 +35,7 @@ from psycopg_pool import ConnectionPool
 from bus.config import Settings
 from bus.events import MICRO
 from bus.ledger import Ledger
+from bench.report import save
 
 SHAPES = [(1, 1), (1, 64), (16, 1), (16, 64)]  # (accounts, in flight)
 DEADLINE = datetime.now(timezone.utc) + timedelta(days=1)
@@ -180,13 +180,11 @@ def main() -> None:
         print(f"{r['backend']:<10}{r['accounts']:>9}{r['in_flight']:>10}"
               f"{r['ledger_pairs_per_s']:>16.0f}{r['raw_tx_per_s']:>10.0f}"
               f"{r['raw_pairs_per_s']:>13.0f}{r['ratio']:>7.2f}")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "ledger.json").write_text(json.dumps({
+    save("ledger", {
         "what": "reserve + settle (with RCP award) per job; raw = INSERT 2 rows + UPDATE 1 "
                 "per transaction, two transactions per pair",
         "seconds_per_measurement": args.seconds, "cpus": os.cpu_count(),
-        "python": platform.python_version(), "rows": rows}, indent=2))
+        "python": platform.python_version(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import shutil
 import statistics
 import tempfile
@@ -25,6 +24,7 @@ from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
 from tests.natsd import NatsServer
 from tests.stack import Stack
 from tests.tiny_model import build_tiny_model
+from bench.report import save
 
 MODEL = "tiny-random"
 
@@ -132,9 +132,7 @@ def main() -> None:
         print(f"{name:<28}{r['n']:>6}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
     print(f"ratio stack/raw: p50 {result['ratio_p50']:.1f}x, p99 {result['ratio_p99']:.1f}x; "
           f"stack minus engine p50: {result['overhead_p50_ms']:.2f} ms")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "roundtrip.json").write_text(json.dumps(result, indent=2))
+    save("roundtrip", result)
 
 
 if __name__ == "__main__":
