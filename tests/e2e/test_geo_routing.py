@@ -140,3 +140,33 @@ def test_private_pool_serves_its_subcloud_and_never_public_jobs(fresh_nats, mode
         assert runs["public"] == {node_id(s, "worker-public")}
     finally:
         s.stop()
+
+
+def test_gb_us_ph_clients_land_on_eu_na_sea_and_ph_goes_global_once_sea_is_gone(
+        fresh_nats, models_dir, tmp_path, geoip_db):
+    from tests.conftest import TINY_MODEL
+    s = make_stack(fresh_nats, models_dir, tmp_path, INFERBUS_GEOIP_DB=str(geoip_db),
+                   INFERBUS_TRUSTED_PROXIES='["127.0.0.0/8"]')
+    try:
+        for zone in ("eu", "na", "sea"):
+            s.start_worker(zone, TINY_MODEL)
+        s.start_api()
+        key = s.new_key("world")
+        s.wait_for_model(key, TINY_MODEL, zones=3)
+
+        def served(ip: str) -> tuple[str, str]:
+            r = httpx.post(f"{s.base_url}/v1/chat/completions", timeout=30,
+                           json={**SMALL, "model": TINY_MODEL},
+                           headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": ip})
+            assert r.status_code == 200, r.text
+            return r.headers["x-inferbus-zone"], r.headers["x-inferbus-route"]
+
+        assert served("81.2.69.142") == ("eu", "zone")  # GB
+        assert served("216.160.83.56") == ("na", "zone")  # US
+        assert served("202.196.224.1") == ("sea", "zone")  # PH
+        s.kill("worker-sea")
+        time.sleep(3.5)  # the sea node leaves routing within 3 s
+        zone, route = served("202.196.224.1")
+        assert route == "global" and zone in ("eu", "na")
+    finally:
+        s.stop()
