@@ -22,6 +22,7 @@ class NodeRecord(Contract):
     gpu: str = "cpu"
     vram_total_gb: float = 0.0
     vram_free_gb: float = 0.0
+    gpu_util: float | None = None  # percent busy, when the driver tells
     models: tuple[ModelInfo, ...] = ()
     queue_depth: int = 0
     busy: int = 0

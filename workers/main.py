@@ -46,8 +46,12 @@ def gpu_facts() -> dict:
     if not torch.cuda.is_available():
         return {"gpu": "cpu", "vram_total_gb": 0.0, "vram_free_gb": 0.0}
     free, total = torch.cuda.mem_get_info()
+    try:
+        util = float(torch.cuda.utilization())  # needs NVML; not every install has it
+    except Exception:  # noqa: BLE001
+        util = None
     return {"gpu": torch.cuda.get_device_name(), "vram_total_gb": total / 2**30,
-            "vram_free_gb": free / 2**30}
+            "vram_free_gb": free / 2**30, "gpu_util": util}
 
 
 def queues(options: WorkerOptions, node_id: str) -> list[str]:
@@ -100,13 +104,15 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
         sources.append(await PullSource(nc, subjects.JOBS_STREAM, consumers[-1]).start())
     waiting = {"jobs": 0}
 
-    async def count_waiting() -> None:
-        """Jobs waiting in this node's own queues (not global, which every node shares)."""
+    async def refresh() -> None:
+        """Jobs waiting in this node's own queues (not global, which every node shares),
+        and the GPU's free memory and utilisation."""
         total = 0
         for consumer in consumers:
             if consumer != subjects.consumer_name(subjects.GLOBAL, name):
                 total += (await js.consumer_info(subjects.JOBS_STREAM, consumer)).num_pending
         waiting["jobs"] = total
+        facts.update(gpu_facts())  # free VRAM and utilisation change while serving
     bell = await Doorbell(nc, [subjects.jobs(q, name) for q in queues(options, node)]).start()
     job_life_s = settings.job_timeout_s + settings.expiry_grace_s
     cancels = await cancels_bucket(js, job_life_s, settings.stream_replicas)
@@ -122,7 +128,7 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
                           busy=runner.busy, queue_depth=waiting["jobs"],
                           subcloud=options.subcloud, public=options.public)
 
-    beats = asyncio.create_task(heartbeat(kv, record, stop, count_waiting))
+    beats = asyncio.create_task(heartbeat(kv, record, stop, refresh))
     log.info("worker %s… serving %s in zone %s on %s", runner.node_id[:12], name, options.zone,
              engine.device)
     try:
