@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from api.discovery import Constraints, Policy, plan
-from api.nodes import LIVE_S, LiveNodes
+from api.nodes import LiveNodes
 from bus.nodes import ModelInfo, NodeRecord
 from bench.report import save
 
@@ -54,16 +54,11 @@ MODELS = {"llama-3.1-8b": (1, 0.60, 0.55), "smollm2-1.7b": (1, 0.30, 0.25),
 
 
 class SimLiveNodes(LiveNodes):
-    """The real LiveNodes, read on the simulated clock: ``live()`` in api/nodes.py
-    takes ``time.monotonic()`` itself, so this repeats its one-line cutoff rule."""
+    """The real LiveNodes (liveness and forgetting crashed nodes), on the simulated clock."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.now = 0.0
-
-    def live(self) -> list[NodeRecord]:
-        cutoff = self.now - LIVE_S
-        return [rec for seen, rec in self._nodes.values() if seen >= cutoff]
+        super().__init__(clock=lambda: self.now)
 
 
 @dataclass
