@@ -187,6 +187,16 @@ class ApiKeyRevoked(Event):
     key_hash: str
 
 
+class DeadLetter(Contract):
+    """A message a consumer could not read: kept, with why, instead of blocking it."""
+
+    consumer: str
+    subject: str
+    stream_seq: int | None
+    reason: str
+    data: str  # the message as it came, base64
+
+
 # --- credits: amounts are integer micro-credits (1 credit = ``MICRO``) ---------
 
 MICRO = 1_000_000

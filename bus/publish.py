@@ -6,11 +6,14 @@ deduplicated by JetStream instead of recorded twice.
 """
 from __future__ import annotations
 
+import base64
+
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from bus import subjects
-from bus.events import ApiKeyIssued, ApiKeyRevoked, Event, JobSubmitted, SubcloudCreated
+from bus.events import (ApiKeyIssued, ApiKeyRevoked, DeadLetter, Event, JobSubmitted,
+                        SubcloudCreated)
 
 MSG_ID = "Nats-Msg-Id"
 
@@ -42,3 +45,13 @@ async def enqueue_job(js: JetStreamContext, job: JobSubmitted, queue: str | None
     queue = queue or job.first_queue()
     return await js.publish(subjects.jobs(queue, job.model), job.model_dump_json().encode(),
                             timeout=timeout, headers={MSG_ID: f"q-{queue}-{job.event_id}"})
+
+
+async def dead_letter(js: JetStreamContext, consumer: str, subject: str, stream_seq: int | None,
+                      reason: str, data: bytes) -> PubAck:
+    """Set aside a message ``consumer`` could not read, with the reason; it moves on."""
+    letter = DeadLetter(consumer=consumer, subject=subject, stream_seq=stream_seq,
+                        reason=reason[:2000], data=base64.b64encode(data).decode())
+    headers = {MSG_ID: f"dl-{consumer}-{stream_seq}"} if stream_seq is not None else None
+    return await js.publish(subjects.dead_letter(consumer), letter.model_dump_json().encode(),
+                            headers=headers)

@@ -48,9 +48,18 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
                 raise
 
 
+def dead_letter_stream_config(replicas: int = 1) -> StreamConfig:
+    """What consumers could not read, kept 30 days for someone to look at."""
+    return StreamConfig(
+        name=subjects.DEAD_LETTER_STREAM, subjects=["deadletter.>"],
+        retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, num_replicas=replicas,
+        max_age=30 * 24 * 3600.0, duplicate_window=DUPLICATE_WINDOW_S)
+
+
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     await _ensure(js, jobs_stream_config(replicas))
     await _ensure(js, events_stream_config(replicas))
+    await _ensure(js, dead_letter_stream_config(replicas))
 
 
 async def _bucket(js: JetStreamContext, name: str, ttl_s: float, replicas: int) -> KeyValue:

@@ -8,6 +8,8 @@ Layout:
   ``EVENTS``). Jobs log on their submitted zone; account-wide facts (keys) on
   ``global``. Keys add their hash so one direct get finds them.
 - ``replies.<instance>``: core-NATS inbox of one API instance (not stored).
+- ``deadletter.<consumer>``: messages a consumer could not read, with the
+  reason (stream ``DEADLETTER``).
 - ``control.cancel.<job>``: core-NATS stop signal to the worker running a job.
 - KV bucket ``nodes``: live node heartbeats; ``cancels``: jobs asked to stop;
   ``claims``: which node runs a job (one copy of a job runs, however many
@@ -19,6 +21,7 @@ import re
 
 JOBS_STREAM = "JOBS"
 EVENTS_STREAM = "EVENTS"
+DEAD_LETTER_STREAM = "DEADLETTER"
 NODES_BUCKET = "nodes"
 CANCELS_BUCKET = "cancels"
 CLAIMS_BUCKET = "claims"
@@ -78,6 +81,10 @@ def key_issued(key_hash: str) -> str:
 
 def key_revoked(key_hash: str) -> str:
     return event(GLOBAL, "ApiKeyRevoked", key_hash)
+
+
+def dead_letter(consumer: str) -> str:
+    return f"deadletter.{check_token(consumer, 'consumer')}"
 
 
 def cancel(job_id: str) -> str:

@@ -33,7 +33,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     ledger = await asyncio.to_thread(Ledger.open, settings)
     broker = NatsBroker(url, name="inferbus-settlement", max_reconnect_attempts=-1,
                         log_level=logging.DEBUG)  # one line per settled job is noise
-    settlement.subscribe(broker, settlement.Settlement(ledger, settings.pricing),
+    settlement.subscribe(broker, settlement.Settlement(ledger, settings.pricing), js,
                          settings.job_ack_wait_s)
     await broker.start()
     try:

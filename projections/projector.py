@@ -32,6 +32,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus import subjects
 from bus.events import Event, parse_event
+from bus.publish import dead_letter
 from projections import credits, jobs, status
 from projections.replay import Delivery, read_stream
 from projections.store import Store, Table, Tx, read_position, write_position
@@ -68,6 +69,7 @@ class BatchOutcome:
     applied: int  # well-formed events past the old position (job or not)
     malformed: int
     stale: int  # deliveries at or below the stored position, ignored
+    rejected: tuple[tuple[Delivery, str], ...] = ()  # malformed deliveries and why
 
 
 def _log_zone(subject: str) -> str | None:
@@ -81,6 +83,7 @@ def apply_batch(store: Store, deliveries: Sequence[Delivery], projection: str = 
     transaction (sync). ``observe`` sees each delivery past the position with
     its parsed event (None if malformed), in order, inside the transaction."""
     applied = malformed = stale = 0
+    rejected: list[tuple[Delivery, str]] = []
     with store.transaction() as tx:
         position = start = read_position(tx, projection, lock=True)
         for d in deliveries:
@@ -93,6 +96,7 @@ def apply_batch(store: Store, deliveries: Sequence[Delivery], projection: str = 
                 log.warning("skipping malformed event at stream sequence %d on %s: %s",
                             d.seq, d.subject, exc)
                 malformed += 1
+                rejected.append((d, str(exc)))
                 event = None
             else:
                 zone = _log_zone(d.subject)
@@ -104,7 +108,7 @@ def apply_batch(store: Store, deliveries: Sequence[Delivery], projection: str = 
             position = d.seq
         if position != start:
             write_position(tx, projection, position)
-    return BatchOutcome(position, applied, malformed, stale)
+    return BatchOutcome(position, applied, malformed, stale, tuple(rejected))
 
 
 class Projector:
@@ -213,6 +217,10 @@ class Projector:
                     await asyncio.wait_for(stop.wait(), delay)
                     return
                 delay = min(delay * 2, RETRY_MAX_S)
+        for delivery, reason in outcome.rejected:  # after the commit: the log keeps the original
+            with contextlib.suppress(Exception):
+                await dead_letter(self.js, "projector", delivery.subject, delivery.seq, reason,
+                                  delivery.data)
         self.position = outcome.position
         self.applied += outcome.applied
         self.malformed += outcome.malformed

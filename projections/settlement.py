@@ -16,13 +16,21 @@ from datetime import datetime, timezone
 
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from pydantic import ValidationError
 
 from bus import subjects
-from bus.events import Event, JobCancelled, JobCompleted, JobExpired, JobFailed, parse_event
+from bus.events import (
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobExpired,
+    JobFailed,
+    parse_event,
+)
 from bus.pricing import Pricing
-from bus.publish import publish_event
+from bus.publish import dead_letter, publish_event
 from bus.signing import verify_result
 from projections import views
 
@@ -60,7 +68,8 @@ class Settlement:
         return self.ledger.refund(event.job_id, reason)
 
 
-def subscribe(broker: NatsBroker, settlement: Settlement, ack_wait_s: float = 30.0) -> None:
+def subscribe(broker: NatsBroker, settlement: Settlement, js: JetStreamContext,
+              ack_wait_s: float = 30.0) -> None:
     """Register the settlement consumer on ``broker`` (before it starts)."""
 
     @broker.subscriber(
@@ -71,8 +80,11 @@ def subscribe(broker: NatsBroker, settlement: Settlement, ack_wait_s: float = 30
     async def settle(msg: NatsMessage) -> None:
         try:
             event = parse_event(msg.body)
-        except ValidationError as exc:  # a malformed outcome can never settle: skip it
-            log.error("malformed outcome at %s skipped: %s", msg.raw_message.subject, exc)
+        except ValidationError as exc:  # a malformed outcome can never settle: set it aside
+            raw = msg.raw_message
+            log.error("malformed outcome at %s set aside: %s", raw.subject, exc)
+            await dead_letter(js, DURABLE, raw.subject,
+                              raw.metadata.sequence.stream, str(exc), msg.body)
             return
         # A ledger error raises: the message is nacked and delivered again.
         await asyncio.to_thread(settlement.apply, event)

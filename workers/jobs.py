@@ -15,15 +15,23 @@ from nacl.signing import SigningKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from pydantic import ValidationError
-
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from bus import signing, subjects
-from bus.events import (Event, JobCancelled, JobCompleted, JobExpired, JobFailed, JobStarted,
-                        JobSubmitted, Usage, output_hash)
-from bus.publish import publish_event
+from bus.events import (
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobExpired,
+    JobFailed,
+    JobStarted,
+    JobSubmitted,
+    Usage,
+    output_hash,
+)
+from bus.publish import dead_letter, publish_event
 from bus.replies import Delta, Finished, Started
 from workers.engine import ContextLengthExceeded, Engine, GenerationRequest, Step
 
@@ -52,8 +60,10 @@ class JobRunner:
     async def run(self, msg: Msg) -> None:
         try:
             job = JobSubmitted.model_validate_json(msg.data)
-        except ValidationError as exc:
-            log.error("malformed job dropped: %s", exc.errors()[:1])
+        except ValidationError as exc:  # can never run: set it aside, never redeliver it
+            log.error("malformed job set aside: %s", exc.errors()[:1])
+            await dead_letter(self.js, "worker", msg.subject, msg.metadata.sequence.stream,
+                              str(exc), msg.data)
             await msg.term()
             return
         attempt = msg.metadata.num_delivered

@@ -6,6 +6,7 @@ import nats
 import pytest
 
 from bus import subjects
+from bus.events import DeadLetter
 from tests.conftest import TINY_MODEL
 
 GOOD = {"model": TINY_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -61,3 +62,21 @@ def test_unknown_zone_preference_is_a_400(stack, key):
 def test_key_is_printed_once_on_its_own_last_line(stack):
     out = stack.cli("keys", "create", "--account", "bob").stdout.strip().splitlines()
     assert out[-1].startswith("ib-") and len(out[-1]) >= 35 and " " not in out[-1]
+
+
+def test_malformed_job_is_dead_lettered_and_workers_keep_serving(stack, key, nats_server):
+    async def poison_then_read() -> list:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        bad = await js.publish(subjects.jobs("eu", TINY_MODEL), b"not a job")
+        sub = await js.subscribe("deadletter.worker", ordered_consumer=True)
+        letter = await sub.next_msg(timeout=10)
+        await nc.close()
+        return [bad.seq, letter.data]
+
+    seq, data = asyncio.run(poison_then_read())
+    letter = DeadLetter.model_validate_json(data)
+    assert (letter.consumer, letter.stream_seq) == ("worker", seq)
+    r = httpx.post(f"{stack.base_url}/v1/chat/completions", json=GOOD, timeout=30,
+                   headers={"Authorization": f"Bearer {key}", "X-Inferbus-Zone": "eu"})
+    assert r.status_code == 200

@@ -26,7 +26,7 @@ async def world(fresh_nats, tmp_path):
     await ensure_streams(js)
     ledger = Ledger.open(Settings(data_dir=tmp_path, nats_url=fresh_nats.url))
     broker = NatsBroker(fresh_nats.url)
-    settlement.subscribe(broker, settlement.Settlement(ledger, Pricing()), ack_wait_s=2)
+    settlement.subscribe(broker, settlement.Settlement(ledger, Pricing()), js, ack_wait_s=2)
     await broker.start()
     key = signing.load_or_create_key(tmp_path / "node.key")
     yield js, ledger, key
@@ -112,3 +112,25 @@ async def test_reservation_held_past_its_deadline_is_swept_and_refunded(world, t
     assert (view.status, view.refunded) == ("refunded", 1_000_000)
     info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter="events.eu.JobExpired")
     assert info.state.subjects == {"events.eu.JobExpired": 1}
+
+
+async def test_malformed_outcome_is_dead_lettered_and_settlement_goes_on(world, tmp_path):
+    from bus import subjects
+    from bus.events import DeadLetter
+    from projections.store import open_store_url
+    from tests.integration.projecting import project
+    js, ledger, _ = world
+    bad = await js.publish("events.eu.JobCompleted", b'{"type": "JobCompleted", "job_id": 7}')
+    reserve(ledger, "after")
+    await publish_event(js, JobFailed(job_id="after", zone="eu", code="x", message="y"), "eu")
+    assert (await resolved(ledger, "after")).status == "refunded"  # the consumer went on
+
+    store = open_store_url(tmp_path / "readmodels.sqlite3")  # the projector goes on too
+    await project(store, js, (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
+    store.close()
+    sub = await js.subscribe("deadletter.>", ordered_consumer=True)
+    letters = [DeadLetter.model_validate_json((await sub.next_msg(timeout=5)).data)
+               for _ in range(2)]
+    assert {(d.consumer, d.stream_seq) for d in letters} == {("settlement", bad.seq),
+                                                              ("projector", bad.seq)}
+    assert all("job_id" in d.reason or "validation" in d.reason.lower() for d in letters)
