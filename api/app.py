@@ -12,6 +12,7 @@ from api.discovery import Policy
 from api.escalation import Escalator
 from api.jobs import JobQueries
 from api.keys import KeyRing
+from api.limits import BodyLimit, KeyLimiter
 from api.network import router as network_router
 from api.nodes import LiveNodes
 from api.replies import ReplyRouter
@@ -56,6 +57,8 @@ def create_app(settings: Settings) -> FastAPI:
                                     routing, escalator, settings.job_timeout_s)
         app.state.jobs = JobQueries(store, ledger)
         app.state.jobs_store = store
+        app.state.limits = KeyLimiter(store, settings.rate_per_minute,
+                                      settings.max_jobs_in_flight)
         try:
             yield
         finally:
@@ -72,4 +75,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(network_router)
     app.include_router(status_router)
     app.add_middleware(RequestCounter)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

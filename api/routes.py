@@ -61,6 +61,10 @@ async def _repeat(request: Request, job_id: str, who: Principal, is_async: bool)
 async def _serve(request: Request, body: ChatCompletionRequest | CompletionRequest,
                  who: Principal, idempotency_key: str | None) -> Response:
     state = request.app.state
+    if body.sampling().max_tokens > state.settings.max_tokens_limit:
+        raise APIError(400, f"max_tokens is at most {state.settings.max_tokens_limit} here",
+                       "max_tokens_too_large", "max_tokens")
+    await state.limits.admit(who)  # before anything is reserved
     peer = request.client.host if request.client else None
     forwarded = request.headers.get("x-forwarded-for")
     zone = state.zones.resolve(request.headers.get(ZONE_HEADER), peer, forwarded)

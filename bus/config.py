@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     expiry_grace_s: float = 30.0  # past a job's deadline before its reservation is swept
     zone_wait_s: float = 2.0  # a zone job nobody in the zone started goes global after this
     node_wait_s: float = 1.0  # a job sent to a chosen node moves to the next one after this
+    max_body_bytes: int = 1_048_576  # 413 above
+    rate_per_minute: int = 600  # per key and API instance; 429 above
+    max_jobs_in_flight: int = 64  # per key, unfinished jobs; 429 above
+    max_tokens_limit: int = 8192  # the most a request may ask for, whatever the model
 
     def resolved_nats_url(self) -> str:
         """``INFERBUS_NATS_URL``, else the embedded server ``inferbus up`` wrote down."""

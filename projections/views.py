@@ -69,6 +69,14 @@ def get_job(store: Store, job_id: str) -> JobView | None:
     return _job(rows[0]) if rows else None
 
 
+def active_jobs(store: Store, key_id: str) -> int:
+    """How many of this key's jobs are queued or running."""
+    with store.transaction(write=False) as tx:
+        rows = tx.query("SELECT COUNT(*) AS n FROM jobs WHERE key_id = ? "
+                        "AND status IN ('queued', 'running')", (key_id,))
+    return int(rows[0]["n"])
+
+
 def list_jobs(store: Store, account: str | None = None) -> list[JobView]:
     """Every job (of ``account`` if given), ordered by ``job_id``: a stable
     order for comparing two read models (``inferbus audit``)."""

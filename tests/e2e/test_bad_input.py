@@ -27,7 +27,8 @@ def events_in_log(url: str) -> int:
     ({"model": TINY_MODEL}, 400, "invalid_request"),
     ({**GOOD, "model": "no-such-model"}, 404, "model_not_found"),
     ({**GOOD, "max_tokens": 0}, 400, "invalid_request"),
-    ({**GOOD, "max_tokens": 10**6}, 400, "context_length_exceeded"),
+    ({**GOOD, "max_tokens": 1000}, 400, "context_length_exceeded"),  # the model's is 512
+    ({**GOOD, "max_tokens": 10**6}, 400, "max_tokens_too_large"),  # the network's limit
     ({**GOOD, "messages": "hi"}, 400, "invalid_request"),
     ({**GOOD, "temperature": "hot"}, 400, "invalid_request"),
     ({**GOOD, "messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_request"),

@@ -1,0 +1,83 @@
+"""Limits checked before anything is reserved or published.
+
+- ``BodyLimit``: a request body over ``max_bytes`` is a 413 (ASGI middleware,
+  so no route ever parses it).
+- ``KeyLimiter``: per key, a token bucket of ``per_minute`` requests (429 with
+  ``Retry-After``) held by this API instance, and at most ``max_in_flight``
+  unfinished jobs counted from the shared jobs read model, so the cap holds
+  across instances (a burst inside the projection lag, a few milliseconds,
+  can pass it; the rate limit bounds such bursts).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+
+from api.errors import APIError
+from api.keys import Principal
+from projections.views import active_jobs
+
+
+class BodyLimit:
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(send)
+        chunks, size, more = [], 0, True
+        while more:  # buffered: bodies here are small, and a stream can lie about its length
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            chunks.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._too_large(send)
+            more = message.get("more_body", False)
+        await self.app(scope, _replay(chunks, receive), send)
+
+    async def _too_large(self, send) -> None:
+        body = json.dumps(APIError(413, f"request body over {self.max_bytes} bytes",
+                                   "request_too_large").body()).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _replay(messages: list[dict], then=None):
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        if then is not None:
+            return await then()  # e.g. http.disconnect, which streaming responses watch for
+        return {"type": "http.disconnect"}
+    return receive
+
+
+class KeyLimiter:
+    def __init__(self, store, per_minute: int, max_in_flight: int) -> None:
+        self._store, self._rate, self._max_in_flight = store, per_minute, max_in_flight
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    async def admit(self, who: Principal) -> None:
+        now = time.monotonic()
+        tokens, at = self._buckets.get(who.key_id, (float(self._rate), now))
+        tokens = min(float(self._rate), tokens + (now - at) * self._rate / 60.0)
+        if tokens < 1.0:
+            wait = math.ceil((1.0 - tokens) * 60.0 / self._rate)
+            self._buckets[who.key_id] = (tokens, now)
+            raise APIError(429, f"over {self._rate} requests per minute for this key",
+                           "rate_limit_exceeded", headers={"Retry-After": str(wait)})
+        active = await asyncio.to_thread(active_jobs, self._store, who.key_id)
+        if active >= self._max_in_flight:
+            self._buckets[who.key_id] = (tokens, now)
+            raise APIError(429, f"this key has {active} unfinished jobs (at most "
+                           f"{self._max_in_flight})", "too_many_jobs_in_flight",
+                           headers={"Retry-After": "1"})
+        self._buckets[who.key_id] = (tokens - 1.0, now)
