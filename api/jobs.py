@@ -57,6 +57,13 @@ class JobQueries:
 
     async def find(self, job_id: str, account: str, wait_s: float = PROJECTION_LAG_S
                    ) -> JobView | None:
+        """The account's job; None (a 404) for no such job or another account's.
+
+        The ledger knows every accepted job from its reservation on, so only a
+        job that exists waits for the read model to catch up."""
+        held = await asyncio.to_thread(self._ledger.reservation, job_id)
+        if held is None or held.account != account:
+            return None
         deadline = time.monotonic() + wait_s
         while True:
             view = await asyncio.to_thread(get_job, self._store, job_id)
