@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from tests.natsd import free_port
+from tests.natsd import NatsServer, free_port
 
 
 @dataclass
@@ -105,3 +107,18 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
             return result
         await asyncio.sleep(interval)
     raise TimeoutError("condition not met in time")
+
+
+@contextmanager
+def isolated_stack(tmp: Path, models_dir: Path, env: dict[str, str] | None = None):
+    """A stack with its projector on a NATS server of its own, so candidates,
+    counts and queues see only its nodes; stopped, server too, on exit."""
+    server = NatsServer(tmp / "nats").start()
+    shutil.copytree(models_dir, tmp / "models")
+    stack = Stack(tmp, server.url, env_extra=env or {})
+    try:
+        stack.start("projector", "projector")
+        yield stack
+    finally:
+        stack.stop()
+        server.stop()

@@ -1,6 +1,5 @@
 """Dispatch to chosen nodes: constraints in headers, next candidate when one
 does not start the job in time, 503 when none qualifies, heavy jobs to tier >= 4."""
-import shutil
 import time
 
 import httpx
@@ -9,8 +8,7 @@ import pytest
 from bus.events import JobEscalated, JobStarted
 from tests.conftest import LONG_MODEL
 from tests.e2e.test_geo_routing import events_of, node_id
-from tests.natsd import NatsServer
-from tests.stack import Stack
+from tests.stack import Stack, isolated_stack
 
 BERLIN, POTSDAM, MADRID = ("52.52", "13.40"), ("52.39", "13.06"), ("40.42", "-3.70")
 SMALL = {"model": LONG_MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
@@ -19,17 +17,13 @@ SMALL = {"model": LONG_MODEL, "max_tokens": 3, "messages": [{"role": "user", "co
 @pytest.fixture(scope="module")
 def placed(models_dir, tmp_path_factory):
     """Three placed nodes on a NATS of their own (candidates must see only these)."""
-    tmp_path = tmp_path_factory.mktemp("dispatch")
-    server = NatsServer(tmp_path / "nats").start()
-    shutil.copytree(models_dir, tmp_path / "models")
-    s = Stack(tmp_path, server.url, env_extra={"INFERBUS_NODE_WAIT_S": "1"})
-    s.start("projector", "projector")
-    for name, (lat, lon), tier in (("berlin", BERLIN, "1"), ("potsdam", POTSDAM, "1"),
-                                   ("madrid", MADRID, "5")):
-        s.start(name, "worker", "--zone", "eu", "--model", LONG_MODEL, "--node-name", name,
-                "--lat", lat, "--lon", lon, "--tier", tier)
-    s.start_api()
-    try:
+    env = {"INFERBUS_NODE_WAIT_S": "1"}
+    with isolated_stack(tmp_path_factory.mktemp("dispatch"), models_dir, env) as s:
+        for name, (lat, lon), tier in (("berlin", BERLIN, "1"), ("potsdam", POTSDAM, "1"),
+                                       ("madrid", MADRID, "5")):
+            s.start(name, "worker", "--zone", "eu", "--model", LONG_MODEL, "--node-name", name,
+                    "--lat", lat, "--lon", lon, "--tier", tier)
+        s.start_api()
         s.key = s.new_key("disp", credits="100")
         s.wait_for_model(s.key, LONG_MODEL)
         deadline = time.monotonic() + 30
@@ -38,9 +32,6 @@ def placed(models_dir, tmp_path_factory):
             assert time.monotonic() < deadline
             time.sleep(0.2)
         yield s
-    finally:
-        s.stop()
-        server.stop()
 
 
 def ran_on(s: Stack, job_id: str) -> list[str]:

@@ -1,6 +1,5 @@
 """schemathesis against the running API's own OpenAPI spec: no input makes it
 answer 5xx. Bounded: a few examples per operation, on a stack of its own."""
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,28 +7,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_MODEL
-from tests.natsd import NatsServer
-from tests.stack import Stack
+from tests.stack import isolated_stack
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
 
 @pytest.fixture(scope="module")
 def fuzz_stack(models_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fuzz")
-    server = NatsServer(tmp / "nats").start()
-    shutil.copytree(models_dir, tmp / "models")
-    s = Stack(tmp, server.url)
-    s.start("projector", "projector")
-    s.start_worker("eu", TINY_MODEL)
-    s.start_api()
-    try:
+    with isolated_stack(tmp_path_factory.mktemp("fuzz"), models_dir) as s:
+        s.start_worker("eu", TINY_MODEL)
+        s.start_api()
         s.key = s.new_key("fuzzer", credits="1000")
         s.wait_for_model(s.key, TINY_MODEL)
         yield s
-    finally:
-        s.stop()
-        server.stop()
 
 
 @pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis is not installed")

@@ -1,6 +1,5 @@
 """Limits answer before anything is reserved; clients cannot set what they pay
 or who earns; keys never reach a log."""
-import shutil
 import time
 from pathlib import Path
 
@@ -8,30 +7,21 @@ import httpx
 import pytest
 
 from tests.conftest import LONG_MODEL
-from tests.stack import Stack
+from tests.stack import Stack, isolated_stack
 
 SMALL = {"model": LONG_MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture(scope="module")
 def limited(models_dir, tmp_path_factory):
-    from tests.natsd import NatsServer
-    tmp = tmp_path_factory.mktemp("limits")
-    server = NatsServer(tmp / "nats").start()
-    shutil.copytree(models_dir, tmp / "models")
-    s = Stack(tmp, server.url, env_extra={
-        "INFERBUS_RATE_PER_MINUTE": "3", "INFERBUS_MAX_JOBS_IN_FLIGHT": "1",
-        "INFERBUS_MAX_BODY_BYTES": "2000", "INFERBUS_MAX_TOKENS_LIMIT": "6000"})
-    s.start("projector", "projector")
-    s.start_worker("eu", LONG_MODEL)
-    s.start_api()
-    s.keys = []
-    try:
+    env = {"INFERBUS_RATE_PER_MINUTE": "3", "INFERBUS_MAX_JOBS_IN_FLIGHT": "1",
+           "INFERBUS_MAX_BODY_BYTES": "2000", "INFERBUS_MAX_TOKENS_LIMIT": "6000"}
+    with isolated_stack(tmp_path_factory.mktemp("limits"), models_dir, env) as s:
+        s.start_worker("eu", LONG_MODEL)
+        s.start_api()
+        s.keys = []
         s.wait_for_model(s.new_key("probe"), LONG_MODEL)
         yield s
-    finally:
-        s.stop()
-        server.stop()
 
 
 def client(s: Stack, account: str) -> httpx.Client:

@@ -7,7 +7,6 @@ no node, which falls back to the global queue.
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from html.parser import HTMLParser
@@ -17,8 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import TINY_MODEL
-from tests.natsd import NatsServer
-from tests.stack import Stack
+from tests.stack import Stack, isolated_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 ZONES = ["eu", "eu", "eu", "na", "na", "sea"]
@@ -26,16 +24,11 @@ ZONES = ["eu", "eu", "eu", "na", "na", "sea"]
 
 @pytest.fixture(scope="module")
 def busy_stack(models_dir, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("status")
-    nats = NatsServer(data_dir / "nats-store").start()
-    shutil.copytree(models_dir, data_dir / "models")
-    s = Stack(data_dir, nats.url)
-    s.start("projector", "projector")
-    s.start_worker("eu", TINY_MODEL, "worker-eu-1")
-    s.start_worker("eu", TINY_MODEL, "worker-eu-2")
-    s.start_worker("na", TINY_MODEL)
-    s.start_api()
-    try:
+    with isolated_stack(tmp_path_factory.mktemp("status"), models_dir) as s:
+        s.start_worker("eu", TINY_MODEL, "worker-eu-1")
+        s.start_worker("eu", TINY_MODEL, "worker-eu-2")
+        s.start_worker("na", TINY_MODEL)
+        s.start_api()
         key = s.new_key("status")
         s.wait_for_model(key, TINY_MODEL, zones=2)
         wait_for_status(s, lambda d: d["totals"]["nodes_live"] == 3)
@@ -46,9 +39,6 @@ def busy_stack(models_dir, tmp_path_factory):
                            headers={"Authorization": f"Bearer {key}", "X-Inferbus-Zone": zone})
             assert r.status_code == 200, r.text
         yield s
-    finally:
-        s.stop()
-        nats.stop()
 
 
 def wait_for_status(s: Stack, ready, timeout: float = 30.0) -> dict:
