@@ -7,11 +7,11 @@ import httpx
 import nats
 import pytest
 
-from bus import subjects
-from bus.events import ChatMessage, CreditsDebited, new_id, parse_event
+from bus.events import ChatMessage, CreditsDebited, new_id
 from bus.pricing import Pricing, prompt_tokens_bound
 from bus.publish import publish_event
 from tests.conftest import LONG_MODEL
+from tests.eventlog import read_log
 from tests.natsd import free_port
 from tests.stack import Stack
 
@@ -85,11 +85,6 @@ def test_fifty_concurrent_requests_with_credits_for_ten_run_exactly_ten(two_apis
 async def inject_double_debit(url: str) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
-    sub = await js.subscribe(subjects.all_events(), ordered_consumer=True)
-    total = (await js.stream_info(subjects.EVENTS_STREAM)).state.messages
-    for _ in range(total):
-        event = parse_event((await sub.next_msg(timeout=5)).data)
-        if isinstance(event, CreditsDebited) and event.amount > 0:
-            await publish_event(js, event.model_copy(update={"event_id": new_id()}), event.zone)
-            break
+    debit = next(e for _, e in await read_log(js) if isinstance(e, CreditsDebited) and e.amount)
+    await publish_event(js, debit.model_copy(update={"event_id": new_id()}), debit.zone)
     await nc.close()

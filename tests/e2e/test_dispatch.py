@@ -7,7 +7,8 @@ import pytest
 
 from bus.events import JobEscalated, JobStarted
 from tests.conftest import LONG_MODEL
-from tests.e2e.test_geo_routing import events_of, node_id
+from tests.e2e.test_geo_routing import node_id
+from tests.eventlog import job_log
 from tests.stack import Stack, isolated_stack
 
 BERLIN, POTSDAM, MADRID = ("52.52", "13.40"), ("52.39", "13.06"), ("40.42", "-3.70")
@@ -36,7 +37,7 @@ def placed(models_dir, tmp_path_factory):
 
 def ran_on(s: Stack, job_id: str) -> list[str]:
     names = {node_id(s, n): n for n in ("berlin", "potsdam", "madrid")}
-    return [names[e.node_id] for _, e in events_of(s.nats_url, job_id)
+    return [names[e.node_id] for _, e in job_log(s.nats_url, job_id)
             if isinstance(e, JobStarted)]
 
 
@@ -59,7 +60,7 @@ def test_busy_candidate_is_skipped_for_the_next_after_the_node_wait(placed):
     assert r.status_code == 200
     job_id = r.headers["x-inferbus-job"]
     assert ran_on(placed, job_id) == ["potsdam"]
-    moves = [e for _, e in events_of(placed.nats_url, job_id) if isinstance(e, JobEscalated)]
+    moves = [e for _, e in job_log(placed.nats_url, job_id) if isinstance(e, JobEscalated)]
     assert len(moves) == 1 and moves[0].to.startswith("node_")
     assert httpx.delete(f"{placed.base_url}/v1/jobs/{busy}", timeout=30,
                         headers={"Authorization": f"Bearer {placed.key}"}).status_code == 200
@@ -85,6 +86,6 @@ def test_heavy_job_goes_to_a_tier_four_or_better_node(placed):
     while not (where := ran_on(placed, job_id)):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    assert where == ["madrid"], events_of(placed.nats_url, job_id)
+    assert where == ["madrid"], job_log(placed.nats_url, job_id)
     assert httpx.delete(f"{placed.base_url}/v1/jobs/{job_id}", timeout=30,
                         headers={"Authorization": f"Bearer {placed.key}"}).status_code == 200

@@ -1,15 +1,14 @@
 """Zone first, global fallback, strict residency and private pools, end to end."""
-import asyncio
 import shutil
 import time
 
 import httpx
-import nats
 import pytest
 
-from bus import signing, subjects
-from bus.events import JobEscalated, JobStarted, parse_event
+from bus import signing
+from bus.events import JobEscalated, JobStarted
 from tests.conftest import LONG_MODEL
+from tests.eventlog import job_log
 from tests.stack import Stack
 
 SMALL = {"model": LONG_MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
@@ -20,23 +19,6 @@ def make_stack(fresh_nats, models_dir, tmp_path, **env) -> Stack:
     s = Stack(tmp_path, fresh_nats.url, env_extra={"INFERBUS_ZONE_WAIT_S": "1", **env})
     s.start("projector", "projector")
     return s
-
-
-def events_of(url: str, job_id: str) -> list:
-    async def read() -> list:
-        nc = await nats.connect(url)
-        js = nc.jetstream()
-        sub = await js.subscribe(subjects.all_events(), ordered_consumer=True)
-        total = (await js.stream_info(subjects.EVENTS_STREAM)).state.messages
-        found = []
-        for _ in range(total):
-            msg = await sub.next_msg(timeout=5)
-            event = parse_event(msg.data)
-            if getattr(event, "job_id", None) == job_id:
-                found.append((msg.subject, event))
-        await nc.close()
-        return found
-    return asyncio.run(read())
 
 
 def node_id(s: Stack, name: str) -> str:
@@ -73,7 +55,7 @@ def test_zone_job_no_zone_worker_starts_in_time_goes_global_and_runs_once(eu_and
         assert 1.0 <= waited < 5.0
         client.delete(f"/v1/jobs/{busy}")  # frees the eu worker, which finds the zone copy
     time.sleep(2.0)
-    events = [e for _, e in events_of(s.nats_url, r.headers["x-inferbus-job"])]
+    events = [e for _, e in job_log(s.nats_url, r.headers["x-inferbus-job"])]
     escalations = [e for e in events if isinstance(e, JobEscalated)]
     assert [(e.from_queue, e.to) for e in escalations] == [("eu", "global")]
     starts = [e for e in events if isinstance(e, JobStarted)]
@@ -108,7 +90,7 @@ def test_strict_subcloud_without_a_node_in_its_zone_times_out_with_a_full_refund
         assert time.monotonic() < deadline, acct
         time.sleep(0.2)
     assert (acct["balance"], acct["spent"]) == (5, 0)
-    logged = events_of(s.nats_url, job_id)
+    logged = job_log(s.nats_url, job_id)
     assert logged  # the job and its refund are on the log, all on eu subjects
     assert not any(isinstance(e, (JobStarted, JobEscalated)) for _, e in logged)
     assert all(subject.startswith("events.eu.") for subject, _ in logged)
@@ -133,7 +115,7 @@ def test_private_pool_serves_its_subcloud_and_never_public_jobs(fresh_nats, mode
                 r = httpx.post(f"{s.base_url}/v1/chat/completions", json=SMALL, timeout=30,
                                headers={"Authorization": f"Bearer {key}"})
                 assert r.status_code == 200, r.text
-                started = [e for _, e in events_of(s.nats_url, r.headers["x-inferbus-job"])
+                started = [e for _, e in job_log(s.nats_url, r.headers["x-inferbus-job"])
                            if isinstance(e, JobStarted)]
                 runs.setdefault(name, set()).update(e.node_id for e in started)
         assert runs["private"] == {node_id(s, "worker-private")}

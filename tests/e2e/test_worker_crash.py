@@ -1,16 +1,14 @@
 """A worker that dies mid-job does not lose the job: it is delivered again, the
 client's stream goes on without duplicated text, and it completes once."""
-import asyncio
 import shutil
 import time
 
-import nats
 import openai
 import pytest
 
-from bus import subjects
-from bus.events import JobCompleted, JobStarted, parse_event
+from bus.events import JobCompleted, JobStarted
 from tests.conftest import TINY_MODEL
+from tests.eventlog import job_log
 from tests.stack import Stack
 
 LONG = dict(model=TINY_MODEL, max_tokens=400, temperature=0,
@@ -32,20 +30,6 @@ def crash_stack(fresh_nats, models_dir, tmp_path):
         s.stop()
 
 
-def job_events(url: str, job_id: str) -> list:
-    async def read() -> list:
-        nc = await nats.connect(url)
-        js = nc.jetstream()
-        sub = await js.subscribe(subjects.all_events(), ordered_consumer=True)
-        info = await js.stream_info(subjects.EVENTS_STREAM)
-        events = []
-        for _ in range(info.state.messages):
-            events.append(parse_event((await sub.next_msg(timeout=5)).data))
-        await nc.close()
-        return [e for e in events if getattr(e, "job_id", None) == job_id]
-    return asyncio.run(read())
-
-
 def test_job_of_a_killed_worker_is_redelivered_and_streamed_without_duplicates(crash_stack):
     s = crash_stack
     client = openai.OpenAI(base_url=f"{s.base_url}/v1", api_key=s.key, max_retries=0, timeout=120)
@@ -63,7 +47,7 @@ def test_job_of_a_killed_worker_is_redelivered_and_streamed_without_duplicates(c
     reference = client.chat.completions.create(**LONG).choices[0].message.content
     assert text == reference  # greedy: the rerun continues the same text, nothing twice
 
-    events = job_events(s.nats_url, job_id)
+    events = [e for _, e in job_log(s.nats_url, job_id)]
     starts = [e for e in events if isinstance(e, JobStarted)]
     done = [e for e in events if isinstance(e, JobCompleted)]
     assert [e.attempt for e in starts] == [1, 2]
@@ -73,7 +57,7 @@ def test_job_of_a_killed_worker_is_redelivered_and_streamed_without_duplicates(c
     # Exactly one settlement: one reservation, one debit, one refund of the rest.
     deadline = time.monotonic() + 15
     while True:
-        money = [type(e).__name__ for e in job_events(s.nats_url, job_id)
+        money = [type(e).__name__ for e in [e for _, e in job_log(s.nats_url, job_id)]
                  if type(e).__name__.startswith("Credits")]
         if "CreditsRefunded" in money or time.monotonic() > deadline:
             break

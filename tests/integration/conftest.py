@@ -12,6 +12,8 @@ import nats
 import pytest
 import pytest_asyncio
 
+from bus.config import Settings
+from bus.ledger import Ledger
 from bus.streams import ensure_streams
 from projections.store import Store, open_store_url
 
@@ -25,6 +27,14 @@ async def js(fresh_nats) -> AsyncIterator[nats.js.JetStreamContext]:
     await ensure_streams(nc.jetstream())
     yield nc.jetstream()
     await nc.close()
+
+
+@pytest.fixture
+def ledger(fresh_nats, tmp_path) -> Iterator[Ledger]:
+    """A SQLite ledger in the test's own data dir."""
+    opened = Ledger.open(Settings(data_dir=tmp_path, nats_url=fresh_nats.url))
+    yield opened
+    opened.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -1,33 +1,15 @@
 """The ledger relay puts every money event on the log exactly once, even when
 it is killed between the ledger's commit and its publish."""
-import nats
 import pytest
 
 from bus import relay, subjects
-from bus.config import Settings
-from bus.events import CREDIT_EVENTS, parse_event
-from bus.ledger import Ledger
-from bus.streams import ensure_streams
+from bus.events import CREDIT_EVENTS
+from tests.eventlog import read_log
 
 
 @pytest.fixture
-async def js_ledger(fresh_nats, tmp_path):
-    nc = await nats.connect(fresh_nats.url)
-    js = nc.jetstream()
-    await ensure_streams(js)
-    ledger = Ledger.open(Settings(data_dir=tmp_path, nats_url=fresh_nats.url))
-    yield js, ledger
-    await nc.close()
-    ledger.close()
-
-
-async def credit_events_on_log(js) -> list:
-    names = [e.__name__ for e in CREDIT_EVENTS]
-    sub = await js.subscribe(subjects.all_events(), ordered_consumer=True)
-    total = (await js.stream_info(subjects.EVENTS_STREAM)).state.messages
-    events = [parse_event((await sub.next_msg(timeout=5)).data) for _ in range(total)]
-    await sub.unsubscribe()
-    return [e for e in events if type(e).__name__ in names]
+def js_ledger(js, ledger):
+    return js, ledger
 
 
 async def test_relay_killed_mid_batch_resumes_without_loss_or_repeat(js_ledger, monkeypatch):
@@ -52,7 +34,7 @@ async def test_relay_killed_mid_batch_resumes_without_loss_or_repeat(js_ledger, 
     assert position == ledger.max_notification_id()
     await relay.relay_once(ledger, js, await relay.last_relayed(js))  # nothing left: no-op
 
-    events = await credit_events_on_log(js)
+    events = [e for _, e in await read_log(js) if isinstance(e, CREDIT_EVENTS)]
     expected = [e for _, e, _ in ledger.bus_events(0, 1000)]
     assert [e.event_id for e in events] == [e.event_id for e in expected]
     assert len({e.event_id for e in events}) == len(events) == 10

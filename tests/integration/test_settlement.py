@@ -3,36 +3,25 @@ ledger exactly once, however often they are delivered."""
 import asyncio
 from datetime import datetime, timedelta, timezone
 
-import nats
 import pytest
 from faststream.nats import NatsBroker
 
 from bus import signing
-from bus.config import Settings
 from bus.events import JobCompleted, JobFailed, Usage, output_hash
-from bus.ledger import Ledger
 from bus.pricing import Pricing
 from bus.publish import publish_event
-from bus.streams import ensure_streams
 from projections import settlement
 
 USAGE = Usage(prompt_tokens=10, completion_tokens=20)
 
 
 @pytest.fixture
-async def world(fresh_nats, tmp_path):
-    nc = await nats.connect(fresh_nats.url)
-    js = nc.jetstream()
-    await ensure_streams(js)
-    ledger = Ledger.open(Settings(data_dir=tmp_path, nats_url=fresh_nats.url))
+async def world(js, ledger, fresh_nats, tmp_path):
     broker = NatsBroker(fresh_nats.url)
     settlement.subscribe(broker, settlement.Settlement(ledger, Pricing()), js, ack_wait_s=2)
     await broker.start()
-    key = signing.load_or_create_key(tmp_path / "node.key")
-    yield js, ledger, key
+    yield js, ledger, signing.load_or_create_key(tmp_path / "node.key")
     await broker.stop()
-    await nc.close()
-    ledger.close()
 
 
 def reserve(ledger, job_id: str, account: str = "acme") -> None:
