@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
-import nats
 from fastapi import FastAPI
 
 from api import errors
@@ -24,6 +23,7 @@ from api.status import router as status_router
 from api.subclouds import Subclouds
 from api.zones import ZoneResolver
 from bus.config import Settings
+from bus.connection import connect
 from bus.ledger import Ledger
 from bus.streams import cancels_bucket, claims_bucket, ensure_streams, nodes_bucket
 from projections.store import open_store
@@ -32,8 +32,7 @@ from projections.store import open_store
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        nc = await nats.connect(settings.resolved_nats_url(), name="api",
-                                max_reconnect_attempts=-1)
+        nc = await connect(settings, "api")
         js = nc.jetstream()
         replicas = settings.stream_replicas
         await ensure_streams(js, replicas)

@@ -20,7 +20,8 @@ NATS_URL_FILE = "nats.url"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFERBUS_", extra="ignore")
 
-    nats_url: str | None = None
+    nats_url: str | None = None  # one server, or a cluster's servers comma-separated
+    nats_nkey_seed: Path | None = None  # this process's nkey seed file, where auth is on
     database_url: str | None = None
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".local/share/inferbus")
     geoip_db: Path | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal, InvalidOperation
 
-import nats
 
 from api.keys import hash_key, new_key
 from bus.config import Settings
@@ -12,6 +11,7 @@ from api.subclouds import Subclouds
 from bus import subjects
 from bus.events import MICRO, ApiKeyIssued, SubcloudCreated, new_id
 from bus.zones import ZONES, is_zone
+from bus.connection import connect
 from bus.ledger import Ledger
 from bus.nodes import NodeRecord
 from bus.publish import publish_event
@@ -23,8 +23,7 @@ from projections.store import open_store
 async def _connect(settings: Settings):
     url = settings.resolved_nats_url()
     try:
-        nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0,
-                                allow_reconnect=False)
+        nc = await connect(settings, "inferbus-cli", retry=False, connect_timeout=3)
     except Exception as exc:  # noqa: BLE001 - one clear line for the user
         raise RuntimeError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
     js = nc.jetstream()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats
 from faststream.nats import NatsBroker
 
 from bus.config import Settings
+from bus.connection import connect, server_list
 from bus.ledger import Ledger
 from bus.relay import run_relay
 from bus.streams import ensure_streams
@@ -26,13 +26,14 @@ log = logging.getLogger("inferbus.projections")
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     url = settings.resolved_nats_url()
-    nc = await nats.connect(url, name="inferbus-projector", max_reconnect_attempts=-1)
+    nc = await connect(settings, "inferbus-projector")
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
     store = await asyncio.to_thread(open_store, settings)
     ledger = await asyncio.to_thread(Ledger.open, settings)
-    broker = NatsBroker(url, name="inferbus-settlement", max_reconnect_attempts=-1,
-                        log_level=logging.DEBUG)  # one line per settled job is noise
+    auth = {"nkeys_seed": str(settings.nats_nkey_seed)} if settings.nats_nkey_seed else {}
+    broker = NatsBroker(server_list(url), name="inferbus-settlement", max_reconnect_attempts=-1,
+                        log_level=logging.DEBUG, **auth)  # one line per settled job is noise
     settlement.subscribe(broker, settlement.Settlement(ledger, settings.pricing), js,
                          settings.job_ack_wait_s)
     await broker.start()

@@ -11,10 +11,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import nats
 
 from bus import signing, subjects
 from bus.config import Settings
+from bus.connection import connect
 from bus.nodes import ModelInfo, NodeRecord
 from bus.streams import (cancels_bucket, claims_bucket, ensure_streams, ensure_work_consumer,
                          nodes_bucket)
@@ -92,8 +92,7 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     engine = await asyncio.to_thread(Engine.load, path, name)
     key_name = options.node_name or f"{options.zone}-{name}"
     key = signing.load_or_create_key(settings.data_dir / "node" / f"{key_name}.key")
-    nc = await nats.connect(settings.resolved_nats_url(), name=f"worker-{options.zone}-{name}",
-                            max_reconnect_attempts=-1)
+    nc = await connect(settings, f"worker-{options.zone}-{name}")
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
     kv = await nodes_bucket(js, settings.stream_replicas)
