@@ -2,12 +2,15 @@
 
 One core-NATS subscription per API instance (``replies.<instance>``); each
 waiting request registers a queue under its job id *before* the job is
-queued, so no reply can arrive unrouted.
+queued, so no reply can arrive unrouted. The router keeps the text each job
+has streamed so far, so a node taking a job over mid-stream continues from
+exactly what the caller has (``Resume``), with nothing twice and nothing missing.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -15,16 +18,47 @@ from pydantic import ValidationError
 
 from bus import subjects
 from bus.events import new_id
-from bus.replies import Delta, Finished, Started, parse_reply
+from bus.replies import Delta, Finished, Resume, Resumed, Started, parse_reply
 
 log = logging.getLogger("inferbus.api")
+
+
+@dataclass
+class Watch:
+    """One waiting job: its reply queue, the output text received so far (contiguous
+    from the start) and the attempt whose text counts."""
+
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    text: str = ""
+    attempt: int = 1
+    gapped: bool = False  # a live delta was lost: the outcome's full text fills the gap
+
+    def accept(self, delta: Delta) -> Delta | None:
+        """The part of ``delta`` that extends the text, or None (stale, repeated, gap)."""
+        if delta.attempt < self.attempt or self.gapped:
+            return None
+        self.attempt = delta.attempt
+        if delta.offset > len(self.text):
+            self.gapped = True
+            return None
+        new = delta.text[len(self.text) - delta.offset:]
+        if not new:
+            return None
+        fresh = Delta(job_id=delta.job_id, offset=len(self.text), text=new, attempt=delta.attempt)
+        self.text += new
+        return fresh
+
+    def resume(self, request: Resume) -> Resumed:
+        """A node takes over: it continues from the text here; older attempts go quiet."""
+        self.attempt, self.gapped = max(self.attempt, request.attempt), False
+        return Resumed(job_id=request.job_id, text=self.text)
 
 
 class ReplyRouter:
     def __init__(self, nc: Client) -> None:
         self._nc = nc
         self.subject = subjects.replies(new_id()[:16])
-        self._waiting: dict[str, asyncio.Queue[Started | Delta | Finished]] = {}
+        self._waiting: dict[str, Watch] = {}
         self._sub = None
 
     async def start(self) -> None:
@@ -35,9 +69,8 @@ class ReplyRouter:
             await self._sub.unsubscribe()
 
     def expect(self, job_id: str) -> asyncio.Queue[Started | Delta | Finished]:
-        queue: asyncio.Queue[Started | Delta | Finished] = asyncio.Queue()
-        self._waiting[job_id] = queue
-        return queue
+        watch = self._waiting[job_id] = Watch()
+        return watch.queue
 
     def forget(self, job_id: str) -> None:
         self._waiting.pop(job_id, None)
@@ -49,6 +82,16 @@ class ReplyRouter:
             log.warning("malformed reply dropped")
             return
         job_id = reply.event.job_id if isinstance(reply, Finished) else reply.job_id
-        queue = self._waiting.get(job_id)
-        if queue is not None:
-            queue.put_nowait(reply)
+        watch = self._waiting.get(job_id)
+        if watch is None:
+            return  # not (or no longer) waited for here: a resume request gets no answer
+        if isinstance(reply, Resume):
+            if msg.reply:
+                await msg.respond(watch.resume(reply).model_dump_json().encode())
+            return
+        if isinstance(reply, Delta):
+            reply = watch.accept(reply)
+        elif isinstance(reply, Started) and reply.attempt < watch.attempt:
+            reply = None
+        if reply is not None:
+            watch.queue.put_nowait(reply)

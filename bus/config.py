@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         return table
     trusted_proxies: list[str] = ["127.0.0.0/8", "::1/128"]
     job_timeout_s: float = 300.0
-    job_ack_wait_s: float = 30.0
+    job_ack_wait_s: float = 10.0  # also the job lease: a silent worker's job moves on after it
     job_max_attempts: int = 3
     stream_replicas: int = 1  # 3 in production (compose.yaml)
     pricing: Pricing = Pricing()

@@ -29,6 +29,7 @@ class Delta(Contract):
     job_id: str
     offset: int
     text: str
+    attempt: int = 1  # the delivery that made it: text of a superseded attempt is dropped
 
 
 class Finished(Contract):
@@ -36,9 +37,25 @@ class Finished(Contract):
     event: Annotated[Union[JobCompleted, JobFailed, JobExpired], Field(discriminator="type")]
 
 
-Reply = Annotated[Union[Started, Delta, Finished], Field(discriminator="kind")]
+class Resume(Contract):
+    """A request from a node taking over a job mid-stream: what text does the
+    caller already have? The answer (``Resumed``) is where it continues from;
+    from then on, text of earlier attempts is dropped."""
+
+    kind: Literal["resume"] = "resume"
+    job_id: str
+    attempt: int
+
+
+class Resumed(Contract):
+    kind: Literal["resumed"] = "resumed"
+    job_id: str
+    text: str
+
+
+Reply = Annotated[Union[Started, Delta, Finished, Resume], Field(discriminator="kind")]
 _reply: TypeAdapter[Reply] = TypeAdapter(Reply)
 
 
-def parse_reply(data: bytes) -> Started | Delta | Finished:
+def parse_reply(data: bytes) -> Started | Delta | Finished | Resume:
     return _reply.validate_json(data)

@@ -67,7 +67,7 @@ class Balance:
 class _Job:
     __slots__ = ("account", "submitted_account", "reserved", "reserves", "deadline", "debited",
                  "debits", "refunded", "refunds", "closed_at", "outcome", "node_id", "operator",
-                 "completion_tokens", "completed_seq", "signature_ok", "awards")
+                 "completion_tokens", "completed_seq", "signature_ok", "awards", "later")
 
     def __init__(self) -> None:
         self.account = self.submitted_account = self.outcome = None
@@ -77,6 +77,7 @@ class _Job:
         self.refunded = self.refunds = self.completion_tokens = self.completed_seq = 0
         self.signature_ok = True
         self.awards: list[tuple[str, str, int]] = []  # (operator, node_id, seq)
+        self.later: list[tuple] = []  # completions after the first (see Checker._paid)
 
 
 class Checker:
@@ -186,10 +187,28 @@ class Checker:
 
     def _completed(self, seq: int, e: JobCompleted) -> None:
         job = self._job(e.job_id)
-        if job.outcome is None:  # later completions are never the one paid
-            job.outcome, job.node_id, job.operator = "completed", e.node_id, e.operator
-            job.completion_tokens, job.completed_seq = e.usage.completion_tokens, seq
-            job.signature_ok = verify_result(e)
+        facts = ("completed", e.node_id, e.operator, e.usage.completion_tokens, seq,
+                 verify_result(e))
+        if job.outcome is None:
+            self._set_outcome(job, facts)
+        else:  # a late or foreign result, set aside by settlement's lease check
+            job.later.append(facts)
+
+    @staticmethod
+    def _set_outcome(job: _Job, facts: tuple) -> None:
+        (job.outcome, job.node_id, job.operator, job.completion_tokens, job.completed_seq,
+         job.signature_ok) = facts
+
+    def _paid(self, job: _Job) -> None:
+        """Settlement pays only the lease holder's outcome, which need not be the
+        first on the log (a fenced node's late result can come before it): the
+        outcome judged is the completion of the node the RCP went to, if any."""
+        if not job.awards or (job.outcome == "completed" and job.node_id == job.awards[0][1]):
+            return
+        for facts in job.later:
+            if facts[1] == job.awards[0][1]:
+                self._set_outcome(job, facts)
+                return
 
     def _ended(self, seq: int, e: Event) -> None:
         job = self._job(e.job_id)  # type: ignore[attr-defined]
@@ -202,6 +221,7 @@ class Checker:
         grace = timedelta(seconds=grace_s)
         open_hold: dict[str, int] = {}
         for job_id, job in self.jobs.items():
+            self._paid(job)
             if job.reserves and not job.refunds:
                 open_hold[job.account] = open_hold.get(job.account, 0) + job.reserved - job.debited
                 if job.deadline is not None and job.deadline + grace < now:

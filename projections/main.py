@@ -13,7 +13,7 @@ import logging
 from faststream.nats import NatsBroker
 
 from bus.config import Settings
-from bus.connection import connect, server_list
+from bus.connection import connect, nkey_seed, server_list
 from bus.ledger import Ledger
 from bus.relay import run_relay
 from bus.streams import ensure_streams
@@ -31,7 +31,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_streams(js, settings.stream_replicas)
     store = await asyncio.to_thread(open_store, settings)
     ledger = await asyncio.to_thread(Ledger.open, settings)
-    auth = {"nkeys_seed": str(settings.nats_nkey_seed)} if settings.nats_nkey_seed else {}
+    seed = nkey_seed(settings)
+    auth = {"nkeys_seed": str(seed)} if seed else {}
     broker = NatsBroker(server_list(url), name="inferbus-settlement", max_reconnect_attempts=-1,
                         log_level=logging.DEBUG, **auth)  # one line per settled job is noise
     settlement.subscribe(broker, settlement.Settlement(ledger, settings.pricing), js,

@@ -7,6 +7,10 @@ is charged its counted usage and earns its node's operator RCP; an
 unverifiable one, a failure, an expiry or a cancel before any output is
 refunded in full; a cancel charges what was produced. An expiry sweep refunds
 reservations still held well past their job's deadline.
+
+Only the node holding a job's sealed lease (``bus.leases``) speaks for it: an
+outcome from a node whose lease was taken over, or from a node that never held
+the job, is set aside and changes nothing, however well signed.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from bus.events import (
     JobFailed,
     parse_event,
 )
+from bus.leases import Lease, Leases
 from bus.pricing import Pricing
 from bus.publish import dead_letter, publish_event
 from bus.signing import verify_result
@@ -40,14 +45,45 @@ OUTCOMES = (JobCompleted, JobFailed, JobCancelled, JobExpired)
 SWEEP_EVERY_S = 5.0
 
 
+class NotYetSealed(Exception):
+    """The outcome's node holds the lease but its seal is not visible yet: retry."""
+
+
+def admits(event: Event, lease: Lease | None) -> bool:
+    """Whether ``event`` may settle its job, given the job's lease.
+
+    An expiry is a matter of time, anyone's to tell. An outcome without a node (the
+    API's cancel of a queued job, a failed enqueue) counts only while no node holds
+    the job; a node's outcome counts only under its own sealed lease, for the
+    attempt it holds. Raises ``NotYetSealed`` for the holder's outcome seen before
+    its seal."""
+    if isinstance(event, JobExpired):
+        return True
+    node = getattr(event, "node_id", None)
+    if lease is None or node is None:
+        return lease is None and node is None
+    if lease.node_id != node:
+        return False
+    if isinstance(event, JobCompleted) and event.attempt != lease.attempt:
+        return False
+    if not lease.done:
+        raise NotYetSealed(event.job_id)
+    return True
+
+
 class Settlement:
     """The settlement policy: job outcome -> ledger command."""
 
     def __init__(self, ledger, pricing: Pricing) -> None:
         self.ledger, self.pricing = ledger, pricing
 
-    def apply(self, event: Event):
-        """Resolve the job's reservation; None when the job has none (unbilled)."""
+    def apply(self, event: Event, lease: Lease | None = None):
+        """Resolve the job's reservation; None when the job has none (unbilled) or the
+        outcome is not its holder's (see ``admits``)."""
+        if not admits(event, lease):
+            log.warning("%s for %s from a node not holding its lease set aside",
+                        type(event).__name__, event.job_id)
+            return None
         try:
             return self._resolve(event)
         except KeyError:  # UnknownReservation: a job that was never billed
@@ -69,7 +105,7 @@ class Settlement:
 
 
 def subscribe(broker: NatsBroker, settlement: Settlement, js: JetStreamContext,
-              ack_wait_s: float = 30.0) -> None:
+              leases: Leases, ack_wait_s: float = 30.0) -> None:
     """Register the settlement consumer on ``broker`` (before it starts)."""
 
     @broker.subscriber(
@@ -86,8 +122,9 @@ def subscribe(broker: NatsBroker, settlement: Settlement, js: JetStreamContext,
             await dead_letter(js, DURABLE, raw.subject,
                               raw.metadata.sequence.stream, str(exc), msg.body)
             return
-        # A ledger error raises: the message is nacked and delivered again.
-        await asyncio.to_thread(settlement.apply, event)
+        # A ledger error or an unseen seal raises: the message is nacked and comes again.
+        lease = await leases.read(event.job_id)
+        await asyncio.to_thread(settlement.apply, event, lease)
 
 
 async def sweep_expired(store, ledger, js, grace_s: float, stop: asyncio.Event) -> None:

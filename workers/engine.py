@@ -29,6 +29,7 @@ class GenerationRequest:
     messages: tuple[dict, ...] | None
     prompt: str | None
     sampling: Sampling
+    continuation: str = ""  # output already delivered by an earlier attempt: go on from it
 
     def __post_init__(self) -> None:
         if self.kind == "chat" and not self.messages:
@@ -98,6 +99,9 @@ class Engine:
         is raised by this call itself, before any compute. ``should_stop`` is
         polled before every forward pass; when it returns True the generation
         ends with finish_reason "stop".
+
+        With a ``continuation``, the steps carry only the text after it, while
+        ``completion_tokens`` counts its tokens too: it is part of the output.
         """
         prompt_ids = self._encode(request)
         max_tokens = request.sampling.max_tokens
@@ -106,20 +110,27 @@ class Engine:
                 f"this model's context length is {self.context_length} tokens, but "
                 f"{len(prompt_ids) + max_tokens} were requested ({len(prompt_ids)} in the "
                 f"prompt + {max_tokens} max_tokens)")
-        return self._decode_loop(prompt_ids, request.sampling, should_stop or (lambda: False))
+        done = self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"] \
+            if request.continuation else []
+        return self._decode_loop(prompt_ids, list(done), request.sampling,
+                                 should_stop or (lambda: False))
 
-    def _decode_loop(self, prompt_ids: list[int], sampling: Sampling,
+    def _decode_loop(self, prompt_ids: list[int], done: list[int], sampling: Sampling,
                      should_stop: Callable[[], bool]) -> Iterator[Step]:
         n_prompt = len(prompt_ids)
         sampler = _Sampler(sampling, self.device)
-        stream = _TextStream(self.tokenizer, sampling.stop)
-        if should_stop():
-            yield Step("", 0, n_prompt, "stop")
-            return
-        logits, cache = self._forward(prompt_ids, None)
+        # The last few delivered tokens give the detokenizer its context (a leading
+        # space or a joined character decodes as it would have in one run).
+        stream = _TextStream(self.tokenizer, sampling.stop, context=done[-4:])
         # completion_tokens counts the tokens that are part of the output: an EOS
         # token ends the generation but is neither emitted nor counted.
-        n_out = 0
+        # Re-tokenized, delivered text may count a token or two more than it took to
+        # make; it never counts beyond max_tokens, the most the caller agreed to pay for.
+        n_out = min(len(done), sampling.max_tokens)
+        if should_stop() or n_out >= sampling.max_tokens:
+            yield Step("", n_out, n_prompt, "stop" if n_out < sampling.max_tokens else "length")
+            return
+        logits, cache = self._forward(prompt_ids + done, None)
         while True:
             token = sampler(logits)
             if token in self.eos_token_ids:
@@ -213,11 +224,11 @@ class _TextStream:
     in U+FFFD is an unfinished character and waits for the next token.
     """
 
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...], context: list[int] = ()) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)  # an empty stop string would match at once
-        self.ids: list[int] = []
-        self.prefix = self.read = 0
+        self.ids: list[int] = list(context)  # already emitted: decoded for context only
+        self.prefix, self.read = 0, len(self.ids)
         self.pending = ""  # decoded text held back: it may be the start of a stop string
 
     def push(self, token: int) -> tuple[str, bool]:

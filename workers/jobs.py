@@ -1,8 +1,11 @@
-"""Running one job: claim, generate with live token replies, sign, record, ack.
+"""Running one job: lease, generate with live token replies, sign, seal, record, ack.
 
 The order is the contract: the result event is stored on the log before the
 job is acked, so a crash at any point leaves the job either redelivered or
-recorded, never lost. While generating, in-progress acks keep the claim.
+recorded, never lost. While generating, the lease is renewed with the
+in-progress acks; a node that lost its lease publishes and acks nothing
+(``bus.leases``). A node that takes a job over mid-stream continues from the
+text the caller already has.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ from datetime import datetime, timezone
 from nacl.signing import SigningKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -31,11 +35,13 @@ from bus.events import (
     Usage,
     output_hash,
 )
+from bus.leases import Held, Leases, Pass
 from bus.publish import dead_letter, publish_event
-from bus.replies import Delta, Finished, Started
+from bus.replies import Delta, Finished, Resume, Resumed, Started
 from workers.engine import ContextLengthExceeded, Engine, GenerationRequest, Step
 
 log = logging.getLogger("inferbus.worker")
+RESUME_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -50,7 +56,7 @@ class JobRunner:
     ack_wait_s: float
     max_attempts: int
     cancels: KeyValue
-    claims: KeyValue
+    leases: Leases
     busy: int = 0  # jobs running now, reported in heartbeats
 
     @property
@@ -66,27 +72,40 @@ class JobRunner:
                               str(exc), msg.data)
             await msg.term()
             return
-        attempt = msg.metadata.num_delivered
-        if not await self._claim(job.job_id, attempt):
-            await msg.ack()  # another copy of this job runs (or ran) on another node
+        held = await self.leases.acquire(job.job_id, self.node_id, msg.metadata.num_delivered,
+                                         msg.metadata.sequence.stream)
+        if isinstance(held, Pass):
+            if held.action == "discard":
+                await msg.ack()  # another copy of this job runs (or ran) on another node
+            else:
+                await msg.nak(delay=held.delay_s)
             return
-        keepalive = asyncio.create_task(self._keep_claim(msg))
+        stop, finishing = asyncio.Event(), asyncio.Event()
+        keepalive = asyncio.create_task(self._keep_lease(msg, held, stop, finishing))
         self.busy += 1
         try:
-            outcome = await self._outcome(job, attempt)
+            outcome = await self._outcome(job, held, stop)
+            finishing.set()
+            await keepalive  # no renewal may race the seal
+            if not await self.leases.seal(held):
+                # Taken over while this node was away: its result is late and must not
+                # count, and its ack would settle the new holder's delivery.
+                log.warning("lease on job %s lost; late %s dropped", job.job_id,
+                            type(outcome).__name__)
+                return
             await publish_event(self.js, outcome, job.zone)
             await self._reply(job, Finished(event=outcome))
             await msg.ack()
         finally:
             self.busy -= 1
-            keepalive.cancel()
+            finishing.set()
 
-    async def _outcome(self, job: JobSubmitted, attempt: int) -> Event:
+    async def _outcome(self, job: JobSubmitted, held: Held, stop: asyncio.Event) -> Event:
+        attempt = held.lease.attempt
         if attempt > self.max_attempts:
             return self._failed(job, "job_failed", f"gave up after {attempt - 1} attempts")
         if job.deadline <= datetime.now(timezone.utc):
             return JobExpired(job_id=job.job_id, zone=job.zone)
-        stop = asyncio.Event()
         # Listen first, then look: a cancel sent between the two is still heard.
         async def on_cancel(_: Msg) -> None:
             stop.set()
@@ -97,9 +116,10 @@ class JobRunner:
                 return self._cancelled_event(job, None)
             await publish_event(self.js, JobStarted(job_id=job.job_id, node_id=self.node_id,
                                                     zone=self.zone, attempt=attempt), job.zone)
+            delivered = await self._resume_point(job, held)
             await self._reply(job, Started(job_id=job.job_id, zone=self.zone, attempt=attempt))
             try:
-                text, last = await self._generate(job, stop)
+                text, last = await self._generate(job, attempt, delivered, stop)
             except ContextLengthExceeded as exc:
                 return self._failed(job, "context_length_exceeded", str(exc))
             except Exception as exc:  # noqa: BLE001 - any engine fault fails this job only
@@ -111,25 +131,19 @@ class JobRunner:
             return self._cancelled_event(job, _usage(last))
         return self._completed(job, attempt, text, last)
 
-    async def _claim(self, job_id: str, attempt: int) -> bool:
-        """Whether this node may run the job. The first copy delivered claims it; a
-        redelivered copy (its holder stopped acking) takes the claim over."""
-        mine = f"{self.node_id}:{attempt}".encode()
+    async def _resume_point(self, job: JobSubmitted, held: Held) -> str:
+        """The text the caller already has when this node takes a job over mid-stream,
+        asked of the API instance that waits for it; "" on a first run or when nobody
+        waits (an async job, or the API instance is gone)."""
+        if not (held.took_over and job.reply_to):
+            return ""
+        ask = Resume(job_id=job.job_id, attempt=held.lease.attempt)
         try:
-            await self.claims.create(job_id, mine)
-            return True
-        except KeyWrongLastSequenceError:
-            pass
-        entry = await self.claims.get(job_id)
-        if (entry.value or b"").startswith(self.node_id.encode()):
-            return attempt > 1  # our own crashed run: retry; a second copy: already done
-        if attempt == 1:
-            return False
-        try:
-            await self.claims.update(job_id, mine, last=entry.revision)
-        except KeyWrongLastSequenceError:
-            return False
-        return True
+            answer = await self.nc.request(job.reply_to, ask.model_dump_json().encode(),
+                                           timeout=RESUME_TIMEOUT_S)
+            return Resumed.model_validate_json(answer.data).text
+        except (NatsError, asyncio.TimeoutError, ValidationError):
+            return ""
 
     async def _cancelled(self, job_id: str) -> bool:
         try:
@@ -142,12 +156,14 @@ class JobRunner:
         return JobCancelled(job_id=job.job_id, zone=job.zone, reason="cancelled",
                             model=job.model, node_id=self.node_id, usage=usage)
 
-    async def _generate(self, job: JobSubmitted, stop: asyncio.Event) -> tuple[str, Step]:
-        """Run the engine in a thread, replying each piece of text as it comes."""
+    async def _generate(self, job: JobSubmitted, attempt: int, delivered: str,
+                        stop: asyncio.Event) -> tuple[str, Step]:
+        """Run the engine in a thread, replying each piece of text as it comes. The
+        output goes on from ``delivered``, the text an earlier attempt streamed."""
         loop = asyncio.get_running_loop()
         steps: asyncio.Queue[Step | BaseException | None] = asyncio.Queue()
         request = GenerationRequest(
-            kind=job.kind, prompt=job.prompt, sampling=job.sampling,
+            kind=job.kind, prompt=job.prompt, sampling=job.sampling, continuation=delivered,
             messages=tuple(m.model_dump() for m in job.messages) if job.messages else None)
 
         def produce() -> None:
@@ -159,13 +175,14 @@ class JobRunner:
             loop.call_soon_threadsafe(steps.put_nowait, None)
 
         producer = loop.run_in_executor(None, produce)
-        text, last = "", None
+        text, last = delivered, None
         while (item := await steps.get()) is not None:
             if isinstance(item, BaseException):
                 await producer
                 raise item
             if item.text:
-                await self._reply(job, Delta(job_id=job.job_id, offset=len(text), text=item.text))
+                await self._reply(job, Delta(job_id=job.job_id, offset=len(text), text=item.text,
+                                             attempt=attempt))
                 text += item.text
             last = item
         await producer
@@ -190,14 +207,24 @@ class JobRunner:
         if job.reply_to:
             await self.nc.publish(job.reply_to, reply.model_dump_json().encode())
 
-    async def _keep_claim(self, msg: Msg) -> None:
-        """In-progress acks reset the redelivery timer while the job runs."""
-        while True:
-            await asyncio.sleep(self.ack_wait_s / 3)
+    async def _keep_lease(self, msg: Msg, held: Held, stop: asyncio.Event,
+                          finishing: asyncio.Event) -> None:
+        """Renew the lease and reset the redelivery timer while the job runs; a
+        lease taken over (this node was away too long) stops the job at once."""
+        while not finishing.is_set():
             try:
+                await asyncio.wait_for(finishing.wait(), self.ack_wait_s / 3)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                if not await self.leases.renew(held):
+                    log.warning("lease on job %s taken over; stopping it", held.job_id)
+                    stop.set()
+                    return
                 await msg.in_progress()
-            except Exception as exc:  # noqa: BLE001
-                log.warning("in-progress ack failed: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - NATS away: the lease may yet hold
+                log.warning("lease renewal failed: %s", exc)
 
 
 def _usage(last: Step) -> Usage:

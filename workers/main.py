@@ -16,8 +16,8 @@ from bus import signing, subjects
 from bus.config import Settings
 from bus.connection import connect
 from bus.nodes import ModelInfo, NodeRecord
-from bus.streams import (cancels_bucket, claims_bucket, ensure_streams, ensure_work_consumer,
-                         nodes_bucket)
+from bus.streams import (cancels_bucket, claims_bucket, ensure_work_consumer, nodes_bucket,
+                         wait_for_streams)
 from workers.engine import Engine
 from workers.heartbeat import heartbeat
 from workers.jobs import JobRunner
@@ -57,12 +57,7 @@ def gpu_facts() -> dict:
 def queues(options: WorkerOptions, node_id: str) -> list[str]:
     """The queues this worker pulls, first choice first: jobs sent to this very
     node, its subcloud's pool, its zone, then global."""
-    own = [subjects.node_queue(node_id)]
-    if options.subcloud:
-        own.append(subjects.subcloud_queue(options.subcloud))
-    if not options.subcloud or options.public:
-        own += [options.zone, subjects.GLOBAL]
-    return own
+    return subjects.worker_queues(options.zone, node_id, options.subcloud, options.public)
 
 
 async def next_job(sources: list[PullSource]):
@@ -94,7 +89,8 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     key = signing.load_or_create_key(settings.data_dir / "node" / f"{key_name}.key")
     nc = await connect(settings, f"worker-{options.zone}-{name}")
     js = nc.jetstream()
-    await ensure_streams(js, settings.stream_replicas)
+    # Services make streams and buckets; a worker's NATS user may not (bus/auth.py).
+    await wait_for_streams(js)
     kv = await nodes_bucket(js, settings.stream_replicas)
     node = signing.node_id(key)
     sources, consumers = [], []

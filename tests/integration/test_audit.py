@@ -15,6 +15,7 @@ from nacl.signing import SigningKey
 from bus.events import (MICRO, CreditsDebited, CreditsDeposited, CreditsRefunded,
                         CreditsReserved, Event, JobCancelled, JobCompleted, JobFailed, RCPAwarded,
                         Usage, output_hash)
+from bus.leases import Lease
 from bus.ledger import Ledger
 from bus.pricing import Pricing, prompt_tokens_bound
 from bus.publish import publish_event
@@ -169,6 +170,16 @@ async def test_unpaid_result_with_a_bad_signature_is_fine(world: World) -> None:
     assert report.ok, report.render()
 
 
+async def test_late_result_of_a_fenced_node_before_the_paid_one_is_fine(world: World) -> None:
+    # A node whose lease was taken over published anyway; settlement set it aside
+    # and paid the holder's result, which the log holds after it.
+    holder, late = world.keys[0], world.keys[1]
+    events = signed_job(holder, "taken", "acme", "op-0", award_to=("op-0", node_id(holder)))
+    stale = signed_job(late, "taken", "acme", "op-1")[3]
+    report = await world.audit(*events[:3], stale, *events[3:])
+    assert report.ok, report.render()
+
+
 async def test_balance_below_zero_is_reported(world: World) -> None:
     report = await world.audit(
         ("global", CreditsDeposited(account="broke", amount=1000)),
@@ -225,6 +236,12 @@ async def test_empty_log_and_malformed_events_pass_and_are_counted(js, store) ->
     assert report.ok and (report.events, report.malformed) == (1, 1), report.render()
 
 
+def sealed_by(outcome) -> Lease | None:
+    """The lease a worker seals before publishing its outcome (bus.leases)."""
+    node = getattr(outcome, "node_id", None)
+    return node and Lease(node_id=node, attempt=1, message=1, until=0, done=True)
+
+
 async def test_history_written_by_the_ledger_and_settlement_passes(js, stores, keys) -> None:
     """The real ledger, settlement policy and relay wrote these money events."""
     ledger, pricing, rng = Ledger(), Pricing(), random.Random(5)
@@ -252,7 +269,7 @@ async def test_history_written_by_the_ledger_and_settlement_passes(js, stores, k
                                finish_reason="stop", usage=usage, input_hash=sub.input_hash(),
                                output_hash=output_hash("ok"), signature=sig))
         await publish(js, [("eu", sub), ("eu", outcome)])
-        settlement.apply(outcome)
+        settlement.apply(outcome, sealed_by(outcome))
         after = await relay_once(ledger, js, after)
     last = (await js.stream_info("EVENTS")).state.last_seq
     live = stores("live")

@@ -1,6 +1,8 @@
 """The engine's decode loop, on a tiny random-weight Llama (see tests/tiny_model.py)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -167,3 +169,28 @@ def test_request_without_its_input_is_rejected():
     with pytest.raises(ValueError):
         GenerationRequest(kind="completion", messages=None, prompt=None,
                           sampling=Sampling(max_tokens=1))
+
+
+def resumed(request: GenerationRequest, delivered: str) -> GenerationRequest:
+    return dataclasses.replace(request, continuation=delivered)
+
+
+def test_continuation_goes_on_from_the_delivered_text_and_counts_its_tokens(engine):
+    request, delivered = chat(max_tokens=30, temperature=0), "The capital of France is"
+    done = engine.tokenizer(delivered, add_special_tokens=False)["input_ids"]
+    # Reference: greedy on the prompt followed by the delivered text's tokens.
+    ids = engine._encode(request) + done
+    with torch.inference_mode():
+        for _ in range(30 - len(done)):
+            ids.append(int(torch.argmax(engine.model(input_ids=torch.tensor([ids])).logits[0, -1])))
+    rest, steps = run(engine, resumed(request, delivered))
+    assert delivered + rest == decode(engine, ids[len(engine._encode(request)):])
+    assert steps[-1].completion_tokens == 30 and steps[-1].finish_reason == "length"
+    assert steps[-1].prompt_tokens == engine.count_prompt_tokens(request)
+
+
+def test_continuation_that_already_fills_max_tokens_generates_nothing(engine):
+    request = chat(max_tokens=3, temperature=0)
+    rest, steps = run(engine, resumed(request, "The capital of France is Paris"))
+    assert rest == "" and [(s.completion_tokens, s.finish_reason) for s in steps] == \
+        [(3, "length")]

@@ -1,0 +1,123 @@
+"""Job leases: which node may run a job now, and whose outcome counts.
+
+A lease lives in the ``claims`` KV bucket under the job id. The node that
+holds it renews it while it works; every change is a compare-and-set on the
+entry's revision, so exactly one node holds a job at a time. A node whose
+lease ran out (it paused, or lost the network) and was taken over can no
+longer renew or *seal* it; the worker seals before it publishes an outcome,
+and settlement pays only the outcome of the node that sealed. JetStream alone
+cannot fence a late worker: its late ack would settle another worker's
+redelivery (nats-server issue 4786), so a worker that lost its lease never
+acks either.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from bus.events import Contract
+
+
+class Lease(Contract):
+    """The claims entry of one job."""
+
+    node_id: str
+    attempt: int  # the delivery count of the message the holder runs
+    message: int  # that message's JOBS stream sequence: the one redelivered if the holder dies
+    until: float  # unix time the lease runs out unless renewed
+    done: bool = False  # sealed: the holder has an outcome and is publishing it
+
+
+@dataclass
+class Held:
+    """A lease this node holds, with the revision its next change must name."""
+
+    job_id: str
+    lease: Lease
+    revision: int
+    took_over: bool  # another node (or an earlier run of this one) held it before
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Not this node's to run: ``discard`` a copy whose job another holds or
+    held, or ``wait`` and see this same message again after ``delay_s``."""
+
+    action: Literal["discard", "wait"]
+    delay_s: float = 0.0
+
+
+class Leases:
+    """Acquire, renew, seal and read job leases in the ``claims`` bucket."""
+
+    def __init__(self, kv: KeyValue, lease_s: float, clock=time.time) -> None:
+        self.kv, self.lease_s, self.clock = kv, lease_s, clock
+
+    async def acquire(self, job_id: str, node_id: str, attempt: int,
+                      message: int) -> Held | Pass:
+        mine = Lease(node_id=node_id, attempt=attempt, message=message,
+                     until=self.clock() + self.lease_s)
+        try:
+            revision = await self.kv.create(job_id, mine.model_dump_json().encode())
+            return Held(job_id, mine, revision, took_over=False)
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self.kv.get(job_id)
+        except KeyNotFoundError:  # its entry aged out meanwhile: nothing holds it
+            return Pass("wait", 0.5)
+        current = _parse(entry.value)
+        if current is not None:
+            if current.done:
+                return Pass("discard")  # ran (or is being published) already
+            ours = current.node_id == node_id and current.message == message
+            live = current.until > self.clock()
+            if live and not ours:
+                # Another node works on it. Its own message comes back if it dies;
+                # any other copy of the job can go.
+                if current.message != message:
+                    return Pass("discard")
+                return Pass("wait", current.until - self.clock() + 0.5)
+        try:
+            revision = await self.kv.update(job_id, mine.model_dump_json().encode(),
+                                            last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return Pass("wait", self.lease_s)  # someone else took it over just now
+        return Held(job_id, mine, revision, took_over=True)
+
+    async def renew(self, held: Held) -> bool:
+        """Extend the lease; False when it was taken over (this node must stop)."""
+        lease = held.lease.model_copy(update={"until": self.clock() + self.lease_s})
+        return await self._change(held, lease)
+
+    async def seal(self, held: Held) -> bool:
+        """Mark the job done by this holder; False when the lease is no longer ours."""
+        return await self._change(held, held.lease.model_copy(update={"done": True}))
+
+    async def _change(self, held: Held, lease: Lease) -> bool:
+        try:
+            held.revision = await self.kv.update(held.job_id, lease.model_dump_json().encode(),
+                                                 last=held.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        held.lease = lease
+        return True
+
+    async def read(self, job_id: str) -> Lease | None:
+        try:
+            entry = await self.kv.get(job_id)
+        except KeyNotFoundError:
+            return None
+        return _parse(entry.value)
+
+
+def _parse(value: bytes | None) -> Lease | None:
+    try:
+        return Lease.model_validate_json(value or b"")
+    except ValidationError:
+        return None  # not a lease (a corrupt entry): whoever updates it first takes it
