@@ -14,9 +14,10 @@ from faststream.nats import NatsBroker
 
 from bus.config import Settings
 from bus.connection import connect, nkey_seed, server_list
+from bus.leases import Leases
 from bus.ledger import Ledger
 from bus.relay import run_relay
-from bus.streams import ensure_streams
+from bus.streams import claims_bucket, ensure_streams
 from projections import settlement
 from projections.projector import Projector
 from projections.store import open_store
@@ -35,8 +36,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     auth = {"nkeys_seed": str(seed)} if seed else {}
     broker = NatsBroker(server_list(url), name="inferbus-settlement", max_reconnect_attempts=-1,
                         log_level=logging.DEBUG, **auth)  # one line per settled job is noise
+    claims = await claims_bucket(js, settings.job_timeout_s + settings.expiry_grace_s,
+                                 settings.stream_replicas)
     settlement.subscribe(broker, settlement.Settlement(ledger, settings.pricing), js,
-                         settings.job_ack_wait_s)
+                         Leases(claims, settings.job_ack_wait_s), settings.job_ack_wait_s)
     await broker.start()
     try:
         await asyncio.gather(

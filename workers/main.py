@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from bus import signing, subjects
 from bus.config import Settings
 from bus.connection import connect
+from bus.leases import Leases
 from bus.nodes import ModelInfo, NodeRecord
 from bus.streams import (cancels_bucket, claims_bucket, ensure_work_consumer, nodes_bucket,
                          wait_for_streams)
@@ -113,7 +114,8 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     cancels = await cancels_bucket(js, job_life_s, settings.stream_replicas)
     claims = await claims_bucket(js, job_life_s, settings.stream_replicas)
     runner = JobRunner(nc, js, engine, key, options.zone, options.operator, options.tier,
-                       settings.job_ack_wait_s, settings.job_max_attempts, cancels, claims)
+                       settings.job_ack_wait_s, settings.job_max_attempts, cancels,
+                       Leases(claims, lease_s=settings.job_ack_wait_s))
     facts = gpu_facts()
 
     def record() -> NodeRecord:
