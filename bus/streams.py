@@ -1,9 +1,12 @@
 """Idempotent JetStream set-up: streams, the node KV bucket, worker consumers.
 
-Every process calls :func:`ensure_streams` at start; creating what exists is a
-no-op, so start order never matters.
+Every service process calls :func:`ensure_streams` at start; creating what
+exists is a no-op, so start order never matters. Workers only wait for them
+(:func:`wait_for_streams`) and create their own consumers.
 """
 from __future__ import annotations
+
+import asyncio
 
 from nats.js import JetStreamContext
 from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, KeyValueConfig,
@@ -94,8 +97,29 @@ async def ensure_work_consumer(js: JetStreamContext, zone: str, model: str,
     refund) instead of lingering unacked in the work queue."""
     name = subjects.consumer_name(zone, model)
     config = ConsumerConfig(
-        durable_name=name, filter_subject=subjects.jobs(zone, model),
+        # Named: created on the subject that carries its filter, which a worker's
+        # permission pins (bus/auth.py), so it cannot refilter a shared consumer.
+        name=name, durable_name=name, filter_subject=subjects.jobs(zone, model),
         ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait_s, max_deliver=-1,
         max_ack_pending=-1)
     await js.add_consumer(subjects.JOBS_STREAM, config)
     return name
+
+
+# Streams (and buckets' streams) a worker needs but never makes: services (API,
+# projector, `inferbus up`) create them, and a worker's credentials may not.
+WORKER_STREAMS = (subjects.JOBS_STREAM, subjects.EVENTS_STREAM, subjects.DEAD_LETTER_STREAM,
+                  *(subjects.kv_stream(b) for b in (subjects.NODES_BUCKET, subjects.CLAIMS_BUCKET,
+                                                    subjects.CANCELS_BUCKET)))
+
+
+async def wait_for_streams(js: JetStreamContext, poll_s: float = 0.5) -> None:
+    """Until every stream of ``WORKER_STREAMS`` exists (a worker started before the
+    services waits for them, as it would for a server that is not up yet)."""
+    missing = list(WORKER_STREAMS)
+    while missing:
+        try:
+            await js.stream_info(missing[0])
+            missing.pop(0)
+        except NotFoundError:
+            await asyncio.sleep(poll_s)

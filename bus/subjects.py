@@ -103,3 +103,74 @@ def consumer_name(zone: str, model: str) -> str:
 def pull_next(stream: str, consumer: str) -> str:
     """JetStream's API subject for asking a pull consumer for its next message."""
     return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+
+def worker_queues(zone: str, node_id: str, subcloud: str | None = None,
+                  public: bool = True) -> list[str]:
+    """The queues a worker pulls, first choice first: jobs sent to this very node,
+    its subcloud's pool, its zone, then global (the last two unless private)."""
+    own = [node_queue(node_id)]
+    if subcloud:
+        own.append(subcloud_queue(subcloud))
+    if not subcloud or public:
+        own += [check_token(zone, "zone"), GLOBAL]
+    return own
+
+
+# JetStream API and KV subjects, named here so NATS permissions (bus/auth.py)
+# can grant exactly what one process does.
+
+def inbox_prefix(user: str) -> str:
+    """Root of one nkey user's private reply inboxes, so it hears only its own replies."""
+    return f"_INBOX.{check_token(user, 'user')}"
+
+
+def below(prefix: str) -> str:
+    """Every subject under ``prefix``."""
+    return f"{prefix}.>"
+
+
+def stream_info(stream: str) -> str:
+    return f"$JS.API.STREAM.INFO.{stream}"
+
+
+def consumer_create(stream: str, consumer: str, filter_subject: str) -> str:
+    """Create-or-update of one named consumer; the filter in the subject pins its filter."""
+    return f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}"
+
+
+def consumer_info(stream: str, consumer: str) -> str:
+    return f"$JS.API.CONSUMER.INFO.{stream}.{consumer}"
+
+
+def acks(stream: str, consumer: str) -> str:
+    """Acks, naks, in-progress and term of the messages one consumer delivered."""
+    return f"$JS.ACK.{stream}.{consumer}.>"
+
+
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def kv_key(bucket: str, key: str) -> str:
+    """Put, create, update, delete and purge of one key are publishes on this subject."""
+    return f"$KV.{bucket}.{check_token(key, 'key')}"
+
+
+def kv_any_key(bucket: str) -> str:
+    return f"$KV.{bucket}.*"
+
+
+def kv_reads(bucket: str) -> list[str]:
+    """The requests that read a bucket's keys (direct get, or message get)."""
+    stream = kv_stream(bucket)
+    return [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>",
+            f"$JS.API.STREAM.MSG.GET.{stream}"]
+
+
+def any_replies() -> str:
+    return "replies.*"
+
+
+def any_cancel() -> str:
+    return "control.cancel.*"

@@ -59,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     models.add_parser("pull", help="download and convert a model").add_argument("name")
     models.add_parser("list", help="models in the data dir")
     sub.add_parser("status", help="live nodes")
+    na = sub.add_parser("nodes", help="worker credentials").add_subparsers(
+        dest="nodes_cmd", required=True).add_parser(
+        "add", help="grant a node its own NATS user; prints its seed file")
+    na.add_argument("--zone", required=True)
+    na.add_argument("--model", required=True, help="the model name the worker serves")
+    na.add_argument("--node-name", help="the worker's --node-name; default ZONE-MODEL")
+    na.add_argument("--node-id", help="the node's public id (hex) when its key lives elsewhere")
+    na.add_argument("--subcloud", help="the worker's --subcloud")
+    na.add_argument("--public", action="store_true", help="the worker's --public")
     return p
 
 
@@ -130,6 +139,11 @@ def _dispatch(args, settings: Settings) -> int:
     if args.command == "status":
         from cli import admin, status
         print(status.render_status(admin.run(status.gather(settings))))
+        return 0
+    if args.command == "nodes":
+        from cli import nodes
+        print(nodes.describe(nodes.add(settings, args.zone, args.model, args.node_name,
+                                       args.subcloud, args.public, args.node_id)))
         return 0
     raise AssertionError(args.command)
 

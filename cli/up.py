@@ -1,7 +1,9 @@
 """``inferbus up``: the whole network on one machine, as child processes.
 
 Order: NATS (embedded unless ``INFERBUS_NATS_URL``), the demo key, projector,
-workers, API. Children run in their own sessions so Ctrl-C reaches only this
+workers, API. The embedded server runs with nkey auth on (bus/credentials.py): the
+API, projector and admin commands use the service user, and each worker its own
+user, which may only pull its queues and log its jobs' outcomes. Children run in their own sessions so Ctrl-C reaches only this
 supervisor, which stops them in reverse order and NATS last. Everything
 durable lives in the data dir, so a second ``up`` keeps the first's jobs.
 """
@@ -16,10 +18,13 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bus.config import NATS_URL_FILE, Settings
+from bus.credentials import CredentialStore
 from bus.events import MICRO
-from cli import admin, natsserver
+from cli import admin, natsserver, nodes
+from workers.models import resolve
 
 ZONES = ("eu", "na")
 DEMO_ACCOUNT = "demo"
@@ -30,12 +35,14 @@ DEMO_CREDITS = 100
 class Child:
     name: str
     args: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # its own, over the network's
     proc: subprocess.Popen | None = None
     restarts: int = 0
 
     def start(self, env: dict[str, str], log_dir) -> None:
         log = open(log_dir / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", *self.args], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", *self.args],
+                                     env={**env, **self.env},
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -53,11 +60,21 @@ class Network:
         return {**os.environ, "INFERBUS_NATS_URL": nats_url,
                 "INFERBUS_DATA_DIR": str(self.settings.data_dir), "PYTHONUNBUFFERED": "1"}
 
-    def _nats_url(self) -> str:
-        if self.settings.nats_url:
+    def _grant(self, model_name: str, node_names: dict[str, str]) -> Path:
+        """The service user and one user per worker; returns the users file."""
+        store = CredentialStore(self.settings.data_dir)
+        self.settings = self.settings.model_copy(
+            update={"nats_nkey_seed": store.ensure_service()})  # for the demo key
+        for zone, node_name in node_names.items():
+            nodes.grant_worker(self.settings, zone, model_name, node_name)
+        return store.write_config()
+
+    def _nats_url(self, model_name: str, node_names: dict[str, str]) -> str:
+        if self.settings.nats_url:  # not ours: its users are its admin's business
             return self.settings.nats_url
         port = natsserver.pick_port()
-        self.nats = natsserver.start(self.settings.data_dir, port)
+        config = self._grant(model_name, node_names)
+        self.nats = natsserver.start(self.settings.data_dir, port, config)
         url = f"nats://127.0.0.1:{port}"
         (self.settings.data_dir / NATS_URL_FILE).write_text(url + "\n")
         return url
@@ -79,13 +96,23 @@ class Network:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.settings.data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        url = self._nats_url()
+        model_name, _ = resolve(self.model, self.settings.models_dir)
+        # Spelled out (the default a worker picks) so key file and grant agree.
+        node_names = {zone: f"{zone}-{model_name}" for zone in ZONES}
+        url = self._nats_url(model_name, node_names)
         self.settings = self.settings.model_copy(update={"nats_url": url})
         key = self._demo_key()
-        self.children = [Child("projector", ["projector"])]
-        self.children += [Child(f"worker-{z}", ["worker", "--zone", z, "--model", self.model])
-                          for z in ZONES]
-        self.children.append(Child("api", ["api", "--host", self.host, "--port", str(self.port)]))
+        store = CredentialStore(self.settings.data_dir)
+        auth = self.nats is not None  # our server: each child gets its own user
+
+        def seed(path: Path) -> dict[str, str]:
+            return {"INFERBUS_NATS_NKEY_SEED": str(path)} if auth else {}
+        self.children = [Child("projector", ["projector"], seed(store.service_seed))]
+        self.children += [Child(f"worker-{z}", ["worker", "--zone", z, "--model", self.model,
+                                                "--node-name", n], seed(store.worker_seed(n)))
+                          for z, n in node_names.items()]
+        self.children.append(Child("api", ["api", "--host", self.host, "--port", str(self.port)],
+                                   seed(store.service_seed)))
         env = self._env(url)
         for child in self.children:
             child.start(env, logs)

@@ -1,0 +1,99 @@
+"""NATS permissions of each kind of process, as data, and the server's users block.
+
+Two kinds of nkey user:
+
+- **service** (API, projector, admin CLI, ``inferbus up``): full access. Services
+  make the streams, buckets and the ledger's events.
+- **worker**: one user per node, allowed exactly what a worker does
+  (:func:`worker_permissions`): pull and ack its own queues' consumers (its own
+  node queue, its subcloud's pool, its zone and global, for one model), create
+  those consumers with their filter pinned, log the five job outcome events,
+  send live replies, dead-letter a job it cannot read, read cancels, claim jobs,
+  and put its own heartbeat key. Everything else is refused by the server: the
+  ledger's events, ``JobSubmitted``, other queues, other nodes' heartbeats,
+  stream create/update/delete/purge, message deletes.
+
+What permissions cannot say (subjects carry no job holder): which jobs' claims a
+worker may write, and which ``replies.<api>`` inbox or outcome subject belongs to
+a job it really holds. Settlement verifies the node's signature and the claim
+instead (I5), and the API takes its final answer from the logged event.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bus import subjects
+from bus.streams import WORKER_STREAMS
+
+# A worker logs only the outcome of jobs it runs; nothing about money or keys.
+WORKER_EVENTS = ("JobStarted", "JobCompleted", "JobFailed", "JobCancelled", "JobExpired")
+WORKER_DEAD_LETTERS = "worker"  # the consumer name workers/jobs.py dead-letters under
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """Subjects a user may publish to and subscribe to; anything else is refused."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NatsUser:
+    """One nkey user of the server. ``permissions=None`` is full access (services)."""
+
+    label: str  # what the config comment calls it: "service", "worker eu-smol (node ab12…)"
+    nkey: str  # public user key, "U..."
+    permissions: Permissions | None = None
+
+
+def worker_permissions(user: str, node_id: str, model: str, queues: Sequence[str]) -> Permissions:
+    """What the worker with nkey ``user``, node ``node_id``, serving ``model`` from
+    ``queues`` (``subjects.worker_queues``) may do, and nothing more."""
+    stream = subjects.JOBS_STREAM
+    consumers = [(subjects.consumer_name(q, model), subjects.jobs(q, model)) for q in queues]
+    publish = [subjects.stream_info(s) for s in WORKER_STREAMS]
+    for consumer, filter_subject in consumers:
+        publish += [subjects.consumer_create(stream, consumer, filter_subject),
+                    subjects.consumer_info(stream, consumer),
+                    subjects.pull_next(stream, consumer), subjects.acks(stream, consumer)]
+    publish += subjects.events_of(*WORKER_EVENTS)
+    publish += [subjects.dead_letter(WORKER_DEAD_LETTERS), subjects.any_replies(),
+                subjects.kv_key(subjects.NODES_BUCKET, node_id),
+                subjects.kv_any_key(subjects.CLAIMS_BUCKET)]
+    publish += subjects.kv_reads(subjects.CLAIMS_BUCKET) + subjects.kv_reads(subjects.CANCELS_BUCKET)
+    subscribe = [subjects.below(subjects.inbox_prefix(user)),
+                 *(filter_subject for _, filter_subject in consumers),  # the doorbell
+                 subjects.any_cancel()]
+    return Permissions(tuple(publish), tuple(subscribe))
+
+
+def _quoted(items: Sequence[str], indent: str) -> str:
+    # Quoted, so the config parser never reads "$JS..." or "$KV..." as a variable;
+    # one a line, so a grant's change reads as a diff.
+    inner = f",\n{indent}  ".join(json.dumps(i) for i in items)
+    return f"[\n{indent}  {inner}\n{indent}]"
+
+
+def _user_block(user: NatsUser) -> str:
+    lines = [f"    # {user.label}", f"    {{nkey: {json.dumps(user.nkey)}"]
+    if user.permissions is not None:
+        p = user.permissions
+        lines[-1] += ", permissions: {"
+        lines += [f"      publish: {{allow: {_quoted(p.publish, '      ')}}}",
+                  f"      subscribe: {{allow: {_quoted(p.subscribe, '      ')}}}", "    }"]
+    lines[-1] += "}"
+    return "\n".join(lines)
+
+
+def render_authorization(users: Sequence[NatsUser]) -> str:
+    """The nats-server ``authorization`` block for ``users`` (a config file of its
+    own, or ``include``d from the server's config)."""
+    if not users:
+        raise ValueError("an authorization block needs at least one user")
+    blocks = ",\n".join(_user_block(u) for u in users)
+    return ("# Written by inferbus (`inferbus up`, `inferbus nodes add`): NATS users and\n"
+            "# what each may do. Regenerated from nats-auth/; edits here are lost.\n"
+            f"authorization {{\n  users = [\n{blocks}\n  ]\n}}\n")

@@ -1,0 +1,130 @@
+"""NATS credentials on disk: nkey seeds and worker grants under ``<data dir>/nats-auth/``.
+
+Layout (seeds mode 0600, made once and kept, like node keys):
+
+- ``service.seed``: the service user (API, projector, admin CLI). A process whose
+  ``INFERBUS_NATS_NKEY_SEED`` is unset uses it when it exists (bus/connection.py).
+- ``workers/<node name>.seed`` and ``workers/<node name>.json``: one worker's user
+  and its grant (zone, model, node id, subcloud), from which its permissions are
+  derived (bus/auth.py).
+- ``auth.conf``: the server's ``authorization`` block for all of them, rewritten by
+  :meth:`CredentialStore.write_config`; a server reloads it on SIGHUP.
+
+A worker's nkey is not its node signing key: a server signs-in a client by
+having it sign a server-chosen nonce, and that must never be able to produce a
+result signature.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nkeys
+
+from bus import subjects
+from bus.auth import NatsUser, render_authorization, worker_permissions
+
+AUTH_DIR = "nats-auth"
+SERVICE_SEED = "service.seed"
+CONFIG_FILE = "auth.conf"
+
+
+def new_user_seed() -> bytes:
+    """A fresh nkey user seed (``SU...``) from 32 random bytes."""
+    return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+
+
+def public_key(seed_path: Path) -> str:
+    """The public user key (``U...``) of the seed in ``seed_path``."""
+    pair = nkeys.from_seed(bytearray(seed_path.read_bytes().strip()))
+    try:
+        return pair.public_key.decode()
+    finally:
+        pair.wipe()
+
+
+def load_or_create_seed(path: Path) -> str:
+    """The public key of the seed at ``path``, made (mode 0600) when missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return public_key(path)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(new_user_seed() + b"\n")
+    return public_key(path)
+
+
+@dataclass(frozen=True)
+class WorkerGrant:
+    """What one node's worker is allowed to serve: its permissions follow from it."""
+
+    node_name: str
+    zone: str
+    model: str
+    node_id: str  # hex ed25519 public key of the node (bus/signing.py)
+    subcloud: str | None = None
+    public: bool = True
+
+    def queues(self) -> list[str]:
+        return subjects.worker_queues(self.zone, self.node_id, self.subcloud, self.public)
+
+
+class CredentialStore:
+    """The ``nats-auth`` folder of one data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir) / AUTH_DIR
+
+    @property
+    def service_seed(self) -> Path:
+        return self.root / SERVICE_SEED
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    def worker_seed(self, node_name: str) -> Path:
+        return self.root / "workers" / f"{subjects.check_token(node_name, 'node name')}.seed"
+
+    def ensure_service(self) -> Path:
+        load_or_create_seed(self.service_seed)
+        return self.service_seed
+
+    def grant_worker(self, grant: WorkerGrant) -> Path:
+        """Record ``grant`` (replacing an older one of the same node name) and return
+        its worker's seed file, made when missing."""
+        for token, what in ((grant.zone, "zone"), (grant.model, "model"),
+                            (grant.node_id, "node id")):
+            subjects.check_token(token, what)
+        seed = self.worker_seed(grant.node_name)
+        load_or_create_seed(seed)
+        seed.with_suffix(".json").write_text(json.dumps(asdict(grant), indent=1) + "\n")
+        return seed
+
+    def grants(self) -> list[WorkerGrant]:
+        folder = self.root / "workers"
+        found = sorted(folder.glob("*.json")) if folder.exists() else []
+        return [WorkerGrant(**json.loads(p.read_text())) for p in found]
+
+    def users(self) -> list[NatsUser]:
+        """The service user and every granted worker's, with their permissions."""
+        users = [NatsUser("service: full access", load_or_create_seed(self.service_seed))]
+        for grant in self.grants():
+            nkey = public_key(self.worker_seed(grant.node_name))
+            users.append(NatsUser(
+                f"worker {grant.node_name}: zone {grant.zone}, model {grant.model}, "
+                f"node {grant.node_id[:16]}", nkey,
+                worker_permissions(nkey, grant.node_id, grant.model, grant.queues())))
+        return users
+
+    def write_config(self) -> Path:
+        """Rewrite ``auth.conf`` from the seeds and grants; returns its path."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(render_authorization(self.users()))
+        tmp.replace(self.config)  # a reloading server never reads half a file
+        return self.config
