@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import logging
 
+import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -11,6 +14,16 @@ from starlette.exceptions import HTTPException
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
           404: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
           429: "rate_limit_exceeded", 503: "service_unavailable", 504: "timeout"}
+
+
+# The ledger's or the read models' database cannot be reached (down, restarting,
+# no connection free in time): the request may be retried, so a 503, never a
+# 500. psycopg_pool's PoolTimeout is a psycopg.OperationalError; eventsourcing
+# wraps psycopg's errors (and SQLite's "database is locked") in its own.
+DATABASE_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OperationalError,
+                        InterfaceError)
+RETRY_AFTER_S = 2
+log = logging.getLogger("inferbus.api")
 
 
 class APIError(Exception):
@@ -54,6 +67,20 @@ def install(app: FastAPI) -> None:
         code = "not_found" if exc.status_code == 404 else None
         return APIError(exc.status_code, str(exc.detail), code).response()
 
+    for exc_type in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(exc_type, _database_unavailable)
+
     @app.exception_handler(json.JSONDecodeError)
     async def _json(_: Request, exc: json.JSONDecodeError):
         return APIError(400, f"invalid JSON: {exc}", "invalid_json").response()
+
+
+async def _database_unavailable(request: Request, exc: Exception):
+    # One line, no traceback: an outage is an operational state, not a bug.
+    log.warning("%s %s: database unavailable (%s: %s)", request.method, request.url.path,
+                type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+    # A failure before a reservation commits reserves nothing; one cut off
+    # while its commit was answered is refunded by the expiry sweep.
+    return APIError(503, "the credit ledger or job database is unavailable; retry shortly",
+                    "database_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)}
+                    ).response()

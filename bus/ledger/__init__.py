@@ -9,7 +9,8 @@ through :meth:`Ledger.bus_events`. Persistence: ``Ledger.open(settings)``
 (SQLite file, or PostgreSQL when ``database_url`` is set); ``Ledger()`` is
 in-memory.
 """
-from bus.ledger.app import Ledger, ledger_env
+from bus.ledger.app import Ledger
+from bus.ledger.persistence import ledger_env
 from bus.ledger.contracts import (AccountView, ReservationView, Resolution, UnknownReservation,
                                   bus_event_id)
 from bus.ledger.domain import InsufficientCredits

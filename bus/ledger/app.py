@@ -6,7 +6,8 @@ transaction). Concurrency is optimistic: the store refuses a second event with
 the same aggregate version; the command then re-reads and retries (bounded,
 with jitter). In one process, every load and command of an account runs under
 that account's striped lock, so a thread pool does not fight itself;
-conflicts come from other processes sharing the database.
+conflicts come from other processes sharing the database. While its database
+is down, calls fail within seconds (:mod:`bus.ledger.persistence`).
 """
 from __future__ import annotations
 
@@ -14,13 +15,11 @@ import contextlib
 import itertools
 import logging
 import random
-import re
 import threading
 import time
 from collections import Counter
 from datetime import datetime
 from typing import Any, Callable, Iterator, Mapping, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import (DatabaseError, OperationalError, RecordConflictError,
@@ -37,6 +36,7 @@ from bus.ledger.contracts import (MONEY_TOPICS, AccountView, ReservationView, Re
 from bus.ledger.domain import (Account, Deposit, InsufficientCredits, LedgerConflict,
                                Reservation, account_id, deposit_receipt_id, replay,
                                reservation_id)
+from bus.ledger.persistence import Outage, guarded, ledger_env
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,33 +44,7 @@ T = TypeVar("T")
 MAX_ATTEMPTS = 50  # generous: only other processes, or a racing resolution, conflict
 LOCK_STRIPES = 64
 SNAPSHOT_INTERVAL = 200  # account events between snapshots: bounds a cold load
-
-
-def ledger_env(settings: Settings) -> dict[str, str]:
-    """The eventsourcing persistence settings for ``settings.database_url``."""
-    url = settings.database_url
-    if not url:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                "SQLITE_DBNAME": str(settings.sqlite_path("ledger")),
-                "SQLITE_LOCK_TIMEOUT": "10"}  # seconds a writer waits for another process
-    if not url.startswith(("postgresql://", "postgres://")):
-        raise ValueError("INFERBUS_DATABASE_URL must be a postgresql:// URL")
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    env = {"PERSISTENCE_MODULE": "eventsourcing.postgres",
-           "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
-           "POSTGRES_HOST": parts.hostname or query.get("host", ["localhost"])[0],
-           "POSTGRES_PORT": str(parts.port or 5432),
-           "POSTGRES_USER": unquote(parts.username or "postgres"),
-           "POSTGRES_PASSWORD": unquote(parts.password or ""),
-           # Each insert takes an EXCLUSIVE table lock (so notification ids
-           # commit in order): wait at most 5 s for it; the recorder retries.
-           "POSTGRES_LOCK_TIMEOUT": "5", "POSTGRES_CONNECT_TIMEOUT": "10"}
-    found = re.search(r"-c\s*search_path\s*=\s*([^\s,]+)", " ".join(query.get("options", [])))
-    if found:
-        env["POSTGRES_SCHEMA"] = found.group(1).strip('"')
-    return env
+OUTAGE_S = 2.0  # operational errors this long into a command: the database is down
 
 
 class Ledger(Application):
@@ -84,6 +58,7 @@ class Ledger(Application):
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self.outage = Outage()  # open() arms it for PostgreSQL
         super().__init__(dict(env) if env is not None else None)
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
@@ -103,12 +78,15 @@ class Ledger(Application):
                     sql.Identifier(schema)))
         for attempt in itertools.count(1):
             try:
-                return cls(env)
+                ledger = cls(env)
+                ledger.outage = Outage(settings.database_url)
+                return ledger
             except DatabaseError:  # e.g. another process creating the same tables
                 if attempt == 5:
                     raise
                 time.sleep(0.2 + random.random() * 0.3)
 
+    @guarded
     def deposit(self, account: str, amount: int, deposit_id: str | None = None) -> AccountView:
         """Add credits (``amount`` > 0, else ValueError). With ``deposit_id``, a
         repeated deposit is a no-op."""
@@ -124,6 +102,7 @@ class Ledger(Application):
                 return account_view(account, acct)
         return self._retry(attempt)
 
+    @guarded
     def reserve(self, account: str, job_id: str, amount: int, *, key_id: str, zone: str,
                 deadline: datetime, request_hash: str = "") -> ReservationView:
         """Hold ``amount`` for ``job_id``. Raises :class:`InsufficientCredits`
@@ -152,6 +131,7 @@ class Ledger(Application):
                 return reservation_view(res)
         return self._retry(attempt)
 
+    @guarded
     def settle(self, job_id: str, actual: int, *, operator: str | None = None,
                node_id: str | None = None, points: int = 0) -> Resolution:
         """Debit ``min(actual, reserved)``, refund the rest, and award ``points``
@@ -173,6 +153,7 @@ class Ledger(Application):
             return op
         return self._resolve(job_id, operator, apply)
 
+    @guarded
     def refund(self, job_id: str, reason: str) -> Resolution:
         """Return the whole reservation. At most once per job, like :meth:`settle`."""
         def apply(res: Reservation, acct: Account) -> None:
@@ -198,6 +179,7 @@ class Ledger(Application):
             return resolution(res, already=False)
         return self._retry(attempt)
 
+    @guarded
     def account(self, account: str) -> AccountView:
         """Zeros for an account the ledger has never seen."""
         # Locked: eventsourcing copies a cached aggregate after releasing its
@@ -205,11 +187,13 @@ class Ledger(Application):
         with self._serialized(account):
             return account_view(account, self._account(account))
 
+    @guarded
     def reservation(self, job_id: str) -> ReservationView | None:
         """The job's reservation in its current state, None if never reserved."""
         res = self._load(reservation_id(job_id))
         return reservation_view(res) if res is not None else None
 
+    @guarded
     def accounts(self) -> list[AccountView]:
         """Every account known to the ledger, by name (scans the log: for audits)."""
         names, after, topic = [], 0, get_topic(Account.Opened)
@@ -219,6 +203,7 @@ class Ledger(Application):
             after = page[-1].id
         return [self.account(name) for name in sorted(names)]
 
+    @guarded
     def bus_events(self, after: int, limit: int = 500) -> list[tuple[int, Event, str]]:
         """``(notification id, bus contract, zone)`` for the money events after
         notification id ``after``, in log order. Other events are filtered out
@@ -227,6 +212,7 @@ class Ledger(Application):
             start=after, limit=limit, topics=list(MONEY_TOPICS), inclusive_of_start=False)
         return [(n.id, *to_bus_event(n.topic, self.mapper.to_domain_event(n))) for n in page]
 
+    @guarded
     def max_notification_id(self) -> int:
         """The id of the last stored event (0 when empty): where the log ends now."""
         return self.recorder.max_notification_id() or 0
@@ -251,12 +237,17 @@ class Ledger(Application):
             yield
 
     def _retry(self, attempt: Callable[[int], T]) -> T:
+        started = time.monotonic()
         for n in itertools.count():
             try:
                 return attempt(n)
             except (RecordConflictError, LedgerConflict, OperationalError) as exc:
                 # Stale state, or SQLite busy / pool exhausted: re-read and retry.
-                if n + 1 == MAX_ATTEMPTS:
+                # A database still failing after OUTAGE_S is down: say so (the
+                # API answers 503) rather than hold the caller for 50 attempts.
+                down = isinstance(exc, OperationalError) and \
+                    time.monotonic() - started > OUTAGE_S
+                if n + 1 == MAX_ATTEMPTS or down:
                     raise
                 log.debug("ledger retry %d after %s", n + 1, exc)
                 time.sleep(random.uniform(0, min(0.05, 0.0005 * 2 ** n)))
