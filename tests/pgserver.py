@@ -72,11 +72,12 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def init(self) -> "PostgresServer":
-        if os.geteuid() == 0:
+        prefix = _as_owner()
+        if prefix:  # root: the server's user must own its directory
             owner = pwd.getpwnam(OS_USER)
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
         done = subprocess.run(
-            [*_as_owner(), _binary("initdb"), "-D", str(self.data_dir), "-U", "postgres",
+            [*prefix, _binary("initdb"), "-D", str(self.data_dir), "-U", "postgres",
              "--auth=trust", "--no-sync", "-E", "UTF8"],
             capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
