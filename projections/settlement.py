@@ -43,6 +43,10 @@ log = logging.getLogger("inferbus.settlement")
 DURABLE = "settlement"
 OUTCOMES = (JobCompleted, JobFailed, JobCancelled, JobExpired)
 SWEEP_EVERY_S = 5.0
+RETRY_DELAY_S = 1.0
+# A job with a logged completion or cancel is left to settlement this many graces
+# longer: settlement held up by an outage must not find it refunded as expired.
+OUTCOME_GRACE_FACTOR = 10
 
 
 class NotYetSealed(Exception):
@@ -122,9 +126,15 @@ def subscribe(broker: NatsBroker, settlement: Settlement, js: JetStreamContext,
             await dead_letter(js, DURABLE, raw.subject,
                               raw.metadata.sequence.stream, str(exc), msg.body)
             return
-        # A ledger error or an unseen seal raises: the message is nacked and comes again.
-        lease = await leases.read(event.job_id)
-        await asyncio.to_thread(settlement.apply, event, lease)
+        try:
+            lease = await leases.read(event.job_id)
+            await asyncio.to_thread(settlement.apply, event, lease)
+        except Exception as exc:  # noqa: BLE001 - a ledger outage or an unseen seal
+            # Comes again after a pause, not at once: a database outage would
+            # otherwise spin through the backlog thousands of times a second.
+            log.warning("settling %s %s deferred: %s", type(event).__name__, event.job_id,
+                        type(exc).__name__)
+            await msg.nack(delay=RETRY_DELAY_S)
 
 
 async def sweep_expired(store, ledger, js, grace_s: float, stop: asyncio.Event) -> None:
@@ -132,7 +142,8 @@ async def sweep_expired(store, ledger, js, grace_s: float, stop: asyncio.Event) 
     while not stop.is_set():
         try:
             now = datetime.now(timezone.utc)
-            for job_id in await asyncio.to_thread(views.expired_reservations, store, now, grace_s):
+            for job_id in await asyncio.to_thread(views.expired_reservations, store, now, grace_s,
+                                                  grace_s * OUTCOME_GRACE_FACTOR):
                 resolution = await asyncio.to_thread(ledger.refund, job_id, "expired")
                 if not resolution.already:
                     view = await asyncio.to_thread(ledger.reservation, job_id)

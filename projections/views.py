@@ -173,13 +173,20 @@ def job_cost(store: Store, job_id: str) -> int | None:
     return None if not rows or rows[0]["status"] == "pending" else int(rows[0]["debited"])
 
 
-def expired_reservations(store: Store, now: datetime, grace_s: float) -> list[str]:
+def expired_reservations(store: Store, now: datetime, grace_s: float,
+                         outcome_grace_s: float | None = None) -> list[str]:
     """Jobs whose reservation is still pending ``grace_s`` seconds past its
-    deadline, oldest deadline first: what the expiry sweep refunds."""
+    deadline, oldest deadline first: what the expiry sweep refunds. A job whose
+    completion or cancel is already logged waits ``outcome_grace_s`` instead:
+    its settlement is due, only late."""
     cutoff = utc(now) - timedelta(seconds=grace_s)
+    late = utc(now) - timedelta(seconds=max(outcome_grace_s or grace_s, grace_s))
     with store.transaction(write=False) as tx:
-        rows = tx.query("SELECT job_id FROM reservations WHERE status = 'pending' "
-                        "AND deadline < ? ORDER BY deadline, job_id", (cutoff,))
+        rows = tx.query(
+            "SELECT r.job_id FROM reservations r LEFT JOIN jobs j ON j.job_id = r.job_id "
+            "WHERE r.status = 'pending' AND r.deadline < ? AND (r.deadline < ? OR "
+            "j.status IS NULL OR j.status NOT IN ('completed', 'cancelled')) "
+            "ORDER BY r.deadline, r.job_id", (cutoff, late))
     return [row["job_id"] for row in rows]
 
 

@@ -157,6 +157,25 @@ async def test_reservation_held_past_its_deadline_is_swept_and_refunded(world, t
     assert info.state.subjects == {"events.eu.JobExpired": 1}
 
 
+async def test_sweep_leaves_a_completed_job_to_its_late_settlement(world, tmp_path):
+    from bus import relay, subjects
+    from projections import views
+    from projections.store import open_store_url
+    from tests.integration.projecting import project
+    js, ledger = world.js, world.ledger
+    ledger.deposit("acme", 10_000_000)
+    ledger.reserve("acme", "late", 1_000_000, key_id="k", zone="eu",
+                   deadline=datetime.now(timezone.utc) - timedelta(seconds=5))
+    await relay.relay_once(ledger, js, 0)
+    await publish_event(js, completed(world.key, "late"), "eu")  # no seal: stays pending
+    store = open_store_url(tmp_path / "readmodels.sqlite3")
+    await project(store, js, (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
+    now = datetime.now(timezone.utc)
+    assert views.expired_reservations(store, now, 1.0, 60.0) == []
+    assert views.expired_reservations(store, now + timedelta(seconds=60), 1.0, 60.0) == ["late"]
+    store.close()
+
+
 async def test_malformed_outcome_is_dead_lettered_and_settlement_goes_on(world, tmp_path):
     from bus import subjects
     from bus.events import DeadLetter
