@@ -24,6 +24,7 @@ from api.subclouds import Subclouds
 from api.zones import ZoneResolver
 from bus.config import Settings
 from bus.connection import connect
+from bus.guard import refuse_unsafe_bus
 from bus.ledger import Ledger
 from bus.streams import cancels_bucket, claims_bucket, ensure_streams, nodes_bucket
 from projections.store import open_store
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
         js = nc.jetstream()
         replicas = settings.stream_replicas
         await ensure_streams(js, replicas)
+        await refuse_unsafe_bus(settings, js)
         nodes, replies = LiveNodes(), ReplyRouter(nc)
         await nodes.watch(await nodes_bucket(js, replicas))
         await replies.start()

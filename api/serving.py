@@ -6,6 +6,7 @@ Routers stay thin; everything that decides lives here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,11 +33,14 @@ from bus.ledger import InsufficientCredits, Ledger
 from bus.pricing import Pricing, credits, prompt_tokens_bound
 from bus.publish import enqueue_job, publish_event
 from bus.replies import Delta, Finished, Started
+from bus.streams import patiently
 
 log = logging.getLogger("inferbus.api")
 Request = ChatCompletionRequest | CompletionRequest
 _FAILURE_STATUS = {"context_length_exceeded": 400}
 _IDEMPOTENT = uuid.UUID("6f1c2a52-4c1e-4f0e-9a55-2d9f2a1b7c01")
+ENQUEUE_PATIENCE_S = 12.0  # a JetStream leader election takes 4-9 s
+ENQUEUE_TRY_S = 2.0  # short tries: one sent while no leader is elected is never answered
 
 
 class Duplicate(Exception):
@@ -163,11 +167,19 @@ class Serving:
             raise APIError(503, "the job log is unavailable; nothing was queued",
                            "bus_unavailable") from None
         try:
-            await enqueue_job(self._js, job)
-        except Exception as exc:  # noqa: BLE001 - logged but not queued: fail it (refunds)
-            await publish_event(self._js, JobFailed(job_id=job.job_id, zone=job.zone,
-                                                    code="enqueue_failed", message=str(exc)),
-                                job.zone)
+            # The same Nats-Msg-Id on every try: an enqueue whose ack was lost in a
+            # stream leader's election is deduplicated, not queued twice, and is
+            # waited out rather than left unknown.
+            await patiently(lambda: enqueue_job(self._js, job, timeout=ENQUEUE_TRY_S), "enqueue",
+                            ENQUEUE_PATIENCE_S)
+        except Exception as exc:  # noqa: BLE001 - logged but not queued: refund, then fail it
+            # Refund first: a copy that landed after all and runs is then settled as a
+            # no-op (one resolution per reservation), so a 503 is never charged.
+            await asyncio.to_thread(self._ledger.refund, job.job_id, "not queued")
+            with contextlib.suppress(Exception):  # the log may be down too (no quorum)
+                await publish_event(self._js, JobFailed(job_id=job.job_id, zone=job.zone,
+                                                        code="enqueue_failed", message=str(exc)),
+                                    job.zone)
             raise APIError(503, "the job queue is unavailable", "bus_unavailable") from None
 
     async def cancel(self, job_id: str, zone: str, queued: bool) -> None:

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     job_ack_wait_s: float = 10.0  # also the job lease: a silent worker's job moves on after it
     job_max_attempts: int = 3
     stream_replicas: int = 1  # 3 in production (compose.yaml)
+    production: bool = False  # refuse to start on a bus that could lose acked writes
+    nats_monitor_url: str | None = None  # every server's http monitor, comma-separated
     pricing: Pricing = Pricing()
     expiry_grace_s: float = 30.0  # past a job's deadline before its reservation is swept
     zone_wait_s: float = 2.0  # a zone job nobody in the zone started goes global after this

@@ -59,11 +59,14 @@ async def run_relay(ledger, js: JetStreamContext, stop: asyncio.Event) -> None:
     log.info("ledger relay resuming after notification %d", position)
     while not stop.is_set():
         try:
+            if position is None:  # after a failure the log, not memory, says where we are
+                position = await last_relayed(js)
             moved = await relay_once(ledger, js, position)
         except Exception:  # noqa: BLE001 - keep relaying once the bus or database is back
+            # (a cluster electing a new stream leader fails the reads here too)
             log.exception("ledger relay failed; retrying")
             await asyncio.sleep(1.0)
-            position = await last_relayed(js)
+            position = None
             continue
         if moved == position:
             try:

@@ -2,22 +2,52 @@
 
 Every service process calls :func:`ensure_streams` at start; creating what
 exists is a no-op, so start order never matters. Workers only wait for them
-(:func:`wait_for_streams`) and create their own consumers.
+(:func:`wait_for_streams`) and create their own consumers. Streams and buckets
+get ``replicas`` copies (``INFERBUS_STREAM_REPLICAS``; 3 on a production cluster).
+
+On a cluster the JetStream API is briefly unavailable while a meta leader or
+a stream's leader is elected (a timeout, no responders, or a 503); set-up
+retries those for up to ``SETUP_PATIENCE_S``, so processes started together
+with a fresh cluster, or during a failover, still come up.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from typing import Awaitable, Callable, TypeVar
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, KeyValueConfig,
                          RetentionPolicy, StorageType, StreamConfig)
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import (BadRequestError, NoStreamResponseError, NotFoundError,
+                            ServiceUnavailableError)
 from nats.js.kv import KeyValue
 
 from bus import subjects
 
+log = logging.getLogger("inferbus.bus")
 DUPLICATE_WINDOW_S = 120.0
 NODE_TTL_S = 10.0
+SETUP_PATIENCE_S = 30.0
+TRANSIENT = (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
+T = TypeVar("T")
+
+
+async def patiently(step: Callable[[], Awaitable[T]], what: str,
+                    patience_s: float = SETUP_PATIENCE_S) -> T:
+    """``step()``, retried while the cluster answers "not now"; other errors raise."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return await step()
+        except TRANSIENT as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("%s: JetStream not ready (%s); retrying", what, type(exc).__name__)
+            await asyncio.sleep(0.5)
 
 
 def jobs_stream_config(replicas: int = 1) -> StreamConfig:
@@ -41,14 +71,16 @@ def events_stream_config(replicas: int = 1) -> StreamConfig:
 
 
 async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
-    try:
-        await js.stream_info(config.name)
-    except NotFoundError:
+    async def step() -> None:
         try:
-            await js.add_stream(config)
-        except BadRequestError as exc:  # another process created it first
-            if exc.err_code != 10058:  # stream name already in use
-                raise
+            await js.stream_info(config.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except BadRequestError as exc:  # another process created it first
+                if exc.err_code != 10058:  # stream name already in use
+                    raise
+    await patiently(step, f"stream {config.name}")
 
 
 def dead_letter_stream_config(replicas: int = 1) -> StreamConfig:
@@ -66,11 +98,13 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
 
 async def _bucket(js: JetStreamContext, name: str, ttl_s: float, replicas: int) -> KeyValue:
-    try:
-        return await js.key_value(name)
-    except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError
-        return await js.create_key_value(KeyValueConfig(
-            bucket=name, ttl=ttl_s, history=1, replicas=replicas, storage=StorageType.FILE))
+    async def step() -> KeyValue:
+        try:
+            return await js.key_value(name)
+        except NotFoundError:  # BucketNotFoundError; a concurrent create of the same config is fine
+            return await js.create_key_value(KeyValueConfig(
+                bucket=name, ttl=ttl_s, history=1, replicas=replicas, storage=StorageType.FILE))
+    return await patiently(step, f"bucket {name}")
 
 
 async def nodes_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
@@ -102,7 +136,7 @@ async def ensure_work_consumer(js: JetStreamContext, zone: str, model: str,
         name=name, durable_name=name, filter_subject=subjects.jobs(zone, model),
         ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait_s, max_deliver=-1,
         max_ack_pending=-1)
-    await js.add_consumer(subjects.JOBS_STREAM, config)
+    await patiently(lambda: js.add_consumer(subjects.JOBS_STREAM, config), f"consumer {name}")
     return name
 
 
@@ -121,5 +155,5 @@ async def wait_for_streams(js: JetStreamContext, poll_s: float = 0.5) -> None:
         try:
             await js.stream_info(missing[0])
             missing.pop(0)
-        except NotFoundError:
+        except (NotFoundError, *TRANSIENT):  # not made yet, or the cluster is electing
             await asyncio.sleep(poll_s)

@@ -14,6 +14,7 @@ from faststream.nats import NatsBroker
 
 from bus.config import Settings
 from bus.connection import connect, nkey_seed, server_list
+from bus.guard import refuse_unsafe_bus
 from bus.leases import Leases
 from bus.ledger import Ledger
 from bus.relay import run_relay
@@ -30,6 +31,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     nc = await connect(settings, "inferbus-projector")
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
+    await refuse_unsafe_bus(settings, js)
     store = await asyncio.to_thread(open_store, settings)
     ledger = await asyncio.to_thread(Ledger.open, settings)
     seed = nkey_seed(settings)

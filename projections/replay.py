@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -97,6 +98,7 @@ async def read_stream(js: JetStreamContext, first: int, last: int, *, batch: int
         await nc.publish(next_subject, json.dumps({"batch": wanted, "no_wait": True}).encode(),
                          reply=inbox)
 
+    patience = time.monotonic() + timeout
     try:
         seq = first - 1
         await request(seq)
@@ -107,6 +109,12 @@ async def read_stream(js: JetStreamContext, first: int, last: int, *, batch: int
                 raise TimeoutError(f"no events from the stream after sequence {seq} "
                                    f"for {timeout}s") from None
             status, msgs = pull.status, pull.msgs
+            if status and status[:3] == "503" and not msgs and time.monotonic() < patience:
+                # On a cluster a new consumer can take a moment to have a leader: no
+                # responders yet. Ask again rather than fail the whole replay.
+                await asyncio.sleep(0.1)
+                await request(seq)
+                continue
             if status and status[:3] not in ("404", "408"):  # 409: consumer gone, ...
                 raise RuntimeError(f"event replay failed after sequence {seq}: {status}")
             if not msgs:

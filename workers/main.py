@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from bus import signing, subjects
 from bus.config import Settings
 from bus.connection import connect
+from bus.guard import refuse_unsafe_bus
 from bus.leases import Leases
 from bus.nodes import ModelInfo, NodeRecord
 from bus.streams import (cancels_bucket, claims_bucket, ensure_work_consumer, nodes_bucket,
@@ -92,6 +93,7 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     js = nc.jetstream()
     # Services make streams and buckets; a worker's NATS user may not (bus/auth.py).
     await wait_for_streams(js)
+    await refuse_unsafe_bus(settings, js)
     kv = await nodes_bucket(js, settings.stream_replicas)
     node = signing.node_id(key)
     sources, consumers = [], []

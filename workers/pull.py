@@ -15,8 +15,9 @@ from nats.aio.msg import Msg
 from bus import subjects
 
 STATUS = "Status"
-# 404 no messages, 408 request expired, 409 e.g. consumer deleted / leadership change.
-_EMPTY = {"404", "408", "409"}
+# 404 no messages, 408 request expired, 409 e.g. consumer deleted / leadership change,
+# 503 no responders: on a cluster the consumer has no leader while one is elected.
+_EMPTY = {"404", "408", "409", "503"}
 
 
 class PullSource:
