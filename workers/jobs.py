@@ -93,12 +93,27 @@ class JobRunner:
                 log.warning("lease on job %s lost; late %s dropped", job.job_id,
                             type(outcome).__name__)
                 return
-            await publish_event(self.js, outcome, job.zone)
+            await self._record(outcome, job)
             await self._reply(job, Finished(event=outcome))
             await msg.ack()
         finally:
             self.busy -= 1
             finishing.set()
+
+    async def _record(self, outcome: Event, job: JobSubmitted) -> None:
+        """Log the outcome, trying again while the bus is away (e.g. a stream leader
+        election): the lease is sealed, so no other node will run the job, and the
+        same event id lets JetStream drop a repeat of a publish that did land."""
+        delay = 0.2
+        while True:
+            try:
+                await publish_event(self.js, outcome, job.zone)
+                return
+            except Exception as exc:  # noqa: BLE001 - only a dead process gives up
+                log.warning("logging %s of job %s failed (%s); trying again",
+                            type(outcome).__name__, job.job_id, type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _outcome(self, job: JobSubmitted, held: Held, stop: asyncio.Event) -> Event:
         attempt = held.lease.attempt
