@@ -13,7 +13,9 @@ Every request ends as exactly one outcome:
 - ``completed``: a result, a stream that reached ``[DONE]``, a completed job;
 - ``failed``: an accepted job (the answer names it) that ended in an error in
   OpenAI's shape, or an async job that ended failed, expired or cancelled;
-- ``refused``: an OpenAI-shaped error before any job existed (503, 429, ...);
+- ``refused``: an OpenAI-shaped error that names no job (503 ``no_capacity``
+  before anything is reserved; 503 ``bus_unavailable`` after a reservation,
+  refunded, whose job the log checks still see);
 - ``disconnected``: the client left mid-stream on purpose;
 - ``broken``: anything a client could not make sense of: a body not in
   OpenAI's shape, a hang, a stream cut without ``[DONE]``, an async job that
@@ -167,7 +169,7 @@ class Load:
 
 def refusal(mode: str, status: int, text: str, job: str | None) -> Result:
     """An error answer: ``failed`` when it names an accepted job, ``refused`` when
-    no job was made, ``broken`` when it is not in OpenAI's shape."""
+    it names none, ``broken`` when it is not in OpenAI's shape."""
     error = shaped_error(text)
     if error is None:
         return Result(mode, "broken", status, None, job, text[:300], 0.0)
