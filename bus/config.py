@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     rate_per_minute: int = 600  # per key and API instance; 429 above
     max_jobs_in_flight: int = 64  # per key, unfinished jobs; 429 above
     max_tokens_limit: int = 8192  # the most a request may ask for, whatever the model
+    # A worker runs up to max_batch jobs at once, decoded together one token per step
+    # (continuous batching, workers/batching.py); a job joins the batch only while its
+    # KV cache, at its worst case, stays within kv_budget_mb (a lone job always runs).
+    max_batch: int = 32
+    kv_budget_mb: int = 2048
 
     def resolved_nats_url(self) -> str:
         """``INFERBUS_NATS_URL``, else the embedded server ``inferbus up`` wrote down."""

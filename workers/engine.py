@@ -3,9 +3,10 @@
 ``Engine.generate`` runs its own decode loop (a prefill of the prompt, then one
 token per step on the KV cache) instead of ``model.generate``, so every token
 reaches the caller as it is made and ``should_stop`` can end a job between two
-tokens. The loop is split into a sampler, a text stream (incremental
-detokenization and stop strings) and the forward passes, so it can grow into
-continuous batching without the pieces changing.
+tokens. What a request does with its tokens (sampling, text, stop strings,
+counts) lives in ``workers.decoding.Sequence``; this module owns the model and
+its forward passes. ``workers.batching`` drives the same ``Sequence``s through
+shared, batched forward passes.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bus.events import Sampling
+from workers.decoding import Sequence, Step
 
-_REPLACEMENT = "\ufffd"  # what a decode of an unfinished UTF-8 sequence ends in
+__all__ = ["ContextLengthExceeded", "Engine", "GenerationRequest", "Sequence", "Step"]
 
 
 @dataclass(frozen=True)
@@ -36,22 +38,6 @@ class GenerationRequest:
             raise ValueError("a chat request needs messages")
         if self.kind == "completion" and self.prompt is None:
             raise ValueError("a completion request needs a prompt")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a generation.
-
-    ``text`` is the output text new since the previous step (possibly ""); the
-    texts of all steps concatenated are the whole output. ``finish_reason`` is
-    None until the last step, then "stop" (EOS, a stop string or
-    ``should_stop``) or "length" (``max_tokens`` reached).
-    """
-
-    text: str
-    completion_tokens: int
-    prompt_tokens: int
-    finish_reason: str | None
 
 
 class ContextLengthExceeded(ValueError):
@@ -91,6 +77,36 @@ class Engine:
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self._encode(request))
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes the KV cache holds per token of one sequence (keys and values, all layers)."""
+        c = self.model.config
+        heads = getattr(c, "num_attention_heads", 1)
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or heads
+        size = next(self.model.parameters()).element_size()
+        return 2 * c.num_hidden_layers * kv_heads * head_dim * size
+
+    def sequence(self, request: GenerationRequest,
+                 should_stop: Callable[[], bool] | None = None) -> Sequence:
+        """The decode state of ``request``, tokenized and checked: raises
+        ContextLengthExceeded when the prompt plus ``max_tokens`` does not fit.
+
+        A ``continuation`` is tokenized after the prompt: the prefill runs both, and
+        the output goes on from it (see ``generate``).
+        """
+        prompt_ids = self._encode(request)
+        max_tokens = request.sampling.max_tokens
+        if len(prompt_ids) + max_tokens > self.context_length:
+            raise ContextLengthExceeded(
+                f"this model's context length is {self.context_length} tokens, but "
+                f"{len(prompt_ids) + max_tokens} were requested ({len(prompt_ids)} in the "
+                f"prompt + {max_tokens} max_tokens)")
+        done = self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"] \
+            if request.continuation else []
+        return Sequence(prompt_ids, list(done), request.sampling, self.tokenizer,
+                        self.eos_token_ids, self.device, should_stop or (lambda: False))
+
     def generate(self, request: GenerationRequest,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[Step]:
         """Stream the output of ``request`` as ``Step``s, the last with a finish_reason.
@@ -103,56 +119,25 @@ class Engine:
         With a ``continuation``, the steps carry only the text after it, while
         ``completion_tokens`` counts its tokens too: it is part of the output.
         """
-        prompt_ids = self._encode(request)
-        max_tokens = request.sampling.max_tokens
-        if len(prompt_ids) + max_tokens > self.context_length:
-            raise ContextLengthExceeded(
-                f"this model's context length is {self.context_length} tokens, but "
-                f"{len(prompt_ids) + max_tokens} were requested ({len(prompt_ids)} in the "
-                f"prompt + {max_tokens} max_tokens)")
-        done = self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"] \
-            if request.continuation else []
-        return self._decode_loop(prompt_ids, list(done), request.sampling,
-                                 should_stop or (lambda: False))
+        return self._decode_loop(self.sequence(request, should_stop))
 
-    def _decode_loop(self, prompt_ids: list[int], done: list[int], sampling: Sampling,
-                     should_stop: Callable[[], bool]) -> Iterator[Step]:
-        n_prompt = len(prompt_ids)
-        sampler = _Sampler(sampling, self.device)
-        # The last few delivered tokens give the detokenizer its context (a leading
-        # space or a joined character decodes as it would have in one run).
-        stream = _TextStream(self.tokenizer, sampling.stop, context=done[-4:])
-        # completion_tokens counts the tokens that are part of the output: an EOS
-        # token ends the generation but is neither emitted nor counted.
-        # Re-tokenized, delivered text may count a token or two more than it took to
-        # make; it never counts beyond max_tokens, the most the caller agreed to pay for.
-        n_out = min(len(done), sampling.max_tokens)
-        if should_stop() or n_out >= sampling.max_tokens:
-            yield Step("", n_out, n_prompt, "stop" if n_out < sampling.max_tokens else "length")
+    def _decode_loop(self, seq: Sequence) -> Iterator[Step]:
+        if (step := seq.start()) is not None:
+            yield step
             return
-        logits, cache = self._forward(prompt_ids + done, None)
+        logits, cache = self.forward(seq.input_ids, None)
         while True:
-            token = sampler(logits)
-            if token in self.eos_token_ids:
-                yield Step(stream.flush()[0], n_out, n_prompt, "stop")
+            yield (step := seq.advance(seq.sampler(logits)))
+            if step.finish_reason is not None:
                 return
-            n_out += 1
-            text, stopped = stream.push(token)
-            if stopped:
-                yield Step(text, n_out, n_prompt, "stop")
+            # Polled after the caller had the step, so it can react to that step.
+            if (step := seq.check_stop()) is not None:
+                yield step
                 return
-            if n_out >= sampling.max_tokens:
-                rest, stopped = stream.flush()
-                yield Step(text + rest, n_out, n_prompt, "stop" if stopped else "length")
-                return
-            yield Step(text, n_out, n_prompt, None)
-            if should_stop():
-                yield Step(stream.flush()[0], n_out, n_prompt, "stop")
-                return
-            logits, cache = self._forward([token], cache)
+            logits, cache = self.forward([seq.last_token], cache)
 
     @torch.inference_mode()
-    def _forward(self, ids: list[int], cache: Any) -> tuple[torch.Tensor, Any]:
+    def forward(self, ids: list[int], cache: Any) -> tuple[torch.Tensor, Any]:
         """Run ``ids`` through the model on top of ``cache``: next-token logits and the cache.
 
         inference_mode wraps each pass, not the generator, so no grad-mode state
@@ -186,90 +171,3 @@ def _ids(value: int | list[int] | None) -> set[int]:
     if value is None:
         return set()
     return {value} if isinstance(value, int) else set(value)
-
-
-class _Sampler:
-    """Picks the next token from logits: greedy at temperature 0, else nucleus sampling."""
-
-    def __init__(self, sampling: Sampling, device: str) -> None:
-        self.temperature, self.top_p = sampling.temperature, sampling.top_p
-        self.generator = torch.Generator(device=device)
-        if sampling.seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(sampling.seed)
-
-    @torch.inference_mode()
-    def __call__(self, logits: torch.Tensor) -> int:
-        if self.temperature == 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            # Keep the smallest head of tokens whose mass reaches top_p: a token
-            # stays when the mass before it is still below top_p (the first always does).
-            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-            sorted_probs = sorted_probs.masked_fill(before >= self.top_p, 0.0)
-            choice = torch.multinomial(sorted_probs, 1, generator=self.generator)
-            return int(order[choice])
-        return int(torch.multinomial(probs, 1, generator=self.generator))
-
-
-class _TextStream:
-    """Turns output tokens into output text, complete characters only, cut at a stop string.
-
-    Decoding uses a sliding window of tokens (TGI's prefix/read offsets): the text
-    of ``ids[prefix:]`` minus the text of ``ids[prefix:read]`` is what is new, so
-    each step decodes a few tokens rather than the whole output. New text ending
-    in U+FFFD is an unfinished character and waits for the next token.
-    """
-
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...], context: list[int] = ()) -> None:
-        self.tokenizer = tokenizer
-        self.stop = tuple(s for s in stop if s)  # an empty stop string would match at once
-        self.ids: list[int] = list(context)  # already emitted: decoded for context only
-        self.prefix, self.read = 0, len(self.ids)
-        self.pending = ""  # decoded text held back: it may be the start of a stop string
-
-    def push(self, token: int) -> tuple[str, bool]:
-        """Add one token: (text now safe to emit, whether a stop string was hit)."""
-        self.ids.append(token)
-        seen = self._decode(self.ids[self.prefix:self.read])
-        text = self._decode(self.ids[self.prefix:])
-        if len(text) > len(seen) and not text.endswith(_REPLACEMENT):
-            self.pending += text[len(seen):]
-            self.prefix, self.read = self.read, len(self.ids)
-        return self._release()
-
-    def flush(self) -> tuple[str, bool]:
-        """The end of the output: all text held back, unfinished or not, still cut at a stop."""
-        seen = self._decode(self.ids[self.prefix:self.read])
-        self.pending += self._decode(self.ids[self.prefix:])[len(seen):]
-        self.prefix = self.read = len(self.ids)
-        return self._release(final=True)
-
-    def _release(self, final: bool = False) -> tuple[str, bool]:
-        hits = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            text, self.pending = self.pending[:min(hits)], ""
-            return text, True
-        keep = 0 if final else self._stop_prefix_len(self.pending)
-        cut = len(self.pending) - keep
-        text, self.pending = self.pending[:cut], self.pending[cut:]
-        return text, False
-
-    def _stop_prefix_len(self, text: str) -> int:
-        """Length of the longest tail of ``text`` that some stop string starts with."""
-        longest = 0
-        for s in self.stop:
-            for n in range(min(len(s) - 1, len(text)), longest, -1):
-                if text.endswith(s[:n]):
-                    longest = n
-                    break
-        return longest
-
-    def _decode(self, ids: list[int]) -> str:
-        # No clean-up of spaces: it can rewrite text across a token boundary
-        # after that text was already emitted.
-        return self.tokenizer.decode(ids, skip_special_tokens=True,
-                                     clean_up_tokenization_spaces=False)

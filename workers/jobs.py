@@ -38,7 +38,9 @@ from bus.events import (
 from bus.leases import Held, Leases, Pass
 from bus.publish import dead_letter, publish_event
 from bus.replies import Delta, Finished, Resume, Resumed, Started
+from workers.batching import Batcher
 from workers.engine import ContextLengthExceeded, Engine, GenerationRequest, Step
+from workers.handoff import generate_in_thread
 
 log = logging.getLogger("inferbus.worker")
 RESUME_TIMEOUT_S = 1.0
@@ -58,6 +60,9 @@ class JobRunner:
     cancels: KeyValue
     leases: Leases
     busy: int = 0  # jobs running now, reported in heartbeats
+    # Shares the engine's forward passes among the jobs running at once; without one,
+    # each job runs the engine alone in a thread of its own.
+    batcher: Batcher | None = None
 
     @property
     def node_id(self) -> str:
@@ -173,34 +178,20 @@ class JobRunner:
 
     async def _generate(self, job: JobSubmitted, attempt: int, delivered: str,
                         stop: asyncio.Event) -> tuple[str, Step]:
-        """Run the engine in a thread, replying each piece of text as it comes. The
+        """Generate through the batcher, replying each piece of text as it comes. The
         output goes on from ``delivered``, the text an earlier attempt streamed."""
-        loop = asyncio.get_running_loop()
-        steps: asyncio.Queue[Step | BaseException | None] = asyncio.Queue()
         request = GenerationRequest(
             kind=job.kind, prompt=job.prompt, sampling=job.sampling, continuation=delivered,
             messages=tuple(m.model_dump() for m in job.messages) if job.messages else None)
-
-        def produce() -> None:
-            try:
-                for step in self.engine.generate(request, should_stop=stop.is_set):
-                    loop.call_soon_threadsafe(steps.put_nowait, step)
-            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-                loop.call_soon_threadsafe(steps.put_nowait, exc)
-            loop.call_soon_threadsafe(steps.put_nowait, None)
-
-        producer = loop.run_in_executor(None, produce)
+        steps = self.batcher.stream_async(request, stop.is_set) if self.batcher is not None \
+            else generate_in_thread(self.engine, request, stop.is_set)
         text, last = delivered, None
-        while (item := await steps.get()) is not None:
-            if isinstance(item, BaseException):
-                await producer
-                raise item
+        async for item in steps:
             if item.text:
                 await self._reply(job, Delta(job_id=job.job_id, offset=len(text), text=item.text,
                                              attempt=attempt))
                 text += item.text
             last = item
-        await producer
         return text, last
 
     def _completed(self, job: JobSubmitted, attempt: int, text: str, last: Step) -> JobCompleted:

@@ -4,13 +4,16 @@ First choice first: each turn probes, without waiting, the node's own queue,
 its subcloud's pool, its zone, then global. An idle worker sleeps on a
 doorbell that rings when a job is queued on any of them, so it answers a
 new job at once; ``SAFETY_POLL_S`` bounds the wait for redeliveries.
+
+Up to ``INFERBUS_MAX_BATCH`` jobs run at once, each as its own task through
+``JobRunner.run`` (lease, replies, outcome, ack); their generations share the
+engine's decode steps through one ``Batcher``.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass
-
 
 from bus import signing, subjects
 from bus.config import Settings
@@ -20,6 +23,7 @@ from bus.leases import Leases
 from bus.nodes import ModelInfo, NodeRecord
 from bus.streams import (cancels_bucket, claims_bucket, ensure_work_consumer, nodes_bucket,
                          wait_for_streams)
+from workers.batching import Batcher
 from workers.engine import Engine
 from workers.heartbeat import heartbeat
 from workers.jobs import JobRunner
@@ -70,17 +74,36 @@ async def next_job(sources: list[PullSource]):
 
 
 async def pull_loop(sources: list[PullSource], bell: Doorbell, runner: JobRunner,
-                    stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        bell.clear()
-        msg = await next_job(sources)
-        if msg is not None:
-            try:
-                await runner.run(msg)
-            except Exception:  # noqa: BLE001 - unacked, the job is redelivered
-                log.exception("job not recorded; it will be redelivered")
-        else:
-            await bell.wait(SAFETY_POLL_S)
+                    stop: asyncio.Event, max_jobs: int = 1) -> None:
+    """Take jobs, first choice first, while fewer than ``max_jobs`` run; each runs as a
+    task of its own. On ``stop``, takes no more and waits for those running."""
+    free = asyncio.Semaphore(max_jobs)
+    running: set[asyncio.Task] = set()
+
+    async def run_one(msg) -> None:
+        try:
+            await runner.run(msg)
+        except Exception:  # noqa: BLE001 - unacked, the job is redelivered
+            log.exception("job not recorded; it will be redelivered")
+        finally:
+            free.release()
+
+    try:
+        while not stop.is_set():
+            await free.acquire()
+            bell.clear()
+            msg = None if stop.is_set() else await next_job(sources)
+            if msg is None:
+                free.release()
+                if not stop.is_set():
+                    await bell.wait(SAFETY_POLL_S)
+                continue
+            task = asyncio.create_task(run_one(msg))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    finally:
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -> None:
@@ -115,9 +138,11 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     job_life_s = settings.job_timeout_s + settings.expiry_grace_s
     cancels = await cancels_bucket(js, job_life_s, settings.stream_replicas)
     claims = await claims_bucket(js, job_life_s, settings.stream_replicas)
+    batcher = await asyncio.to_thread(Batcher, engine, settings.max_batch,
+                                      settings.kv_budget_mb * 2**20)
     runner = JobRunner(nc, js, engine, key, options.zone, options.operator, options.tier,
                        settings.job_ack_wait_s, settings.job_max_attempts, cancels,
-                       Leases(claims, lease_s=settings.job_ack_wait_s))
+                       Leases(claims, lease_s=settings.job_ack_wait_s), batcher=batcher)
     facts = gpu_facts()
 
     def record() -> NodeRecord:
@@ -131,7 +156,8 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     log.info("worker %s… serving %s in zone %s on %s", runner.node_id[:12], name, options.zone,
              engine.device)
     try:
-        await pull_loop(sources, bell, runner, stop)
+        await pull_loop(sources, bell, runner, stop, settings.max_batch)
     finally:
         await beats
+        await asyncio.to_thread(batcher.close)
         await nc.drain()
