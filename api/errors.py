@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
           404: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
-          429: "rate_limit_exceeded", 503: "service_unavailable", 504: "timeout"}
+          409: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable", 504: "timeout"}
 
 
 # The ledger's or the read models' database cannot be reached (down, restarting,

@@ -66,9 +66,11 @@ class Submission:
                 "X-Inferbus-Route": route, "X-Inferbus-Job": self.job.job_id}
 
 
-def failure(event: JobFailed | JobExpired) -> APIError:
+def failure(event: JobFailed | JobExpired | JobCancelled) -> APIError:
     if isinstance(event, JobExpired):
         return APIError(504, "the job passed its deadline before a node ran it", "deadline")
+    if isinstance(event, JobCancelled):  # DELETE /v1/jobs/{id} while a caller waited
+        return APIError(409, "the job was cancelled before it finished", "cancelled")
     return APIError(_FAILURE_STATUS.get(event.code, 500), event.message, event.code)
 
 

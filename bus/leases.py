@@ -31,6 +31,7 @@ class Lease(Contract):
     message: int  # that message's JOBS stream sequence: the one redelivered if the holder dies
     until: float  # unix time the lease runs out unless renewed
     done: bool = False  # sealed: the holder has an outcome and is publishing it
+    runs: int = 1  # nodes that started the job: deliveries a node passed on do not count
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Leases:
                 if current.message != message:
                     return Pass("discard")
                 return Pass("wait", current.until - self.clock() + 0.5)
+        mine = mine.model_copy(update={"runs": current.runs + 1 if current is not None else 1})
         try:
             revision = await self.kv.update(job_id, mine.model_dump_json().encode(),
                                             last=entry.revision)

@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
-from bus.events import Contract, JobCompleted, JobExpired, JobFailed
+from bus.events import Contract, JobCancelled, JobCompleted, JobExpired, JobFailed
 
 
 class Started(Contract):
@@ -34,7 +34,8 @@ class Delta(Contract):
 
 class Finished(Contract):
     kind: Literal["finished"] = "finished"
-    event: Annotated[Union[JobCompleted, JobFailed, JobExpired], Field(discriminator="type")]
+    event: Annotated[Union[JobCompleted, JobFailed, JobExpired, JobCancelled],
+                     Field(discriminator="type")]
 
 
 class Resume(Contract):

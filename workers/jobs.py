@@ -44,6 +44,7 @@ from workers.handoff import generate_in_thread
 
 log = logging.getLogger("inferbus.worker")
 RESUME_TIMEOUT_S = 1.0
+LEASE_RETRY_S = 1.0
 
 
 @dataclass
@@ -77,8 +78,14 @@ class JobRunner:
                               str(exc), msg.data)
             await msg.term()
             return
-        held = await self.leases.acquire(job.job_id, self.node_id, msg.metadata.num_delivered,
-                                         msg.metadata.sequence.stream)
+        try:
+            held = await self.leases.acquire(job.job_id, self.node_id,
+                                             msg.metadata.num_delivered,
+                                             msg.metadata.sequence.stream)
+        except (NatsError, asyncio.TimeoutError) as exc:  # the claims bucket is away
+            log.warning("lease on job %s not reachable (%s); passing it on", job.job_id,
+                        type(exc).__name__)
+            held = Pass("wait", LEASE_RETRY_S)
         if isinstance(held, Pass):
             if held.action == "discard":
                 await msg.ack()  # another copy of this job runs (or ran) on another node
@@ -122,8 +129,9 @@ class JobRunner:
 
     async def _outcome(self, job: JobSubmitted, held: Held, stop: asyncio.Event) -> Event:
         attempt = held.lease.attempt
-        if attempt > self.max_attempts:
-            return self._failed(job, "job_failed", f"gave up after {attempt - 1} attempts")
+        if held.lease.runs > self.max_attempts:  # a job that keeps killing its nodes
+            return self._failed(job, "job_failed",
+                                f"gave up after {held.lease.runs - 1} nodes failed to run it")
         if job.deadline <= datetime.now(timezone.utc):
             return JobExpired(job_id=job.job_id, zone=job.zone)
         # Listen first, then look: a cancel sent between the two is still heard.

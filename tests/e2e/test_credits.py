@@ -1,12 +1,15 @@
 """Credits through the whole stack: reserve, charge usage, refund the rest,
 402 before anything is published, Idempotency-Key, cancel and disconnect."""
 import asyncio
+import threading
 import time
+import uuid
 
 import httpx
 import nats
 import pytest
 
+from api.serving import _IDEMPOTENT
 from bus import subjects
 from tests.conftest import LONG_MODEL, TINY_MODEL
 
@@ -34,8 +37,9 @@ def settled(client, timeout: float = 15.0) -> dict:
 
 
 def wait_status(client, job_id: str, statuses, timeout: float = 30.0) -> dict:
+    """The job once in one of ``statuses`` (a job not yet submitted is waited for)."""
     deadline = time.monotonic() + timeout
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in statuses:
+    while (job := client.get(f"/v1/jobs/{job_id}").json()).get("status") not in statuses:
         assert time.monotonic() < deadline, job
         time.sleep(0.02)
     return job
@@ -112,6 +116,28 @@ def test_cancelled_job_is_charged_what_it_produced_and_refunded_the_rest(stack):
         assert acct["spent"] == pytest.approx(cost(job["usage"]))
         assert acct["balance"] == pytest.approx(100 - cost(job["usage"]))
         assert client.get(f"/v1/jobs/{job_id}").json()["cost"] == pytest.approx(acct["spent"])
+
+
+def test_sync_caller_of_a_job_cancelled_meanwhile_gets_409_at_once(stack):
+    key = stack.new_key("ida", credits="100")
+    job_id = uuid.uuid5(_IDEMPOTENT, "ida|cancel-me").hex  # how the API names it
+    answer = {}
+
+    def wait_for_it() -> None:
+        with api(stack, key) as caller:
+            answer["r"] = caller.post("/v1/chat/completions", json=LONG,
+                                      headers={"Idempotency-Key": "cancel-me"})
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    with api(stack, key) as client:
+        wait_status(client, job_id, ("running",))
+        client.delete(f"/v1/jobs/{job_id}")
+        cancelled_at = time.monotonic()
+        waiter.join(timeout=60)
+        assert time.monotonic() - cancelled_at < 10  # not the job's 300 s deadline
+    r = answer["r"]
+    assert r.status_code == 409 and r.json()["error"]["code"] == "cancelled"
 
 
 def test_client_that_disconnects_mid_stream_pays_only_what_was_produced(stack):

@@ -34,6 +34,7 @@ async def test_expired_lease_is_taken_over_and_the_old_holder_is_fenced(leases, 
     clock.now += 11
     new = await leases.acquire("j2", "node-b", 2, message=5)
     assert isinstance(new, Held) and new.took_over and new.lease.attempt == 2
+    assert (old.lease.runs, new.lease.runs) == (1, 2)  # each node that ran it counts
     assert not await leases.renew(old) and not await leases.seal(old)
     assert await leases.renew(new) and await leases.seal(new)
     lease = await leases.read("j2")
