@@ -106,8 +106,15 @@ def one_kill(stack: Stack, client: openai.OpenAI, names: dict[str, str]) -> floa
 
 
 def add_worker(stack: Stack, names: dict[str, str], n: int) -> None:
+    """Start a worker and wait until it serves, so its start-up (torch import, model
+    load) does not compete for the CPU with the next failover being timed."""
     name = f"worker-{n}"
     stack.start_worker("eu", MODEL, name)
+    deadline = time.monotonic() + 120
+    while "serving" not in stack.log(name):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} did not start:\n{stack.log(name)[-2000:]}")
+        time.sleep(0.1)
     key = load_or_create_key(stack.data_dir / "node" / f"{name}.key")
     names[node_id(key)] = name
 
@@ -118,9 +125,9 @@ def run_stack(root: Path, url: str, kills: int, ack_wait: float) -> list[float]:
     names: dict[str, str] = {}
     try:
         stack.start("projector", "projector")
+        stack.start_api()  # services make the streams and buckets workers wait for
         for n in range(WORKERS):
             add_worker(stack, names, n)
-        stack.start_api()
         key = stack.new_key("bench", credits="100000")
         stack.wait_for_model(key, MODEL)
         client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key, max_retries=0,
@@ -128,7 +135,7 @@ def run_stack(root: Path, url: str, kills: int, ack_wait: float) -> list[float]:
         samples = []
         for i in range(kills):
             samples.append(one_kill(stack, client, names))
-            add_worker(stack, names, WORKERS + i)  # loads while the next trial runs
+            add_worker(stack, names, WORKERS + i)
             print(f"  kill {i + 1}/{kills}: next token after {samples[-1] * 1000:.0f} ms",
                   flush=True)
         return samples
