@@ -150,10 +150,13 @@ WORKER_STREAMS = (subjects.JOBS_STREAM, subjects.EVENTS_STREAM, subjects.DEAD_LE
 async def wait_for_streams(js: JetStreamContext, poll_s: float = 0.5) -> None:
     """Until every stream of ``WORKER_STREAMS`` exists (a worker started before the
     services waits for them, as it would for a server that is not up yet)."""
-    missing = list(WORKER_STREAMS)
+    missing, told = list(WORKER_STREAMS), False
     while missing:
         try:
             await js.stream_info(missing[0])
             missing.pop(0)
         except (NotFoundError, *TRANSIENT):  # not made yet, or the cluster is electing
+            if not told:  # once: a worker started before the API should say why it waits
+                log.info("waiting for stream %s (made by the API and projector)", missing[0])
+                told = True
             await asyncio.sleep(poll_s)
