@@ -18,7 +18,8 @@ SMALL = {"model": LONG_MODEL, "max_tokens": 3, "messages": [{"role": "user", "co
 @pytest.fixture(scope="module")
 def placed(models_dir, tmp_path_factory):
     """Three placed nodes on a NATS of their own (candidates must see only these)."""
-    env = {"INFERBUS_NODE_WAIT_S": "1"}
+    # One job per node: "busy" means a node with no room for the next job.
+    env = {"INFERBUS_NODE_WAIT_S": "1", "INFERBUS_MAX_BATCH": "1"}
     with isolated_stack(tmp_path_factory.mktemp("dispatch"), models_dir, env) as s:
         for name, (lat, lon), tier in (("berlin", BERLIN, "1"), ("potsdam", POTSDAM, "1"),
                                        ("madrid", MADRID, "5")):

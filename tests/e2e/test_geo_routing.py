@@ -16,7 +16,9 @@ SMALL = {"model": LONG_MODEL, "max_tokens": 3, "messages": [{"role": "user", "co
 
 def make_stack(fresh_nats, models_dir, tmp_path, **env) -> Stack:
     shutil.copytree(models_dir, tmp_path / "models")
-    s = Stack(tmp_path, fresh_nats.url, env_extra={"INFERBUS_ZONE_WAIT_S": "1", **env})
+    # One job per node, so a node with a job has no room for the next (escalation).
+    s = Stack(tmp_path, fresh_nats.url, env_extra={"INFERBUS_ZONE_WAIT_S": "1",
+                                                   "INFERBUS_MAX_BATCH": "1", **env})
     s.start("projector", "projector")
     return s
 
