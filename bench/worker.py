@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="model dtype, both sides (default: the engine's choice)")
     parser.add_argument("--static", action="store_true",
                         help="also the static-cache generate baseline (the GPU target's)")
     args = parser.parse_args()
@@ -146,7 +148,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     path, name = find_model(args.model)
-    engine = Engine.load(path)
+    engine = Engine.load(path, dtype=args.dtype)
     engine.eos_token_ids = frozenset()  # fixed-length streams on both sides
     batcher = Batcher(engine, max_batch=max(args.max_batch, *streams))
     loop = asyncio.new_event_loop()
@@ -182,7 +184,8 @@ def main() -> None:
                  "ratio_static": median[f"worker_{n}"] / median[f"static_{n}"]}
                 if args.static else {})} for n in streams]
     result = {
-        "model": name, "device": engine.device, "threads": torch.get_num_threads(),
+        "model": name, "device": engine.device, "dtype": str(engine.model.dtype),
+        "threads": torch.get_num_threads(),
         "tokens_per_stream": args.tokens, "rounds": args.rounds, "warmup_rounds": args.warmup,
         "rows": rows,
         "single_loop_1_tok_s": median["single_loop_1"],
@@ -194,7 +197,8 @@ def main() -> None:
     }
     result["ttft"]["overhead_ms"] = result["ttft"]["worker_ms"] - result["ttft"]["prefill_ms"]
     result["ttft"]["ratio"] = result["ttft"]["worker_ms"] / result["ttft"]["prefill_ms"]
-    print(f"model {name} on {engine.device}, {torch.get_num_threads()} threads, "
+    print(f"model {name} ({engine.model.dtype}) on {engine.device}, "
+          f"{torch.get_num_threads()} threads, "
           f"{args.tokens} tokens per stream, median of {args.rounds} interleaved rounds")
     print(f"{'streams':>8} {'generate tok/s':>15} {'worker tok/s':>13} {'worker/generate':>16}")
     for row in rows:

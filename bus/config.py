@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +61,10 @@ class Settings(BaseSettings):
     # KV cache, at its worst case, stays within kv_budget_mb (a lone job always runs).
     max_batch: int = 32
     kv_budget_mb: int = 2048
+    # The worker's model dtype; auto: bf16 (fp16) on CUDA, float32 on CPUs. On a CPU
+    # with AVX512-BF16 or AMX, bfloat16 about doubles batched throughput
+    # (bench/worker.py); on other CPUs it is much slower than float32.
+    worker_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     def resolved_nats_url(self) -> str:
         """``INFERBUS_NATS_URL``, else the embedded server ``inferbus up`` wrote down."""

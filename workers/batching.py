@@ -146,6 +146,11 @@ class Batcher:
                 if self._closed:
                     break
                 joining = self._admit()
+                # Cancelled while waiting for room: leaves at once (start() ends it).
+                stopped = [s for s in self._waiting if s.seq.should_stop()]
+                for slot in stopped:
+                    self._waiting.remove(slot)
+                joining += stopped
             try:
                 self._join(joining)
                 if self._rows:

@@ -62,14 +62,18 @@ class Engine:
             | _ids(getattr(generation_config, "eos_token_id", None)))
 
     @classmethod
-    def load(cls, path: Path, name: str | None = None) -> "Engine":
-        """Load the model in ``path`` (never the hub); ``name`` defaults to the dir name."""
+    def load(cls, path: Path, name: str | None = None, dtype: str | None = None) -> "Engine":
+        """Load the model in ``path`` (never the hub); ``name`` defaults to the dir name.
+        ``dtype`` ("float32", "bfloat16", "float16") defaults to bf16 (fp16 where bf16 is
+        missing) on CUDA and float32 on CPUs."""
         path = Path(path)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":
+        if dtype is not None:
+            dtype = getattr(torch, dtype)
+        elif device == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
-            dtype = torch.float32  # half precision matmuls are slow or missing on CPUs
+            dtype = torch.float32  # half precision matmuls are slow or missing on many CPUs
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
         return cls(model.to(device).eval(), tokenizer, name or path.name, device)

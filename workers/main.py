@@ -109,7 +109,8 @@ async def pull_loop(sources: list[PullSource], bell: Doorbell, runner: JobRunner
 async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -> None:
     subjects.check_token(options.zone, "zone")
     name, path = resolve(options.model, settings.models_dir)
-    engine = await asyncio.to_thread(Engine.load, path, name)
+    dtype = None if settings.worker_dtype == "auto" else settings.worker_dtype
+    engine = await asyncio.to_thread(Engine.load, path, name, dtype)
     key_name = options.node_name or f"{options.zone}-{name}"
     key = signing.load_or_create_key(settings.data_dir / "node" / f"{key_name}.key")
     nc = await connect(settings, f"worker-{options.zone}-{name}")

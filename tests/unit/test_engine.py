@@ -194,3 +194,11 @@ def test_continuation_that_already_fills_max_tokens_generates_nothing(engine):
     rest, steps = run(engine, resumed(request, "The capital of France is Paris"))
     assert rest == "" and [(s.completion_tokens, s.finish_reason) for s in steps] == \
         [(3, "length")]
+
+
+def test_engine_loads_in_the_dtype_asked_for(model_dir):
+    engine = Engine.load(model_dir, "tiny", dtype="bfloat16")
+    assert engine.model.dtype == torch.bfloat16
+    assert engine.kv_bytes_per_token == 2 * 2 * 2 * 16 * 2  # K+V, 2 layers, 2 heads of 16, bf16
+    _, steps = run(engine, chat(max_tokens=5, temperature=0))
+    assert (steps[-1].completion_tokens, steps[-1].finish_reason) == (5, "length")
