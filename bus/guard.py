@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import urllib.request
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ from bus import subjects
 from bus.config import Settings
 from bus.connection import connect, server_list
 from bus.streams import ensure_streams, patiently
+
+log = logging.getLogger("inferbus.guard")
 
 MIN_REPLICAS = 3
 STREAMS = (subjects.JOBS_STREAM, subjects.EVENTS_STREAM, subjects.DEAD_LETTER_STREAM)
@@ -80,9 +83,16 @@ def sync_problems(varz: dict[str, dict | str], holders: set[str]) -> list[str]:
     """``varz``: each monitor URL's ``/varz`` document, or why it could not be
     read; ``holders``: the servers that hold a copy of an inferbus stream."""
     problems, seen = [], set()
+    unread = {url: doc for url, doc in varz.items() if isinstance(doc, str)}
+    if unread and len(unread) == len(varz):
+        return [f"cannot read {url}/varz ({doc}); check INFERBUS_NATS_MONITOR_URL"
+                for url, doc in unread.items()]
+    for url, doc in unread.items():
+        # One server down (a restart, an outage) must not keep a service from
+        # starting while the others keep quorum; it is checked when it is back.
+        log.warning("cannot read %s/varz (%s): its fsync setting is not checked now", url, doc)
     for url, doc in varz.items():
         if isinstance(doc, str):
-            problems.append(f"cannot read {url}/varz ({doc}); check INFERBUS_NATS_MONITOR_URL")
             continue
         name = doc.get("server_name", url)
         seen.add(name)

@@ -122,10 +122,18 @@ async def test_a_server_holding_a_replica_must_be_monitored(monitors):
     assert "server n2 holds inferbus streams but its monitor is not in" in message
 
 
-async def test_an_unreachable_monitor_is_refused(monitors):
-    monitors["http://a:8222"] = "Connection refused"
+async def test_no_readable_monitor_is_refused(monitors):
+    for url in list(monitors):
+        monitors[url] = "Connection refused"
     message = await refusal(production(), healthy())
     assert "cannot read http://a:8222/varz (Connection refused)" in message
+
+
+def test_one_server_down_does_not_keep_a_service_from_starting():
+    # A restart during a one-server outage: the other servers still keep quorum.
+    varz = {"http://a:8222": "Connection refused",
+            "http://b:8222": {"server_name": "n1", "jetstream": {"config": {"sync_always": True}}}}
+    assert guard.sync_problems(varz, {"n0", "n1"}) == []
 
 
 def test_the_refusal_is_one_line_and_counts_what_it_leaves_out():
