@@ -28,7 +28,7 @@ import httpx
 import nats
 from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
 
-from bench.report import save
+from bench.report import pct, save
 from bus import subjects
 from tests.natsd import NatsCluster
 from tests.stack import Stack
@@ -51,7 +51,7 @@ def phase(samples: list[tuple[float, float, int]], start: float, end: float) -> 
             "jobs_per_s": len(done) / (end - start),
             "refused": sum(code != 200 for _, _, code in inside),
             "p50_ms": statistics.median(ms) if ms else None,
-            "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else None,
+            "p99_ms": pct(ms, 0.99) if ms else None,
             "longest_gap_s": max(gaps)}
 
 

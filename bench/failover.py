@@ -25,7 +25,7 @@ import nats
 import openai
 from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
 
-from bench.report import save
+from bench.report import pct, save
 from bus.events import JobStarted
 from bus.signing import load_or_create_key, node_id
 from tests.eventlog import job_log
@@ -41,7 +41,7 @@ STALL_S = 0.3  # a tiny-model worker streams a token every few ms: longer is the
 def summary(samples_s: list[float]) -> dict:
     ms = sorted(s * 1000 for s in samples_s)
     return {"n": len(ms), "p50_ms": statistics.median(ms),
-            "p95_ms": ms[min(len(ms) - 1, int(len(ms) * 0.95))], "max_ms": ms[-1]}
+            "p95_ms": pct(ms, 0.95), "max_ms": ms[-1]}
 
 
 async def raw_redelivery(url: str, ack_wait: float, n: int, rng: random.Random) -> list[float]:

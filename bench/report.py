@@ -5,6 +5,12 @@ import json
 from pathlib import Path
 
 
+def pct(samples: list[float], q: float) -> float:
+    """The ``q`` quantile of ``samples`` (nearest rank below: no interpolation)."""
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(len(s) * q))]
+
+
 def save(name: str, result: dict) -> Path:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from api.discovery import Constraints, Policy, plan
 from api.nodes import LiveNodes
 from bus.nodes import ModelInfo, NodeRecord
-from bench.report import save
+from bench.report import pct, save
 
 TICK_S = 0.1  # heartbeats land on one of ten phases per second
 CITIES = {  # zone -> (lat, lon) of places where nodes and clients gather
@@ -112,11 +112,6 @@ def new_request(rng: random.Random, located: float) -> Request:
                           else (rng.randint(20, 1500), rng.randint(16, 512)))
     asked = Constraints(model, near=where, within_km=300) if where and rng.random() < 0.03 else None
     return Request(zone, where, model, prompt, max_tokens, asked)
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(len(s) * q))]
 
 
 def simulate(args: argparse.Namespace) -> dict:
