@@ -142,17 +142,22 @@ class JobRunner:
         try:
             if await self._cancelled(job.job_id):
                 return self._cancelled_event(job, None)
-            await publish_event(self.js, JobStarted(job_id=job.job_id, node_id=self.node_id,
-                                                    zone=self.zone, attempt=attempt), job.zone)
-            delivered = await self._resume_point(job, held)
-            await self._reply(job, Started(job_id=job.job_id, zone=self.zone, attempt=attempt))
+            # Logged while the job runs, not before: its ack is awaited before the
+            # outcome is, so the log still holds the start first.
+            started = asyncio.ensure_future(publish_event(self.js, JobStarted(
+                job_id=job.job_id, node_id=self.node_id, zone=self.zone, attempt=attempt),
+                job.zone))
             try:
+                delivered = await self._resume_point(job, held)
+                await self._reply(job, Started(job_id=job.job_id, zone=self.zone,
+                                               attempt=attempt))
                 text, last = await self._generate(job, attempt, delivered, stop)
             except ContextLengthExceeded as exc:
                 return self._failed(job, "context_length_exceeded", str(exc))
-            except Exception as exc:  # noqa: BLE001 - any engine fault fails this job only
-                log.exception("job %s failed", job.job_id)
-                return self._failed(job, "worker_error", f"{type(exc).__name__}: {exc}")
+            except _EngineFault as fault:
+                return self._failed(job, "worker_error", str(fault))
+            finally:
+                await started
         finally:
             await sub.unsubscribe()
         if stop.is_set():
@@ -194,13 +199,21 @@ class JobRunner:
         steps = self.batcher.stream_async(request, stop.is_set) if self.batcher is not None \
             else generate_in_thread(self.engine, request, stop.is_set)
         text, last = delivered, None
-        async for item in steps:
+        while True:
+            try:
+                item = await anext(steps)
+            except StopAsyncIteration:
+                return text, last
+            except ContextLengthExceeded:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any engine fault fails this job only
+                log.exception("job %s failed", job.job_id)
+                raise _EngineFault(f"{type(exc).__name__}: {exc}") from exc
             if item.text:
                 await self._reply(job, Delta(job_id=job.job_id, offset=len(text), text=item.text,
                                              attempt=attempt))
                 text += item.text
             last = item
-        return text, last
 
     def _completed(self, job: JobSubmitted, attempt: int, text: str, last: Step) -> JobCompleted:
         usage = _usage(last)
@@ -239,6 +252,10 @@ class JobRunner:
                 await msg.in_progress()
             except Exception as exc:  # noqa: BLE001 - NATS away: the lease may yet hold
                 log.warning("lease renewal failed: %s", exc)
+
+
+class _EngineFault(Exception):
+    """The engine failed this job (a bus fault is not one: the job is redelivered)."""
 
 
 def _usage(last: Step) -> Usage:

@@ -24,6 +24,7 @@ from bus.nodes import ModelInfo, NodeRecord
 from bus.streams import (cancels_bucket, claims_bucket, ensure_work_consumer, nodes_bucket,
                          wait_for_streams)
 from workers.batching import Batcher
+from workers.echo import EchoEngine, is_echo_model
 from workers.engine import Engine
 from workers.heartbeat import heartbeat
 from workers.jobs import JobRunner
@@ -66,11 +67,27 @@ def queues(options: WorkerOptions, node_id: str) -> list[str]:
     return subjects.worker_queues(options.zone, node_id, options.subcloud, options.public)
 
 
-async def next_job(sources: list[PullSource]):
+def load_engine(settings: Settings, path, name: str) -> tuple[Engine | EchoEngine,
+                                                              Batcher | EchoEngine]:
+    """The model in ``path`` and what runs its jobs: a continuous ``Batcher`` over a
+    torch ``Engine``, or an echo model, which is both at once (``workers.echo``)."""
+    if is_echo_model(path):
+        engine = EchoEngine.load(path, name)
+        return engine, engine
+    dtype = None if settings.worker_dtype == "auto" else settings.worker_dtype
+    engine = Engine.load(path, name, dtype)
+    return engine, Batcher(engine, settings.max_batch, settings.kv_budget_mb * 2**20)
+
+
+async def next_jobs(sources: list[PullSource], room: int) -> list:
+    """Up to ``room`` jobs, first choice first: each queue is asked for what room is
+    left, so a busy zone fills a node in one round trip per queue, not one per job."""
+    found: list = []
     for source in sources:
-        if (msg := await source.next()) is not None:
-            return msg
-    return None
+        if len(found) >= room:
+            break
+        found += await source.take(room - len(found))
+    return found
 
 
 async def pull_loop(sources: list[PullSource], bell: Doorbell, runner: JobRunner,
@@ -91,16 +108,20 @@ async def pull_loop(sources: list[PullSource], bell: Doorbell, runner: JobRunner
     try:
         while not stop.is_set():
             await free.acquire()
+            room = 1
+            while not free.locked():  # every free slot, taken without waiting
+                await free.acquire()
+                room += 1
             bell.clear()
-            msg = None if stop.is_set() else await next_job(sources)
-            if msg is None:
+            msgs = [] if stop.is_set() else await next_jobs(sources, room)
+            for _ in range(room - len(msgs)):
                 free.release()
-                if not stop.is_set():
-                    await bell.wait(SAFETY_POLL_S)
-                continue
-            task = asyncio.create_task(run_one(msg))
-            running.add(task)
-            task.add_done_callback(running.discard)
+            for msg in msgs:
+                task = asyncio.create_task(run_one(msg))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if not msgs and not stop.is_set():
+                await bell.wait(SAFETY_POLL_S)
     finally:
         if running:
             await asyncio.gather(*running, return_exceptions=True)
@@ -109,8 +130,7 @@ async def pull_loop(sources: list[PullSource], bell: Doorbell, runner: JobRunner
 async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -> None:
     subjects.check_token(options.zone, "zone")
     name, path = resolve(options.model, settings.models_dir)
-    dtype = None if settings.worker_dtype == "auto" else settings.worker_dtype
-    engine = await asyncio.to_thread(Engine.load, path, name, dtype)
+    engine, batcher = await asyncio.to_thread(load_engine, settings, path, name)
     key_name = options.node_name or f"{options.zone}-{name}"
     key = signing.load_or_create_key(settings.data_dir / "node" / f"{key_name}.key")
     nc = await connect(settings, f"worker-{options.zone}-{name}")
@@ -139,8 +159,6 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     job_life_s = settings.job_timeout_s + settings.expiry_grace_s
     cancels = await cancels_bucket(js, job_life_s, settings.stream_replicas)
     claims = await claims_bucket(js, job_life_s, settings.stream_replicas)
-    batcher = await asyncio.to_thread(Batcher, engine, settings.max_batch,
-                                      settings.kv_budget_mb * 2**20)
     runner = JobRunner(nc, js, engine, key, options.zone, options.operator, options.tier,
                        settings.job_ack_wait_s, settings.job_max_attempts, cancels,
                        Leases(claims, lease_s=settings.job_ack_wait_s), batcher=batcher)

@@ -1,8 +1,8 @@
 """Raw pull requests on one work-queue consumer.
 
 nats-py's ``fetch`` always long-polls; the worker needs a ``no_wait`` probe of
-the global queue that answers at once, so its own zone's long poll is never
-left idle for long. One private inbox per consumer; one request in flight.
+each queue that answers at once, taking as many jobs as it has room for in one
+round trip. One private inbox per consumer; one request in flight.
 """
 from __future__ import annotations
 
@@ -38,33 +38,49 @@ class PullSource:
         if self._sub is not None:
             await self._sub.unsubscribe()
 
-    def _ready(self) -> Msg | None:
-        """A job that arrived after an earlier request gave up waiting, if any."""
-        while not self._queue.empty():
+    def _ready(self, n: int) -> list[Msg]:
+        """Up to ``n`` jobs that arrived after an earlier request gave up waiting."""
+        found = []
+        while len(found) < n and not self._queue.empty():
             msg = self._queue.get_nowait()
             if not (msg.headers and STATUS in msg.headers):
-                return msg
-        return None
+                found.append(msg)
+        return found
 
     async def next(self, wait_s: float = 0.0) -> Msg | None:
         """The next job; ``wait_s=0`` probes without waiting (``no_wait``)."""
-        if (msg := self._ready()) is not None:
-            return msg
-        request = {"batch": 1, "no_wait": True} if wait_s <= 0 else \
-            {"batch": 1, "expires": int(wait_s * 1e9)}
+        found = await self.take(1, wait_s)
+        return found[0] if found else None
+
+    async def take(self, n: int, wait_s: float = 0.0) -> list[Msg]:
+        """Up to ``n`` jobs in one pull request (one round trip however many come);
+        ``wait_s=0`` takes only what is queued now (``no_wait``)."""
+        if found := self._ready(n):
+            return found
+        request = {"batch": n, "no_wait": True} if wait_s <= 0 else \
+            {"batch": n, "expires": int(wait_s * 1e9)}
         await self._nc.publish(self._next_subject, json.dumps(request).encode(),
                                reply=self._inbox)
-        try:
-            # The server always answers (a job or a status); the margin covers the trip.
-            msg = await asyncio.wait_for(self._queue.get(), timeout=wait_s + 2.0)
-        except asyncio.TimeoutError:
-            return None
-        status = msg.headers.get(STATUS) if msg.headers else None
-        if status is None:
-            return msg
-        if status not in _EMPTY and status != "100":
-            raise RuntimeError(f"pull request failed: {status} {msg.headers}")
-        return None
+        # The server sends up to n jobs, then, when it had fewer, a status that ends
+        # the request; the margin covers the trip.
+        deadline = asyncio.get_running_loop().time() + wait_s + 2.0
+        while len(found) < n:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                msg = await asyncio.wait_for(self._queue.get(), timeout=max(left, 0.001))
+            except asyncio.TimeoutError:
+                break
+            status = msg.headers.get(STATUS) if msg.headers else None
+            if status is None:
+                found.append(msg)
+                continue
+            if status not in _EMPTY and status != "100":
+                if found:  # jobs in hand run; the failure shows on the next request
+                    break
+                raise RuntimeError(f"pull request failed: {status} {msg.headers}")
+            if status != "100":  # 100 is a heartbeat: the request goes on
+                break
+        return found
 
 
 class Doorbell:
