@@ -2,7 +2,8 @@
 
 An ``eventsourcing`` application over :mod:`bus.ledger.domain`. A command reads,
 decides, and saves every aggregate it changed in ONE ``save()`` (one
-transaction). Concurrency is optimistic: the store refuses a second event with
+transaction); reservations and resolutions go through the group commands of
+:mod:`bus.ledger.grouped` (a single call is a group of one). Concurrency is optimistic: the store refuses a second event with
 the same aggregate version; the command then re-reads and retries (bounded,
 with jitter). In one process, every load and command of an account runs under
 that account's striped lock, so a thread pool does not fight itself;
@@ -30,12 +31,12 @@ from psycopg import sql
 
 from bus.config import Settings
 from bus.events import Event
+from bus.ledger.commands import Refund, Reserve, Settle
 from bus.ledger.contracts import (MONEY_TOPICS, AccountView, ReservationView, Resolution,
-                                  UnknownReservation, account_view, reservation_view,
-                                  resolution, to_bus_event)
-from bus.ledger.domain import (Account, Deposit, InsufficientCredits, LedgerConflict,
-                               Reservation, account_id, deposit_receipt_id, replay,
-                               reservation_id)
+                                  account_view, reservation_view, to_bus_event)
+from bus.ledger.domain import (Account, Deposit, LedgerConflict, account_id, deposit_receipt_id,
+                               replay, reservation_id)
+from bus.ledger.grouped import GroupCommands, one
 from bus.ledger.persistence import Outage, guarded, ledger_env
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ SNAPSHOT_INTERVAL = 200  # account events between snapshots: bounds a cold load
 OUTAGE_S = 2.0  # operational errors this long into a command: the database is down
 
 
-class Ledger(Application):
+class Ledger(GroupCommands, Application):
     """Credits in integer micro-credits. Persistence comes only from ``env``
     (eventsourcing keys such as ``PERSISTENCE_MODULE``); none means in-memory."""
 
@@ -108,28 +109,8 @@ class Ledger(Application):
         """Hold ``amount`` for ``job_id``. Raises :class:`InsufficientCredits`
         (recording nothing) when the balance is short. A job already reserved
         returns its existing reservation unchanged (no second hold)."""
-        if amount < 0:
-            raise ValueError(f"a reservation cannot be negative, got {amount}")
-
-        def attempt(n: int) -> ReservationView:
-            with self._serialized(account):
-                # First try is optimistic: a new job has no reservation, and a
-                # repeated one makes the save conflict, after which we look.
-                existing = self._load(reservation_id(job_id)) if n else None
-                if existing is not None:
-                    return reservation_view(existing)
-                acct = self._account(account) or Account(name=account)
-                try:
-                    acct.reserve(job_id, key_id, amount, zone, deadline, request_hash)
-                except InsufficientCredits:
-                    existing = None if n else self._load(reservation_id(job_id))
-                    if existing is not None:
-                        return reservation_view(existing)
-                    raise
-                res = Reservation(job_id, account, key_id, amount, zone, deadline, request_hash)
-                self.save(acct, res)
-                return reservation_view(res)
-        return self._retry(attempt)
+        return one(self._reserve_group([Reserve(account, job_id, amount, key_id, zone,
+                                                deadline, request_hash)])[0])
 
     @guarded
     def settle(self, job_id: str, actual: int, *, operator: str | None = None,
@@ -137,47 +118,12 @@ class Ledger(Application):
         """Debit ``min(actual, reserved)``, refund the rest, and award ``points``
         RCP to ``operator`` (not to the job's own account), in one save.
         At most once per job: a resolved reservation returns ``already=True``."""
-        if actual < 0 or points < 0:
-            raise ValueError("actual cost and points cannot be negative")
-
-        def apply(res: Reservation, acct: Account) -> Account | None:
-            award = operator is not None and operator != res.account and points > 0
-            debit = min(actual, res.amount)
-            res.settle(debit, operator if award else None, node_id, points if award else 0)
-            acct.debit(job_id, debit, res.zone)
-            acct.release(job_id, res.amount - debit, res.zone, reason="settled")
-            if not award:
-                return None
-            op = self._account(operator) or Account(name=operator)
-            op.award_rcp(job_id, node_id or "", points, res.zone)
-            return op
-        return self._resolve(job_id, operator, apply)
+        return one(self._resolve_group([Settle(job_id, actual, operator, node_id, points)])[0])
 
     @guarded
     def refund(self, job_id: str, reason: str) -> Resolution:
         """Return the whole reservation. At most once per job, like :meth:`settle`."""
-        def apply(res: Reservation, acct: Account) -> None:
-            res.refund(reason)
-            acct.release(job_id, res.amount, res.zone, reason=reason)
-        return self._resolve(job_id, None, apply)
-
-    def _resolve(self, job_id: str, operator: str | None,
-                 apply: Callable[[Reservation, Account], Account | None]) -> Resolution:
-        def attempt(_: int) -> Resolution:
-            res = self._load(reservation_id(job_id))
-            if res is None:
-                raise UnknownReservation(job_id)
-            if res.status != "pending":
-                return resolution(res, already=True)
-            # If it was resolved meanwhile, the account refuses (LedgerConflict)
-            # or the save conflicts on the reservation's version; the retry
-            # then reads it resolved.
-            with self._serialized(res.account, operator):
-                acct = self._account(res.account)
-                assert acct is not None, "a reservation is saved with its account"
-                self.save(res, acct, apply(res, acct))
-            return resolution(res, already=False)
-        return self._retry(attempt)
+        return one(self._resolve_group([Refund(job_id, reason)])[0])
 
     @guarded
     def account(self, account: str) -> AccountView:

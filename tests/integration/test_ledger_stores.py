@@ -5,53 +5,16 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator
-
-import psycopg
-import pytest
-from psycopg import sql
 
 from bus.config import Settings
 from bus.events import MICRO, CreditsDebited, CreditsRefunded
 from bus.ledger import AccountView, InsufficientCredits, Ledger
+from tests.integration.ledgers import backend  # noqa: F401 - the fixture
 
 DEADLINE = datetime(2030, 1, 1, tzinfo=timezone.utc)
 COST = 3 * MICRO
-
-
-@dataclass
-class Backend:
-    name: str
-    settings: Settings
-    opened: list[Ledger] = field(default_factory=list)
-
-    def open(self) -> Ledger:
-        ledger = Ledger.open(self.settings)
-        self.opened.append(ledger)
-        return ledger
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        backend = Backend("sqlite", Settings(data_dir=tmp_path / "data", database_url=None))
-        yield backend
-        for ledger in backend.opened:
-            ledger.close()
-        return
-    base = request.getfixturevalue("postgres_url")  # skips, with its reason, when unset
-    schema = f"t_ledger_{uuid.uuid4().hex[:12]}"
-    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
-    backend = Backend("postgres", Settings(data_dir=tmp_path / "data", database_url=url))
-    yield backend
-    for ledger in backend.opened:
-        ledger.close()
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def reserve(ledger: Ledger, job_id: str, amount: int = COST, account: str = "alice"):
