@@ -1,8 +1,9 @@
 """Settlement: each job outcome on the log becomes one ledger resolution.
 
-A faststream durable pull consumer reads the four terminal job events and
-drives the ledger; the ledger resolves a reservation at most once, so a
-redelivered or repeated outcome changes nothing. A verified ``JobCompleted``
+A durable pull consumer reads the four terminal job events and drives the
+ledger, a pull's worth at a time in one ledger save (group commit); the
+ledger resolves a reservation at most once, so a redelivered or repeated
+outcome changes nothing. A verified ``JobCompleted``
 is charged its counted usage and earns its node's operator RCP; an
 unverifiable one, a failure, an expiry or a cancel before any output is
 refunded in full; a cancel charges what was produced. An expiry sweep refunds
@@ -15,11 +16,13 @@ the job, is set aside and changes nothing, however well signed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime, timezone
+from typing import Sequence
 
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+import nats.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from pydantic import ValidationError
@@ -34,6 +37,8 @@ from bus.events import (
     parse_event,
 )
 from bus.leases import Lease, Leases
+from bus.ledger import Refund, Settle, UnknownReservation
+from bus.ledger.commands import Resolve
 from bus.pricing import Pricing
 from bus.publish import dead_letter, publish_event
 from bus.signing import verify_result
@@ -44,6 +49,8 @@ DURABLE = "settlement"
 OUTCOMES = (JobCompleted, JobFailed, JobCancelled, JobExpired)
 SWEEP_EVERY_S = 5.0
 RETRY_DELAY_S = 1.0
+BATCH = 64  # outcomes per pull: one ledger save settles them all
+POLL_S = 1.0  # how long an idle pull waits before looking at `stop` again
 # A job with a logged completion or cancel is left to settlement this many graces
 # longer: settlement held up by an outage must not find it refunded as expired.
 OUTCOME_GRACE_FACTOR = 10
@@ -84,57 +91,123 @@ class Settlement:
     def apply(self, event: Event, lease: Lease | None = None):
         """Resolve the job's reservation; None when the job has none (unbilled) or the
         outcome is not its holder's (see ``admits``)."""
-        if not admits(event, lease):
-            log.warning("%s for %s from a node not holding its lease set aside",
-                        type(event).__name__, event.job_id)
-            return None
-        try:
-            return self._resolve(event)
-        except KeyError:  # UnknownReservation: a job that was never billed
-            log.warning("no reservation for %s %s", type(event).__name__, event.job_id)
-            return None
+        outcome = self.apply_many([(event, lease)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-    def _resolve(self, event: Event):
+    def apply_many(self, outcomes: Sequence[tuple[Event, Lease | None]]) -> list:
+        """Resolve each outcome as :meth:`apply` would, in order, in ONE ledger save.
+        Per outcome: its Resolution, None, or the exception (NotYetSealed) that
+        holds it back alone; a ledger error (an outage) raises for all."""
+        results: list = [None] * len(outcomes)
+        commands: dict[int, Resolve] = {}
+        for i, (event, lease) in enumerate(outcomes):
+            try:
+                if admits(event, lease):
+                    commands[i] = self._command(event)
+                else:
+                    log.warning("%s for %s from a node not holding its lease set aside",
+                                type(event).__name__, event.job_id)
+            except NotYetSealed as exc:
+                results[i] = exc
+        resolved = self.ledger.resolve_many(list(commands.values())) if commands else []
+        for i, outcome in zip(commands, resolved, strict=True):
+            if isinstance(outcome, UnknownReservation):  # a job that was never billed
+                event = outcomes[i][0]
+                log.warning("no reservation for %s %s", type(event).__name__, event.job_id)
+            else:
+                results[i] = outcome
+        return results
+
+    def _command(self, event: Event) -> Resolve:
         if isinstance(event, JobCompleted):
             if not verify_result(event):
-                return self.ledger.refund(event.job_id, "result signature invalid")
-            return self.ledger.settle(
-                event.job_id, self.pricing.cost(event.model, event.usage),
-                operator=event.operator, node_id=event.node_id,
-                points=self.pricing.points(event.usage.completion_tokens, event.tier))
+                return Refund(event.job_id, "result signature invalid")
+            return Settle(event.job_id, self.pricing.cost(event.model, event.usage),
+                          operator=event.operator, node_id=event.node_id,
+                          points=self.pricing.points(event.usage.completion_tokens, event.tier))
         if isinstance(event, JobCancelled) and event.usage and event.model:
-            return self.ledger.settle(event.job_id, self.pricing.cost(event.model, event.usage))
+            return Settle(event.job_id, self.pricing.cost(event.model, event.usage))
         reason = {JobFailed: "failed", JobExpired: "expired"}.get(type(event), "cancelled")
-        return self.ledger.refund(event.job_id, reason)
+        return Refund(event.job_id, reason)
 
 
-def subscribe(broker: NatsBroker, settlement: Settlement, js: JetStreamContext,
-              leases: Leases, ack_wait_s: float = 30.0) -> None:
-    """Register the settlement consumer on ``broker`` (before it starts)."""
-
-    @broker.subscriber(
-        stream=JStream(name=subjects.EVENTS_STREAM, declare=False), durable=DURABLE,
-        pull_sub=PullSub(batch_size=64, timeout=1.0), ack_policy=AckPolicy.NACK_ON_ERROR,
+async def consume(js: JetStreamContext, settlement: Settlement, leases: Leases,
+                  stop: asyncio.Event, ack_wait_s: float = 30.0) -> None:
+    """Settle outcomes from the durable consumer until ``stop`` is set, a pull's
+    worth at a time (see :func:`settle_batch`)."""
+    sub = await js.pull_subscribe(
+        "", durable=DURABLE, stream=subjects.EVENTS_STREAM,
         config=ConsumerConfig(filter_subjects=subjects.events_of(*(e.__name__ for e in OUTCOMES)),
                               ack_wait=ack_wait_s))
-    async def settle(msg: NatsMessage) -> None:
+    try:
+        while not stop.is_set():
+            try:
+                # Returns as soon as anything is there: no wait to fill a batch.
+                msgs = await sub.fetch(BATCH, timeout=POLL_S)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception:  # noqa: BLE001 - the connection reconnects by itself
+                log.warning("settlement fetch failed; retrying", exc_info=True)
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            try:
+                await settle_batch(js, settlement, leases, msgs)
+            except Exception:  # noqa: BLE001 - unacked messages come again after ack_wait
+                log.exception("settling a batch of %d failed", len(msgs))
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def settle_batch(js: JetStreamContext, settlement: Settlement, leases: Leases,
+                       msgs: Sequence[Msg]) -> None:
+    """Settle one pull's messages: leases read concurrently, every admitted
+    outcome resolved in one ledger save, then each message acked on its own.
+    A malformed one is dead-lettered and acked; one that cannot settle yet (an
+    unseen seal, a lease read failing, the ledger down) is nacked to come again
+    after ``RETRY_DELAY_S`` while the others ack. Outcomes of one job resolve
+    in message order, as one at a time: the first admitted one wins."""
+    parsed: list[tuple[Msg, Event]] = []
+    for msg in msgs:
         try:
-            event = parse_event(msg.body)
+            parsed.append((msg, parse_event(msg.data)))
         except ValidationError as exc:  # a malformed outcome can never settle: set it aside
-            raw = msg.raw_message
-            log.error("malformed outcome at %s set aside: %s", raw.subject, exc)
-            await dead_letter(js, DURABLE, raw.subject,
-                              raw.metadata.sequence.stream, str(exc), msg.body)
-            return
-        try:
-            lease = await leases.read(event.job_id)
-            await asyncio.to_thread(settlement.apply, event, lease)
-        except Exception as exc:  # noqa: BLE001 - a ledger outage or an unseen seal
-            # Comes again after a pause, not at once: a database outage would
-            # otherwise spin through the backlog thousands of times a second.
-            log.warning("settling %s %s deferred: %s", type(event).__name__, event.job_id,
-                        type(exc).__name__)
-            await msg.nack(delay=RETRY_DELAY_S)
+            log.error("malformed outcome at %s set aside: %s", msg.subject, exc)
+            try:
+                await dead_letter(js, DURABLE, msg.subject, msg.metadata.sequence.stream,
+                                  str(exc), msg.data)
+            except Exception:  # noqa: BLE001 - keep it until it is set aside
+                log.warning("dead-lettering %s failed; retrying", msg.subject, exc_info=True)
+                await msg.nak(delay=RETRY_DELAY_S)
+            else:
+                await msg.ack()
+    read = await asyncio.gather(*(leases.read(e.job_id) for _, e in parsed),
+                                return_exceptions=True)
+    later: list[tuple[Msg, Event, BaseException]] = []
+    ready: list[tuple[Msg, Event, Lease | None]] = []
+    for (msg, event), lease in zip(parsed, read, strict=True):
+        if isinstance(lease, BaseException):
+            later.append((msg, event, lease))
+        else:
+            ready.append((msg, event, lease))
+    try:
+        outcomes = await asyncio.to_thread(settlement.apply_many,
+                                           [(event, lease) for _, event, lease in ready])
+    except Exception as exc:  # noqa: BLE001 - a ledger outage: every one comes again
+        outcomes = [exc] * len(ready)
+    for (msg, event, _), outcome in zip(ready, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            later.append((msg, event, outcome))
+        else:
+            await msg.ack()
+    for msg, event, exc in later:
+        # Comes again after a pause, not at once: a database outage would
+        # otherwise spin through the backlog thousands of times a second.
+        log.warning("settling %s %s deferred: %s", type(event).__name__, event.job_id,
+                    type(exc).__name__)
+        await msg.nak(delay=RETRY_DELAY_S)
 
 
 async def sweep_expired(store, ledger, js, grace_s: float, stop: asyncio.Event) -> None:

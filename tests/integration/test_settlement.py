@@ -6,8 +6,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from types import SimpleNamespace
 
-from faststream.nats import NatsBroker
-
 from bus import signing
 from bus.events import JobCompleted, JobFailed, Usage, output_hash
 from bus.leases import Leases
@@ -21,18 +19,18 @@ USAGE = Usage(prompt_tokens=10, completion_tokens=20)
 
 
 @pytest.fixture
-async def world(js, ledger, fresh_nats, tmp_path):
-    broker = NatsBroker(fresh_nats.url)
+async def world(js, ledger, tmp_path):
     clock = Clock()
     leases = Leases(await claims_bucket(js, 600), lease_s=10, clock=clock)
-    settlement.subscribe(broker, settlement.Settlement(ledger, Pricing()), js, leases,
-                         ack_wait_s=2)
-    await broker.start()
-    world = SimpleNamespace(js=js, ledger=ledger, leases=leases, clock=clock,
+    stop = asyncio.Event()
+    settles = settlement.Settlement(ledger, Pricing())
+    consumer = asyncio.create_task(settlement.consume(js, settles, leases, stop, ack_wait_s=2))
+    world = SimpleNamespace(js=js, ledger=ledger, leases=leases, clock=clock, settlement=settles,
                             key=signing.load_or_create_key(tmp_path / "node.key"),
                             other=signing.load_or_create_key(tmp_path / "other.key"))
     yield world
-    await broker.stop()
+    stop.set()
+    await consumer
 
 
 def reserve(ledger, job_id: str, account: str = "acme") -> None:
@@ -196,3 +194,63 @@ async def test_malformed_outcome_is_dead_lettered_and_settlement_goes_on(world, 
     assert {(d.consumer, d.stream_seq) for d in letters} == {("settlement", bad.seq),
                                                               ("projector", bad.seq)}
     assert all("job_id" in d.reason or "validation" in d.reason.lower() for d in letters)
+
+
+class Delivered:
+    """A pulled message as :func:`settlement.settle_batch` sees it, recording its ack."""
+
+    def __init__(self, seq: int, event=None, raw: bytes | None = None) -> None:
+        self.data = raw if raw is not None else event.model_dump_json().encode()
+        self.subject = f"events.eu.{type(event).__name__ if event else 'JobCompleted'}"
+        self.metadata = SimpleNamespace(sequence=SimpleNamespace(stream=seq))
+        self.acked, self.nacked = False, None
+
+    async def ack(self) -> None:
+        self.acked = True
+
+    async def nak(self, delay=None) -> None:
+        self.nacked = delay
+
+
+async def test_a_batch_where_one_outcome_is_not_yet_sealed_acks_the_rest_and_nacks_it(world):
+    from bus.events import DeadLetter
+    ledger, key = world.ledger, world.key
+    for job in ("b1", "b2", "b3", "b4"):
+        reserve(ledger, job)
+    await run_and_seal(world, "b1", key)
+    await world.leases.acquire("b2", signing.node_id(key), 1, 1)  # running: not sealed yet
+    await run_and_seal(world, "b3", key)
+    batch = [Delivered(1, completed(key, "b1")), Delivered(2, completed(key, "b2")),
+             Delivered(3, raw=b'{"type": "JobCompleted", "job_id": 7}'),
+             Delivered(4, completed(key, "b3")), Delivered(5, completed(key, "b3")),
+             Delivered(6, JobFailed(job_id="b4", zone="eu", code="x", message="y"))]
+    dead = await world.js.subscribe("deadletter.>", ordered_consumer=True)
+    await settlement.settle_batch(world.js, world.settlement, world.leases, batch)
+
+    assert [m.acked for m in batch] == [True, False, True, True, True, True]
+    assert [m.nacked for m in batch] == [None, settlement.RETRY_DELAY_S, None, None, None, None]
+    statuses = [ledger.reservation(j).status for j in ("b1", "b2", "b3", "b4")]
+    assert statuses == ["settled", "pending", "settled", "refunded"]
+    expected = Pricing().cost("m", USAGE)
+    assert ledger.account("acme").spent == 2 * expected  # b3's repeat charged nothing
+    assert ledger.account("op").rcp == 2 * USAGE.completion_tokens
+    letter = DeadLetter.model_validate_json((await dead.next_msg(timeout=5)).data)
+    assert (letter.consumer, letter.stream_seq) == ("settlement", 3)
+
+
+async def test_a_batch_hit_by_a_ledger_outage_nacks_every_message_and_changes_nothing(world):
+    from eventsourcing.persistence import OperationalError
+    ledger = world.ledger
+    reserve(ledger, "o1")
+    reserve(ledger, "o2")
+
+    class Down:
+        def resolve_many(self, commands):
+            raise OperationalError("ledger database unavailable")
+
+    down = settlement.Settlement(Down(), Pricing())
+    batch = [Delivered(1, JobFailed(job_id=j, zone="eu", code="x", message="y"))
+             for j in ("o1", "o2")]
+    await settlement.settle_batch(world.js, down, world.leases, batch)
+    assert [(m.acked, m.nacked) for m in batch] == [(False, settlement.RETRY_DELAY_S)] * 2
+    assert ledger.reservation("o1").status == ledger.reservation("o2").status == "pending"
