@@ -79,7 +79,13 @@ def _run_until_signal(main) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
-    asyncio.run(runner())
+    # uvloop (when installed, as the project's dependencies ask) runs the same
+    # asyncio code with about half the per-message cost; uvicorn picks it itself.
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    (uvloop.run if uvloop is not None else asyncio.run)(runner())
     return 0
 
 

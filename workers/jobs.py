@@ -78,25 +78,48 @@ class JobRunner:
                               str(exc), msg.data)
             await msg.term()
             return
+        stop, finishing = asyncio.Event(), asyncio.Event()
+
+        async def on_cancel(_: Msg) -> None:
+            stop.set()
+
+        # Listen first, then look: a cancel sent between the two is still heard. The
+        # look goes with the lease request, in the same round trip.
+        sub = await self.nc.subscribe(subjects.cancel(job.job_id), cb=on_cancel)
         try:
-            held = await self.leases.acquire(job.job_id, self.node_id,
+            held, cancelled = await asyncio.gather(
+                self._lease(msg, job), self._cancelled(job.job_id), return_exceptions=True)
+            if isinstance(held, BaseException):
+                raise held
+            if isinstance(held, Pass):
+                if held.action == "discard":
+                    await msg.ack()  # another copy of this job runs (or ran) on another node
+                else:
+                    await msg.nak(delay=held.delay_s)
+                return
+            if isinstance(cancelled, BaseException):  # unknown: not run, redelivered
+                raise cancelled
+            await self._hold(msg, job, held, stop, finishing, cancelled)
+        finally:
+            await sub.unsubscribe()
+
+    async def _lease(self, msg: Msg, job: JobSubmitted) -> Held | Pass:
+        try:
+            return await self.leases.acquire(job.job_id, self.node_id,
                                              msg.metadata.num_delivered,
                                              msg.metadata.sequence.stream)
         except (NatsError, asyncio.TimeoutError) as exc:  # the claims bucket is away
             log.warning("lease on job %s not reachable (%s); passing it on", job.job_id,
                         type(exc).__name__)
-            held = Pass("wait", LEASE_RETRY_S)
-        if isinstance(held, Pass):
-            if held.action == "discard":
-                await msg.ack()  # another copy of this job runs (or ran) on another node
-            else:
-                await msg.nak(delay=held.delay_s)
-            return
-        stop, finishing = asyncio.Event(), asyncio.Event()
+            return Pass("wait", LEASE_RETRY_S)
+
+    async def _hold(self, msg: Msg, job: JobSubmitted, held: Held, stop: asyncio.Event,
+                    finishing: asyncio.Event, cancelled: bool) -> None:
+        """Run the job under its lease, then seal, record, reply and ack."""
         keepalive = asyncio.create_task(self._keep_lease(msg, held, stop, finishing))
         self.busy += 1
         try:
-            outcome = await self._outcome(job, held, stop)
+            outcome = await self._outcome(job, held, stop, cancelled)
             finishing.set()
             await keepalive  # no renewal may race the seal
             if not await self.leases.seal(held):
@@ -127,39 +150,31 @@ class JobRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _outcome(self, job: JobSubmitted, held: Held, stop: asyncio.Event) -> Event:
+    async def _outcome(self, job: JobSubmitted, held: Held, stop: asyncio.Event,
+                       cancelled: bool) -> Event:
         attempt = held.lease.attempt
         if held.lease.runs > self.max_attempts:  # a job that keeps killing its nodes
             return self._failed(job, "job_failed",
                                 f"gave up after {held.lease.runs - 1} nodes failed to run it")
         if job.deadline <= datetime.now(timezone.utc):
             return JobExpired(job_id=job.job_id, zone=job.zone)
-        # Listen first, then look: a cancel sent between the two is still heard.
-        async def on_cancel(_: Msg) -> None:
-            stop.set()
-
-        sub = await self.nc.subscribe(subjects.cancel(job.job_id), cb=on_cancel)
+        if cancelled:
+            return self._cancelled_event(job, None)
+        # Logged while the job runs, not before: its ack is awaited before the
+        # outcome is, so the log still holds the start first.
+        started = asyncio.ensure_future(publish_event(self.js, JobStarted(
+            job_id=job.job_id, node_id=self.node_id, zone=self.zone, attempt=attempt),
+            job.zone))
         try:
-            if await self._cancelled(job.job_id):
-                return self._cancelled_event(job, None)
-            # Logged while the job runs, not before: its ack is awaited before the
-            # outcome is, so the log still holds the start first.
-            started = asyncio.ensure_future(publish_event(self.js, JobStarted(
-                job_id=job.job_id, node_id=self.node_id, zone=self.zone, attempt=attempt),
-                job.zone))
-            try:
-                delivered = await self._resume_point(job, held)
-                await self._reply(job, Started(job_id=job.job_id, zone=self.zone,
-                                               attempt=attempt))
-                text, last = await self._generate(job, attempt, delivered, stop)
-            except ContextLengthExceeded as exc:
-                return self._failed(job, "context_length_exceeded", str(exc))
-            except _EngineFault as fault:
-                return self._failed(job, "worker_error", str(fault))
-            finally:
-                await started
+            delivered = await self._resume_point(job, held)
+            await self._reply(job, Started(job_id=job.job_id, zone=self.zone, attempt=attempt))
+            text, last = await self._generate(job, attempt, delivered, stop)
+        except ContextLengthExceeded as exc:
+            return self._failed(job, "context_length_exceeded", str(exc))
+        except _EngineFault as fault:
+            return self._failed(job, "worker_error", str(fault))
         finally:
-            await sub.unsubscribe()
+            await started
         if stop.is_set():
             return self._cancelled_event(job, _usage(last))
         return self._completed(job, attempt, text, last)
