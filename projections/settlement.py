@@ -49,7 +49,7 @@ DURABLE = "settlement"
 OUTCOMES = (JobCompleted, JobFailed, JobCancelled, JobExpired)
 SWEEP_EVERY_S = 5.0
 RETRY_DELAY_S = 1.0
-BATCH = 64  # outcomes per pull: one ledger save settles them all
+BATCH = 256  # outcomes per pull at most: one ledger save settles them all (bigger when behind)
 POLL_S = 1.0  # how long an idle pull waits before looking at `stop` again
 # A job with a logged completion or cancel is left to settlement this many graces
 # longer: settlement held up by an outage must not find it refunded as expired.
