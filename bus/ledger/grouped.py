@@ -48,7 +48,8 @@ class Accounts:
     every command of the group changes the same object."""
 
     def __init__(self, ledger: Ledger) -> None:
-        self.ledger, self.loaded = ledger, {}  # type: ignore[var-annotated]
+        self.ledger = ledger
+        self.loaded: dict[str, Account] = {}
 
     def __call__(self, name: str) -> Account:
         if name not in self.loaded:
