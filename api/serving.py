@@ -30,6 +30,7 @@ from api.routing import Routing
 from bus import subjects
 from bus.events import JobCancelled, JobCompleted, JobExpired, JobFailed, JobSubmitted, new_id
 from bus.ledger import InsufficientCredits, Ledger
+from bus.ledger.group import ReserveGroup
 from bus.pricing import Pricing, credits, prompt_tokens_bound
 from bus.publish import enqueue_job, publish_event
 from bus.replies import Delta, Finished, Started
@@ -80,6 +81,8 @@ class Serving:
                  escalator: Escalator, job_timeout_s: float) -> None:
         self._nc, self._js, self._nodes, self._router = nc, js, nodes, router
         self._ledger, self._pricing, self._cancels = ledger, pricing, cancels
+        # Concurrent requests' holds are written together, one transaction per group.
+        self._reserves = ReserveGroup(ledger)
         self._routing, self._escalator = routing, escalator
         self._timeout = job_timeout_s
         self._background: set[asyncio.Task] = set()
@@ -149,9 +152,9 @@ class Serving:
         bound = prompt_tokens_bound(job.messages, job.prompt)
         amount = self._pricing.worst_case(job.model, bound, job.sampling.max_tokens)
         try:
-            held = await asyncio.to_thread(
-                self._ledger.reserve, job.account, job.job_id, amount, key_id=job.key_id,
-                zone=job.zone, deadline=job.deadline, request_hash=request_hash)
+            held = await self._reserves.reserve(
+                job.account, job.job_id, amount, key_id=job.key_id, zone=job.zone,
+                deadline=job.deadline, request_hash=request_hash)
         except InsufficientCredits as exc:
             raise APIError(402, f"This request may cost up to {credits(amount)} credits; the "
                            f"account has {credits(exc.available)} available.",
