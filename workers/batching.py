@@ -2,31 +2,35 @@
 
 A ``Batcher`` owns one thread that runs every forward pass of its engine.
 Between two decode steps it admits waiting requests (prefilled together in a
-pass of their own, their first tokens sampled and streamed, then their caches
-joined to the batch, ``workers.kvbatch``) and drops the ones that finished or were stopped,
-at once. Each decode step is one forward pass of one token per sequence; every
-sequence then samples its own token with its own sampler (temperature, top_p,
-seed), its text stream cuts at its own stop strings, and its ``Step`` goes to
-its caller as soon as it is made. The per-request logic is the same
+pass of their own, their first tokens sampled and streamed, then their rows
+added to the batch) and drops the ones that finished or were stopped, at once.
+Each decode step is one forward pass of one token per sequence; every sequence
+then samples its own token with its own sampler (temperature, top_p, seed), its
+text stream cuts at its own stop strings, and its ``Step`` goes to its caller as
+soon as it is made. The per-request logic is the same
 ``workers.decoding.Sequence`` the single-stream ``Engine.generate`` drives.
 
-Limits: at most ``max_batch`` sequences decode together, and a request joins
-only while the batch's padded KV cache, grown to its worst case (every row at
-the longest row's length plus the most tokens any row may still add), stays
-within ``kv_budget_bytes``; a request that does not fit waits, in order. A
-lone request always runs. A model whose cache cannot be stacked (sliding
-windows, linear attention; probed with one token at start) runs one sequence
-at a time.
+The forward passes belong to a decode backend: ``workers.slots.SlotDecoder``
+(a fixed-capacity slot KV cache and CUDA-graphed steps; Llama-family models, by
+default on CUDA) or ``workers.kvbatch.PaddedDecoder`` (the model's own forward
+over a padded cache; any model). When every row is greedy and the backend
+``pipelines``, the next step is launched before this one's tokens are read
+back, so the host's per-token work overlaps the device's step; a row that ended
+is then computed once more and that extra token dropped.
 
-On CUDA, a static cache with CUDA graphs (or ``torch.compile``) would cut the
-per-step launch cost further; it is not wired in: the dynamic cache here grows
-by one column per step, which those need fixed. See docs/design-notes.md.
+Limits: at most ``max_batch`` sequences decode together, and a request joins
+only while the backend's KV cache at its worst case stays within
+``kv_budget_bytes``; a request that does not fit waits, in order. A lone
+request always runs. With the padded backend, a model whose cache cannot be
+stacked (sliding windows, linear attention; probed at start) runs one sequence
+at a time. See docs/design-notes.md.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import queue
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -37,13 +41,15 @@ import torch
 from workers.decoding import Sequence, Step
 from workers.engine import Engine, GenerationRequest
 from workers.handoff import deliver, drain, drain_async, either
-from workers.kvbatch import PaddedBatch, batchable
+from workers.kvbatch import Launched
+from workers.slots import pick_decoder
 
 log = logging.getLogger("inferbus.worker")
 Emit = Callable[[Step | BaseException], None]
 # Padded prompt tokens prefilled between two decode steps (at least one request's): a
 # burst of long prompts must not stall the sequences already streaming for long.
 PREFILL_TOKENS_PER_TURN = 4096
+SWITCH_INTERVAL_S = 0.0005  # see Batcher.__init__
 
 
 @dataclass(eq=False)
@@ -70,16 +76,21 @@ class Batcher:
     """
 
     def __init__(self, engine: Engine, max_batch: int = 32,
-                 kv_budget_bytes: int = 2 << 30) -> None:
+                 kv_budget_bytes: int = 2 << 30, decoder: str = "auto") -> None:
+        """``decoder``: "slots", "padded", or "auto" (slots for a Llama-family model on
+        CUDA, where graphed steps pay; padded elsewhere)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.engine, self.max_batch, self.kv_budget_bytes = engine, max_batch, kv_budget_bytes
-        if max_batch > 1 and not batchable(engine.forward([0], None)[1]):
-            log.warning("%s: its KV cache cannot be stacked; one sequence at a time", engine.name)
-            self.max_batch = 1
+        self.decoder, self.max_batch = pick_decoder(engine, decoder, max_batch, kv_budget_bytes)
+        if self.decoder.pipelines:
+            # This thread hands the GIL over at every graph launch and device wait; at
+            # the default 5 ms switch interval, a busy event loop (hundreds of streams)
+            # then keeps it for up to 5 ms each time while the device idles.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._waiting: deque[_Slot] = deque()
-        self._rows: list[_Slot] = []  # in the order of the batch's rows
-        self._batch = PaddedBatch()
+        self._rows: list[_Slot] = []  # in the order of the backend's rows
+        self._pending: tuple[list[_Slot], Launched] | None = None  # launched, not yet read
         self._wake = threading.Condition()
         self._closed = False
         # Steps for event loops, made during this turn: (loop, queue, gone, step).
@@ -158,7 +169,8 @@ class Batcher:
             except Exception as exc:  # noqa: BLE001 - the batch cannot go on; its callers learn why
                 log.exception("decode step failed")
                 self._fail(list({*self._rows, *(s for s in joining if not s.seq.finished)}), exc)
-                self._rows, self._batch = [], PaddedBatch()
+                self._rows, self._pending = [], None
+                self.decoder.reset()
             self._post()
         self._fail([*self._rows, *self._waiting], RuntimeError("the batcher was closed"))
         self._post()
@@ -197,64 +209,78 @@ class Batcher:
         return joining
 
     def _fits(self, joining: list[_Slot]) -> bool:
-        """Whether the batch with ``joining`` stays in budget at its worst case."""
-        seqs = [s.seq for s in (*self._rows, *joining)]
-        length = max([self._batch.length] + [len(s.input_ids) for s in seqs])
-        worst = len(seqs) * (length + max(s.remaining for s in seqs))
-        return worst * self.engine.kv_bytes_per_token <= self.kv_budget_bytes
+        """Whether the batch with ``joining`` stays in the KV budget (the backend's rule)."""
+        return self.decoder.fits([s.seq for s in self._rows], [s.seq for s in joining])
 
     @torch.inference_mode()
     def _join(self, joining: list[_Slot]) -> None:
-        """Prefill the joining requests in one left-padded pass, stream each one's first
-        token, and add to the batch the caches of those that go on."""
+        """Prefill the joining requests in one pass, stream each one's first token, and
+        add to the batch the rows of those that go on."""
         for slot in joining:
             if (step := slot.seq.start()) is not None:  # nothing to generate
                 slot.send(step)
         joining = [s for s in joining if not s.seq.finished]
         if not joining:
             return
-        inputs = PaddedBatch.prefill_inputs([s.seq.input_ids for s in joining],
-                                            self.engine.device)
         self.stats["max_prefill_rows"] = max(self.stats["max_prefill_rows"], len(joining))
         try:
-            out = self.engine.model(input_ids=inputs["input_ids"], use_cache=True,
-                                    attention_mask=inputs["model_mask"],
-                                    position_ids=inputs["position_ids"], logits_to_keep=1)
+            logits = self.decoder.prefill([s.seq for s in joining])
         except Exception as exc:  # noqa: BLE001 - fails the joining requests only
             log.exception("prefill failed")
             self._fail(joining, exc)
             return
-        group = PaddedBatch(out.past_key_values, inputs["attention_mask"])
-        logits = out.logits[:, -1].float()
-        tokens = self._sample(joining, logits)
+        tokens = self._sample(joining, logits, lambda: logits.argmax(dim=-1).tolist())
         going_on = [i for i, slot in enumerate(joining) if self._after_token(slot, tokens[i])]
-        group.keep(going_on)
-        self._batch.extend(group)
+        self.decoder.admit(going_on, tokens)
         self._rows.extend(joining[i] for i in going_on)
 
     @torch.inference_mode()
     def _decode(self) -> None:
-        """One forward pass for every row, then each row's own token and Step."""
-        tokens = torch.tensor([[s.seq.last_token] for s in self._rows], dtype=torch.long,
-                              device=self.engine.device)
-        out = self.engine.model(input_ids=tokens, use_cache=True, logits_to_keep=1,
-                                **self._batch.step_inputs())
+        """Launch one forward pass for every row; read back the previous pass's tokens
+        meanwhile when pipelining, else this one's: each row's own token and Step."""
+        pipelined = self.decoder.pipelines and all(s.seq.sampler.greedy for s in self._rows)
+        if self._pending is not None and not pipelined:  # a sampled row joined: in step again
+            self._read(*self._pending)
+            self._pending = None
+            if not self._rows:
+                return
+        rows = list(self._rows)
+        launched = self.decoder.launch([s.seq for s in rows])
         self.stats["decode_steps"] += 1
-        self.stats["decoded_tokens"] += len(self._rows)
-        self.stats["max_rows"] = max(self.stats["max_rows"], len(self._rows))
-        tokens = self._sample(self._rows, out.logits[:, -1].float())
-        keep = [i for i, slot in enumerate(self._rows) if self._after_token(slot, tokens[i])]
+        self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
+        if self._pending is not None:
+            self._read(*self._pending)  # while the device runs the pass just launched
+        self._pending = rows, launched
+        if not (pipelined and self._rows):
+            self._pending = None
+            self._read(rows, launched)
+
+    def _read(self, rows: list[_Slot], launched: Launched) -> None:
+        """Each row's token of a launched pass, its Step, and the rows that go on."""
+        live = [(i, slot) for i, slot in enumerate(rows) if not slot.seq.finished]
+        tokens = self._sample([slot for _, slot in live], launched.logits, launched.greedy,
+                              [i for i, _ in live])
+        # Sampled rows' tokens are the next step's inputs (greedy ones are there already).
+        # A pass with sampled rows is read before any other, so its rows are still where
+        # the pass left them.
+        self.decoder.feed({i: tokens[k] for k, (i, slot) in enumerate(live)
+                           if not slot.seq.sampler.greedy})
+        self.stats["decoded_tokens"] += len(live)
+        for k, (_, slot) in enumerate(live):
+            self._after_token(slot, tokens[k])
+        keep = [i for i, slot in enumerate(self._rows) if not slot.seq.finished]
         if len(keep) < len(self._rows):
-            self._rows = [self._rows[i] for i in keep]
-            self._batch.keep(keep)
+            self._rows = [self._rows[i] for i in self.decoder.keep(keep)]
 
     @staticmethod
-    def _sample(slots: list[_Slot], logits: torch.Tensor) -> list[int]:
-        """Each row's next token by its own sampler; the greedy rows' in one argmax."""
-        greedy = logits.argmax(dim=-1).tolist() \
-            if any(s.seq.sampler.greedy for s in slots) else None
-        return [greedy[i] if s.seq.sampler.greedy else s.seq.sampler(logits[i])
-                for i, s in enumerate(slots)]
+    def _sample(slots: list[_Slot], logits: torch.Tensor, greedy: Callable[[], list[int]],
+                where: list[int] | None = None) -> list[int]:
+        """Each slot's next token by its own sampler; the greedy ones' from one argmax
+        (``greedy()``: every row's of ``logits``; ``where``: each slot's row, default i)."""
+        where = where or range(len(slots))
+        picks = greedy() if any(s.seq.sampler.greedy for s in slots) else None
+        return [picks[r] if s.seq.sampler.greedy else s.seq.sampler(logits[r].float())
+                for r, s in zip(where, slots)]
 
     def _after_token(self, slot: _Slot, token: int) -> bool:
         """Stream the Step ``token`` makes; whether the sequence goes on."""

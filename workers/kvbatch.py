@@ -17,13 +17,20 @@ much memory traffic as the attention itself.
 
 Only plain ``DynamicLayer`` caches (full attention) can be stacked this way;
 ``batchable`` says whether a prefill's cache is one.
+
+``PaddedDecoder`` drives a ``PaddedBatch`` with the model's own eager forward
+passes: the batcher's decode backend for any model (``workers.slots`` is the
+faster one for Llama-family models).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from transformers.cache_utils import DynamicLayer
+
+from workers.decoding import Sequence
 
 SPARE_COLUMNS = 128  # columns a slab grows by: one copy of the cache per 128 steps
 
@@ -168,3 +175,73 @@ class PaddedBatch:
 def _pad_left(mask: torch.Tensor, n: int) -> torch.Tensor:
     """``mask`` ([rows, columns]) with ``n`` zero columns before it."""
     return torch.nn.functional.pad(mask, (n, 0)) if n else mask
+
+
+@dataclass(eq=False)
+class Launched:
+    """A decode step whose forward pass was issued (and may still run on the device).
+
+    ``logits`` ([rows, vocab]) stay valid until the next step is launched;
+    ``greedy()`` is every row's argmax token, read back to the host once.
+    """
+
+    logits: torch.Tensor
+    greedy: Callable[[], list[int]]
+
+
+class PaddedDecoder:
+    """The decode backend over a ``PaddedBatch``: the model's own eager forward passes,
+    prompts prefilled left-padded. Works for any model whose cache is ``batchable``.
+
+    Backend contract (shared with ``workers.slots.SlotDecoder``): ``fits`` says whether
+    sequences may join; ``prefill`` runs joining prompts and returns their next-token
+    logits; ``admit`` adds the rows of that prefill that go on, with their first
+    tokens; ``launch`` issues one decode step for every row; ``feed`` overrides the
+    next input token of some rows (sampled ones); ``keep`` drops rows and returns the
+    surviving old row indices in their new order; ``reset`` forgets every row.
+    """
+
+    pipelines = False  # each step needs its input tokens from the host
+
+    def __init__(self, engine: Any, kv_budget_bytes: int) -> None:
+        self.engine, self.kv_budget_bytes = engine, kv_budget_bytes
+        self.batch, self._group = PaddedBatch(), PaddedBatch()
+
+    def fits(self, rows: list[Sequence], joining: list[Sequence]) -> bool:
+        """Whether the batch with ``joining`` stays in budget at its worst case: every
+        row at the longest row's length plus the most tokens any row may still add."""
+        seqs = [*rows, *joining]
+        length = max([self.batch.length] + [len(s.input_ids) for s in seqs])
+        worst = len(seqs) * (length + max(s.remaining for s in seqs))
+        return worst * self.engine.kv_bytes_per_token <= self.kv_budget_bytes
+
+    def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
+        inputs = PaddedBatch.prefill_inputs([s.input_ids for s in seqs], self.engine.device)
+        out = self.engine.model(input_ids=inputs["input_ids"], use_cache=True,
+                                attention_mask=inputs["model_mask"],
+                                position_ids=inputs["position_ids"], logits_to_keep=1)
+        self._group = PaddedBatch(out.past_key_values, inputs["attention_mask"])
+        return out.logits[:, -1].float()
+
+    def admit(self, going_on: list[int], tokens: list[int]) -> None:
+        self._group.keep(going_on)
+        self.batch.extend(self._group)
+        self._group = PaddedBatch()
+
+    def launch(self, seqs: list[Sequence]) -> Launched:
+        tokens = torch.tensor([[s.last_token] for s in seqs], dtype=torch.long,
+                              device=self.engine.device)
+        out = self.engine.model(input_ids=tokens, use_cache=True, logits_to_keep=1,
+                                **self.batch.step_inputs())
+        logits = out.logits[:, -1]
+        return Launched(logits, lambda: logits.argmax(dim=-1).tolist())
+
+    def feed(self, tokens: dict[int, int]) -> None:
+        """Nothing to do: ``launch`` reads every row's last token from its Sequence."""
+
+    def keep(self, rows: list[int]) -> list[int]:
+        self.batch.keep(rows)
+        return rows
+
+    def reset(self) -> None:
+        self.batch, self._group = PaddedBatch(), PaddedBatch()

@@ -5,6 +5,10 @@ Each request run through the batcher must stream what it streams alone through
 Greedy outputs are compared exactly: the padded rows are masked out of the
 attention, and on this model float32 round-off between batch shapes has not
 flipped an argmax (the logits of a random model are far apart).
+
+Every test runs with each decode backend: the padded cache, the slot cache, and
+the slot cache pipelined (next step launched before the last one's tokens are
+read, as on CUDA; forced here on the CPU).
 """
 from __future__ import annotations
 
@@ -18,14 +22,28 @@ import pytest
 from tests.unit.test_engine import chat, completion, engine, model_dir  # noqa: F401 - fixtures
 from workers.batching import Batcher
 from workers.engine import ContextLengthExceeded, Engine, GenerationRequest, Step
+from workers.slotkv import COLUMN_STEP
 
 PROMPTS = ["the quick brown fox", "a", "Paris is the capital of France and every worker streams",
            "héllo 東京 café naïve"]
 
 
+@pytest.fixture(params=["padded", "slots", "slots-pipelined"])
+def decoder(request) -> str:
+    return request.param
+
+
+def make(engine: Engine, decoder: str, **kwargs) -> Batcher:
+    """A Batcher with the backend ``decoder`` names (see the module docstring)."""
+    b = Batcher(engine, decoder=decoder.removesuffix("-pipelined"), **kwargs)
+    if decoder.endswith("-pipelined"):
+        b.decoder.pipelines = True  # before anything is submitted: the thread is idle
+    return b
+
+
 @pytest.fixture
-def batcher(engine):  # noqa: F811 - the fixture imported above
-    b = Batcher(engine, max_batch=32)
+def batcher(engine, decoder):  # noqa: F811 - the fixture imported above
+    b = make(engine, decoder, max_batch=32)
     yield b
     b.close()
 
@@ -140,8 +158,8 @@ def test_sampling_seed_temperature_and_stop_strings_stay_per_request(engine, bat
     assert results[3][-1][2] == "stop" and results[3][-1][1] < 40
 
 
-def test_max_batch_bounds_the_sequences_decoded_together(engine):
-    b = Batcher(engine, max_batch=2)
+def test_max_batch_bounds_the_sequences_decoded_together(engine, decoder):
+    b = make(engine, decoder, max_batch=2)
     try:
         requests = mixed_requests()
         assert together(b, requests) == [alone(engine, r) for r in requests]
@@ -150,8 +168,8 @@ def test_max_batch_bounds_the_sequences_decoded_together(engine):
         b.close()
 
 
-def test_a_request_stopped_while_waiting_for_room_leaves_at_once(engine):
-    b = Batcher(engine, max_batch=1)
+def test_a_request_stopped_while_waiting_for_room_leaves_at_once(engine, decoder):
+    b = make(engine, decoder, max_batch=1)
     try:
         running = b.stream(completion(PROMPTS[0], max_tokens=400, temperature=0), slowly)
         next(running)
@@ -165,9 +183,12 @@ def test_a_request_stopped_while_waiting_for_room_leaves_at_once(engine):
         b.close()
 
 
-def test_kv_budget_holds_requests_back_but_a_lone_request_always_runs(engine):
-    # Room for two sequences of ~60 tokens, not three.
-    b = Batcher(engine, max_batch=32, kv_budget_bytes=2 * 70 * engine.kv_bytes_per_token)
+def test_kv_budget_holds_requests_back_but_a_lone_request_always_runs(engine, decoder):
+    # Room for two sequences of ~60 tokens, not three (the slot cache's rows are
+    # COLUMN_STEP columns long at least).
+    per_row = 70 if decoder == "padded" else COLUMN_STEP
+    b = make(engine, decoder, max_batch=32,
+             kv_budget_bytes=2 * per_row * engine.kv_bytes_per_token)
     try:
         requests = [completion(PROMPTS[0], max_tokens=50, temperature=0) for _ in range(4)]
         assert together(b, requests) == [alone(engine, requests[0])] * 4
@@ -218,8 +239,8 @@ async def test_async_streams_interleave_their_steps(engine, batcher):
     assert sum(a != b for a, b in zip(order, order[1:])) >= 10
 
 
-def test_closing_the_batcher_ends_waiting_and_running_requests_with_an_error(engine):
-    b = Batcher(engine, max_batch=1)
+def test_closing_the_batcher_ends_waiting_and_running_requests_with_an_error(engine, decoder):
+    b = make(engine, decoder, max_batch=1)
     streams = [b.stream(completion(PROMPTS[0], max_tokens=400, temperature=0), slowly)
                for _ in range(2)]
     next(streams[0])
@@ -229,9 +250,9 @@ def test_closing_the_batcher_ends_waiting_and_running_requests_with_an_error(eng
             list(stream)
 
 
-def test_a_bfloat16_batch_runs_every_request_to_its_own_end(model_dir):  # noqa: F811
+def test_a_bfloat16_batch_runs_every_request_to_its_own_end(model_dir, decoder):  # noqa: F811
     # In bf16 other batch shapes may round differently, so only lengths are compared.
-    b = Batcher(Engine.load(model_dir, "tiny", dtype="bfloat16"))
+    b = make(Engine.load(model_dir, "tiny", dtype="bfloat16"), decoder)
     try:
         results = together(b, mixed_requests())
         assert [r[-1][1:] for r in results] == \
