@@ -153,6 +153,14 @@ class Engine:
                          logits_to_keep=1)
         return out.logits[0, -1].float(), out.past_key_values
 
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        # A fast tokenizer's Rust encoder gives what its Python wrapper gives, at a
+        # fraction of the cost: 256 concurrent requests spent ~75 ms in the wrapper.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return backend.encode(text, add_special_tokens=special).ids
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
     def _encode(self, request: GenerationRequest) -> list[int]:
         tok = self.tokenizer
         if request.kind == "chat":
@@ -160,9 +168,9 @@ class Engine:
                         for m in request.messages or ()]
             # The template writes any BOS itself, so no special tokens are added.
             text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            ids = tok(text, add_special_tokens=False)["input_ids"]
+            ids = self._tokenize(text, special=False)
         else:
-            ids = tok(request.prompt or "")["input_ids"]  # BOS only if the tokenizer adds one
+            ids = self._tokenize(request.prompt or "", special=True)  # BOS if it adds one
         if not ids:  # an empty prompt without BOS: the model needs one position to start
             start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
             if start is None:
