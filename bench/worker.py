@@ -12,7 +12,9 @@ makes exactly ``--tokens`` tokens on both sides (EOS is ignored). Time to first
 token: a request with ``max_tokens=1`` on an idle batcher, against one forward
 pass of its prompt (the prefill). Rounds interleave baseline and worker runs and
 the table shows the median of each, so a noisy neighbour hits both alike; a
-first, untimed round warms every batch shape up (``--warmup``).
+first, untimed round warms every batch shape up (``--warmup``). ``--static``
+adds transformers' static-cache ``generate`` (compiled on CUDA), measured first
+in a process of its own.
 
 Uses SmolLM2-135M-Instruct when it is pulled into the data dir
 (``inferbus models pull smollm2-135m-instruct``), else the tiny random model of
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import copy
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -90,6 +94,22 @@ def plain_generate(engine: Engine, n: int, tokens: int, cache: str = "dynamic") 
     return made / elapsed
 
 
+def static_samples(path: str, dtype: str | None, streams: list[int], tokens: int,
+                   rounds: int) -> dict[str, list[float]]:
+    """Static-cache ``generate`` tokens/s, ``rounds`` samples per stream count, in a
+    process of its own: its compiled CUDA graphs (inductor's) and the worker's own
+    graphs in one process once ended in a CUDA launch failure."""
+    engine = Engine.load(Path(path), dtype=dtype)
+    for n in streams:
+        plain_generate(engine, n, tokens, "static")  # compiles once per shape, untimed
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for n in streams:
+            samples.setdefault(f"static_{n}", []).append(
+                plain_generate(engine, n, tokens, "static"))
+    return samples
+
+
 async def worker_streams(batcher: Batcher, n: int, tokens: int) -> float:
     """tokens/s of n concurrent streams through the batcher, as the worker runs jobs."""
     async def one(i: int) -> int:
@@ -141,6 +161,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="model dtype, both sides (default: the engine's choice)")
+    parser.add_argument("--decoder", default="auto", choices=["auto", "slots", "padded"],
+                        help="the batcher's decode backend (workers.batching)")
     parser.add_argument("--static", action="store_true",
                         help="also the static-cache generate baseline (the GPU target's)")
     args = parser.parse_args()
@@ -150,26 +172,29 @@ def main() -> None:
     path, name = find_model(args.model)
     engine = Engine.load(path, dtype=args.dtype)
     engine.eos_token_ids = frozenset()  # fixed-length streams on both sides
-    batcher = Batcher(engine, max_batch=max(args.max_batch, *streams))
+    batcher = Batcher(engine, max_batch=max(args.max_batch, *streams), decoder=args.decoder)
+    runs: dict[str, list[float]] = {}
+    if args.static:  # first, on an idle device
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            runs.update(pool.submit(static_samples, str(path), args.dtype, streams,
+                                    args.tokens, args.rounds).result())
+        for key, samples in runs.items():
+            print(f"  {key}: {', '.join(f'{x:.1f}' for x in samples)} tok/s", flush=True)
     loop = asyncio.new_event_loop()
     plain_generate(engine, 1, 4)  # warm-up: first-call allocations, lazy inits
     loop.run_until_complete(worker_streams(batcher, 1, 4))
-    for n in streams if args.static else ():
-        plain_generate(engine, n, args.tokens, "static")  # compiles once per shape, untimed
-    runs: dict[str, list[float]] = {}
 
     def sample(key: str, tokens_per_s: float) -> None:
         runs.setdefault(key, []).append(tokens_per_s)
         print(f"  {key}: {tokens_per_s:.1f} tok/s", flush=True)
 
     for round_ in range(args.warmup + args.rounds):
-        if round_ == args.warmup:
-            runs.clear()  # warm-up rounds (allocator growth per batch shape) do not count
+        if round_ == args.warmup:  # warm-up rounds (allocator growth, graph captures) do not count
+            runs = {k: v for k, v in runs.items() if k.startswith("static_")}
         sample("single_loop_1", single_loop(engine, args.tokens))
         for n in streams:
             sample(f"generate_{n}", plain_generate(engine, n, args.tokens))
-            if args.static:
-                sample(f"static_{n}", plain_generate(engine, n, args.tokens, "static"))
             sample(f"worker_{n}", loop.run_until_complete(worker_streams(batcher, n, args.tokens)))
     prefill, ttft = [], []
     for i in range(args.ttft):
@@ -185,6 +210,7 @@ def main() -> None:
                 if args.static else {})} for n in streams]
     result = {
         "model": name, "device": engine.device, "dtype": str(engine.model.dtype),
+        "decoder": type(batcher.decoder).__name__,
         "threads": torch.get_num_threads(),
         "tokens_per_stream": args.tokens, "rounds": args.rounds, "warmup_rounds": args.warmup,
         "rows": rows,
