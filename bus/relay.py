@@ -7,6 +7,11 @@ relay reads the last relayed message back from the stream and resumes after
 its notification id: the bus itself is the relay's position, so a crash
 between a publish and any bookkeeping can neither lose nor repeat an event,
 whatever the duplicate window.
+
+Each batch read from the ledger goes to the log as one JetStream atomic batch
+(one round trip, all or nothing), so the newest relayed event never has a
+missing one before it. On a stream made without ``allow_atomic`` the relay
+publishes one event at a time, each awaiting its ack.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus import subjects
 from bus.events import CREDIT_EVENTS
-from bus.publish import publish_event
+from bus.publish import ATOMIC_DISABLED, BatchRefused, publish_batch, publish_event
 
 log = logging.getLogger("inferbus.relay")
 NOTIFICATION_HEADER = "Inferbus-Ledger-Notification"
@@ -45,11 +50,28 @@ async def last_relayed(js: JetStreamContext) -> int:
     return int((msgs[0].headers or {}).get(NOTIFICATION_HEADER, 0))
 
 
-async def relay_once(ledger, js: JetStreamContext, after: int, limit: int = 500) -> int:
-    """Publish the next batch after notification ``after``; returns the new position."""
+async def relay_once(ledger, js: JetStreamContext, after: int, limit: int = 500,
+                     atomic: list[bool] | None = None) -> int:
+    """Publish the next batch after notification ``after``; returns the new position.
+    ``atomic`` (a one-element flag, shared across calls) turns off for good when
+    the stream refuses atomic batches."""
     batch = await asyncio.to_thread(ledger.bus_events, after, limit)
-    for notification_id, event, zone in batch:
-        await publish_event(js, event, zone, headers={NOTIFICATION_HEADER: str(notification_id)})
+    if not batch:
+        return after
+    items = [(event, zone, {NOTIFICATION_HEADER: str(notification_id)})
+             for notification_id, event, zone in batch]
+    if atomic is None or atomic[0]:
+        try:
+            await publish_batch(js, items)
+            return batch[-1][0]
+        except BatchRefused as exc:
+            if exc.err_code != ATOMIC_DISABLED or atomic is None:
+                raise
+            log.warning("the event stream does not allow atomic batches; relaying one "
+                        "event at a time")
+            atomic[0] = False
+    for (notification_id, _, _), (event, zone, headers) in zip(batch, items):
+        await publish_event(js, event, zone, headers=headers)
         after = notification_id
     return after
 
@@ -57,11 +79,12 @@ async def relay_once(ledger, js: JetStreamContext, after: int, limit: int = 500)
 async def run_relay(ledger, js: JetStreamContext, stop: asyncio.Event) -> None:
     position = await last_relayed(js)
     log.info("ledger relay resuming after notification %d", position)
+    atomic = [True]
     while not stop.is_set():
         try:
             if position is None:  # after a failure the log, not memory, says where we are
                 position = await last_relayed(js)
-            moved = await relay_once(ledger, js, position)
+            moved = await relay_once(ledger, js, position, atomic=atomic)
         except Exception:  # noqa: BLE001 - keep relaying once the bus or database is back
             # (a cluster electing a new stream leader fails the reads here too)
             log.exception("ledger relay failed; retrying")

@@ -67,13 +67,18 @@ def events_stream_config(replicas: int = 1) -> StreamConfig:
         retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
         num_replicas=replicas, duplicate_window=DUPLICATE_WINDOW_S,
         deny_delete=True, deny_purge=True, allow_direct=True,
+        # The relay appends the ledger's events in all-or-nothing batches.
+        allow_atomic=True,
     )
 
 
 async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
     async def step() -> None:
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
+            if config.allow_atomic and not info.config.allow_atomic:  # made by an older version
+                info.config.allow_atomic = True
+                await js.update_stream(info.config)
         except NotFoundError:
             try:
                 await js.add_stream(config)
