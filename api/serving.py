@@ -241,6 +241,21 @@ class Serving:
         zone = first.zone if isinstance(first, Started) else first.event.zone
         return sub.headers(zone), self._sse(sub, first)
 
+    async def _text_so_far(self, sub: Submission, sent: int
+                           ) -> tuple[Started | Delta | Finished, str]:
+        """The next reply, with every reply already waiting after it: the text new
+        beyond ``sent`` they carry, and the last of them. A stream that outruns its
+        client (deltas pile up while a chunk is being sent) goes out in fewer,
+        larger chunks instead of falling further behind."""
+        reply, pieces = await self._next(sub), []
+        while True:
+            if isinstance(reply, Delta) and reply.offset + len(reply.text) > sent:
+                pieces.append(reply.text[max(sent - reply.offset, 0):])
+                sent += len(pieces[-1])
+            if isinstance(reply, Finished) or sub.replies.empty():
+                return reply, "".join(pieces)
+            reply = sub.replies.get_nowait()
+
     async def _sse(self, sub: Submission, first: Started | Finished) -> AsyncIterator[bytes]:
         job = sub.job
 
@@ -254,9 +269,8 @@ class Serving:
                 yield chunk(first=True)
             reply = first
             while not isinstance(reply, Finished):
-                reply = await self._next(sub)
-                if isinstance(reply, Delta) and reply.offset + len(reply.text) > sent:
-                    text = reply.text[max(sent - reply.offset, 0):]
+                reply, text = await self._text_so_far(sub, sent)
+                if text:
                     sent += len(text)
                     yield chunk(text=text)
             event = reply.event
