@@ -10,8 +10,9 @@ whatever the duplicate window.
 
 Each batch read from the ledger goes to the log as one JetStream atomic batch
 (one round trip, all or nothing), so the newest relayed event never has a
-missing one before it. On a stream made without ``allow_atomic`` the relay
-publishes one event at a time, each awaiting its ack.
+missing one before it. On a stream without ``allow_atomic`` (or a server
+older than 2.12, which ignores it) the relay publishes one event at a time,
+each awaiting its ack.
 """
 from __future__ import annotations
 
@@ -79,7 +80,10 @@ async def relay_once(ledger, js: JetStreamContext, after: int, limit: int = 500,
 async def run_relay(ledger, js: JetStreamContext, stop: asyncio.Event) -> None:
     position = await last_relayed(js)
     log.info("ledger relay resuming after notification %d", position)
-    atomic = [True]
+    # A server older than 2.12 ignores allow_atomic (the stream shows it unset) and
+    # would store a batch's messages one by one: relay those one at a time.
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    atomic = [bool(info.config.allow_atomic)]
     while not stop.is_set():
         try:
             if position is None:  # after a failure the log, not memory, says where we are
