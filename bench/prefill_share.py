@@ -2,14 +2,16 @@
 against the decode steps, beside the same split for one stream, in one run.
 
     .venv/bin/python -m bench.prefill_share [--streams 32] [--tokens 32] [--rounds 3]
-                                            [--model DIR]
+                                            [--model DIR] [--no-prefix-cache]
 
 ``bench.worker``'s N-stream target compares tokens/s at N streams with one
 stream. Both include each prompt's prefill; at N streams that prefill is one
 left-padded pass over N prompts, and with short generations it can cost as
 much as the decode steps. This drives the padded decode backend
 (``workers.kvbatch.PaddedDecoder``, the batcher's backend on CPUs) directly on
-``bench.worker``'s prompts, greedy, and prints, per round: prefill seconds,
+``bench.worker``'s prompts, greedy, with a fresh prefix cache for each run
+(``workers.prefix``: the prompts' shared head is prefilled once;
+``--no-prefix-cache`` prefills every prompt whole), and prints, per round: prefill seconds,
 decode seconds, tokens/s with and without the prefill, and the N-stream over
 1-stream ratio both ways. Writes bench/results/prefill_share.json.
 """
@@ -28,13 +30,13 @@ from workers.kvbatch import PaddedDecoder
 
 
 @torch.inference_mode()
-def split(engine: Engine, n: int, tokens: int) -> tuple[float, float]:
+def split(engine: Engine, n: int, tokens: int, prefixes: bool) -> tuple[float, float]:
     """Seconds of the joint prefill of n prompts (their first tokens) and of the
     ``tokens - 1`` decode steps after it."""
     seqs = [engine.sequence(request(i, tokens), None) for i in range(n)]
     for seq in seqs:
         seq.start()
-    decoder = PaddedDecoder(engine, 8 << 30)
+    decoder = PaddedDecoder(engine, 8 << 30, prefixes=prefixes)
     start = time.perf_counter()
     first = decoder.prefill(seqs).argmax(dim=-1).tolist()
     prefill = time.perf_counter() - start
@@ -54,16 +56,18 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model")
+    parser.add_argument("--no-prefix-cache", action="store_true")
     args = parser.parse_args()
     path, name = find_model(args.model)
     engine = Engine.load(path)
     engine.eos_token_ids = frozenset()  # every stream makes exactly --tokens
     n, tokens = args.streams, args.tokens
     prompts = [len(engine._encode(request(i, tokens))) for i in range(n)]
-    split(engine, 2, 2)  # warm-up
+    prefixes = not args.no_prefix_cache
+    split(engine, 2, 2, prefixes)  # warm-up
     rows = []
     for _ in range(args.rounds):
-        many, one = split(engine, n, tokens), split(engine, 1, tokens)
+        many, one = split(engine, n, tokens, prefixes), split(engine, 1, tokens, prefixes)
         rows.append({
             f"prefill_{n}_s": many[0], f"decode_{n}_s": many[1],
             "prefill_1_s": one[0], "decode_1_s": one[1],
@@ -73,14 +77,15 @@ def main() -> None:
     med = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     print(f"model {name}, {torch.get_num_threads()} threads, {n} prompts of {min(prompts)}-"
           f"{max(prompts)} tokens ({sum(prompts)} in all, {n * max(prompts)} padded), "
-          f"{tokens} tokens each, median of {args.rounds} rounds")
+          f"{tokens} tokens each, prefix cache {'on' if prefixes else 'off'}, "
+          f"median of {args.rounds} rounds")
     print(f"{n} streams: prefill {med[f'prefill_{n}_s']:.2f} s, {tokens - 1} decode steps "
           f"{med[f'decode_{n}_s']:.2f} s; prefill share {med['prefill_share']:.0%}")
     print(f"1 stream:   prefill {med['prefill_1_s']:.2f} s, {tokens - 1} decode steps "
           f"{med['decode_1_s']:.2f} s")
     print(f"{n} streams / 1 stream: {med['ratio']:.1f}x with the prefill, "
           f"{med['ratio_decode_only']:.1f}x decode steps alone")
-    save("prefill_share", {"model": name, "streams": n, "tokens": tokens,
+    save("prefill_share", {"model": name, "streams": n, "tokens": tokens, "prefixes": prefixes,
                            "prompt_tokens": prompts, "rounds": rows, "median": med})
 
 

@@ -20,7 +20,9 @@ Only plain ``DynamicLayer`` caches (full attention) can be stacked this way;
 
 ``PaddedDecoder`` drives a ``PaddedBatch`` with the model's own eager forward
 passes: the batcher's decode backend for any model (``workers.slots`` is the
-faster one for Llama-family models).
+faster one for Llama-family models). Prompts that begin with a head it has
+cached (``workers.prefix``) prefill only their rest on top of that head's KV:
+such a row is the head, its own padding, then its prompt's rest.
 """
 from __future__ import annotations
 
@@ -28,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from workers.decoding import Sequence
+from workers.prefix import KV, PrefixCache
 
 SPARE_COLUMNS = 128  # columns a slab grows by: one copy of the cache per 128 steps
 
@@ -203,9 +206,13 @@ class PaddedDecoder:
 
     pipelines = False  # each step needs its input tokens from the host
 
-    def __init__(self, engine: Any, kv_budget_bytes: int) -> None:
+    def __init__(self, engine: Any, kv_budget_bytes: int, prefixes: bool = True) -> None:
+        """``prefixes``: prefill prompts' shared heads once (``workers.prefix``)."""
         self.engine, self.kv_budget_bytes = engine, kv_budget_bytes
         self.batch, self._group = PaddedBatch(), PaddedBatch()
+        # A quarter of the batch's budget on top of it, for the prefixes' own KV.
+        self.prefixes = PrefixCache(self._prefix_kv, engine.kv_bytes_per_token,
+                                    kv_budget_bytes // 4) if prefixes else None
 
     def fits(self, rows: list[Sequence], joining: list[Sequence]) -> bool:
         """Whether the batch with ``joining`` stays in budget at its worst case: every
@@ -216,12 +223,38 @@ class PaddedDecoder:
         return worst * self.engine.kv_bytes_per_token <= self.kv_budget_bytes
 
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
-        inputs = PaddedBatch.prefill_inputs([s.input_ids for s in seqs], self.engine.device)
-        out = self.engine.model(input_ids=inputs["input_ids"], use_cache=True,
-                                attention_mask=inputs["model_mask"],
-                                position_ids=inputs["position_ids"], logits_to_keep=1)
-        self._group = PaddedBatch(out.past_key_values, inputs["attention_mask"])
+        prompts = [s.input_ids for s in seqs]
+        found = self.prefixes.find(prompts) if self.prefixes is not None else None
+        if found is None:
+            inputs = PaddedBatch.prefill_inputs(prompts, self.engine.device)
+            out = self.engine.model(input_ids=inputs["input_ids"], use_cache=True,
+                                    attention_mask=inputs["model_mask"],
+                                    position_ids=inputs["position_ids"], logits_to_keep=1)
+            self._group = PaddedBatch(out.past_key_values, inputs["attention_mask"])
+            return out.logits[:, -1].float()
+        # Each row: the shared prefix, its own padding, then the rest of its prompt.
+        length, kv = found
+        inputs = PaddedBatch.prefill_inputs([p[length:] for p in prompts], self.engine.device)
+        rows = len(prompts)
+        mask = torch.cat([inputs["attention_mask"].new_ones((rows, length)),
+                          inputs["attention_mask"]], dim=1)
+        cache = DynamicCache([(k.expand(rows, -1, -1, -1).contiguous(),
+                               v.expand(rows, -1, -1, -1).contiguous()) for k, v in kv])
+        out = self.engine.model(input_ids=inputs["input_ids"], past_key_values=cache,
+                                use_cache=True, position_ids=inputs["position_ids"] + length,
+                                attention_mask=None if bool(mask.all()) else mask,
+                                logits_to_keep=1)
+        self._group = PaddedBatch(out.past_key_values, mask)
         return out.logits[:, -1].float()
+
+    def _prefix_kv(self, tokens: list[int]) -> KV | None:
+        """A prefix's keys and values, prefilled alone; None when the model's cache is
+        not plain full attention (a sliding window's would not be reusable)."""
+        ids = torch.tensor([tokens], device=self.engine.device)
+        cache = self.engine.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        if not batchable(cache):
+            return None
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def admit(self, going_on: list[int], tokens: list[int]) -> None:
         self._group.keep(going_on)
