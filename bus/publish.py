@@ -53,20 +53,21 @@ async def publish_batch(js: JetStreamContext, items: list[tuple[Event, str, dict
     batch. Raises :class:`BatchRefused` when the stream refused it (e.g.
     ``ATOMIC_DISABLED``, or a ``Nats-Msg-Id`` already stored), and a timeout when
     no answer came, in which case the batch may or may not be stored."""
+    if not items:
+        raise ValueError("an empty batch")
     nc, batch = js._nc, new_id()  # nats-py's JetStream context has no batch API yet
-    for sequence, (event, zone, headers) in enumerate(items, 1):
-        header = {**headers, MSG_ID: event.event_id, "Nats-Batch-Id": batch,
-                  "Nats-Batch-Sequence": str(sequence)}
-        subject, data = event_subject(event, zone), event.model_dump_json().encode()
-        if sequence < len(items):
-            await nc.publish(subject, data, headers=header)
-            continue
-        answer = json.loads((await nc.request(subject, data, timeout=timeout, headers={
-            **header, "Nats-Batch-Commit": "1"})).data)
-        if error := answer.get("error"):
-            raise BatchRefused(error.get("err_code", 0), error.get("description", "refused"))
-        return PubAck(stream=answer["stream"], seq=answer["seq"])
-    raise ValueError("an empty batch")
+    messages = [(event_subject(event, zone), event.model_dump_json().encode(),
+                 {**headers, MSG_ID: event.event_id, "Nats-Batch-Id": batch,
+                  "Nats-Batch-Sequence": str(sequence)})
+                for sequence, (event, zone, headers) in enumerate(items, 1)]
+    for subject, data, header in messages[:-1]:
+        await nc.publish(subject, data, headers=header)
+    subject, data, header = messages[-1]  # the commit, the one message answered
+    answer = json.loads((await nc.request(subject, data, timeout=timeout, headers={
+        **header, "Nats-Batch-Commit": "1"})).data)
+    if error := answer.get("error"):
+        raise BatchRefused(error.get("err_code", 0), error.get("description", "refused"))
+    return PubAck(stream=answer["stream"], seq=answer["seq"])
 
 
 async def enqueue_job(js: JetStreamContext, job: JobSubmitted, queue: str | None = None,

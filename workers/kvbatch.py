@@ -122,15 +122,13 @@ class PaddedBatch:
     @staticmethod
     def prefill_inputs(prompts: list[list[int]], device: str) -> dict[str, Any]:
         """Model inputs that prefill ``prompts`` in one pass, left-padded to the longest.
-        Its ``attention_mask`` makes the ``PaddedBatch`` of the pass's cache; the model
-        gets it only when some prompt is padded (``model_mask``)."""
+        Its ``attention_mask`` makes the ``PaddedBatch`` of the pass's cache."""
         width = max(map(len, prompts))
         ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
                             device=device)
         return {"input_ids": ids, "attention_mask": mask,
-                "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0),
-                "model_mask": None if bool(mask.all()) else mask}
+                "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0)}
 
     def extend(self, other: "PaddedBatch") -> None:
         """Append ``other``'s rows, padding whichever is shorter on the left."""
@@ -225,21 +223,16 @@ class PaddedDecoder:
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
         prompts = [s.input_ids for s in seqs]
         found = self.prefixes.find(prompts) if self.prefixes is not None else None
-        if found is None:
-            inputs = PaddedBatch.prefill_inputs(prompts, self.engine.device)
-            out = self.engine.model(input_ids=inputs["input_ids"], use_cache=True,
-                                    attention_mask=inputs["model_mask"],
-                                    position_ids=inputs["position_ids"], logits_to_keep=1)
-            self._group = PaddedBatch(out.past_key_values, inputs["attention_mask"])
-            return out.logits[:, -1].float()
-        # Each row: the shared prefix, its own padding, then the rest of its prompt.
-        length, kv = found
+        length, kv = found or (0, None)
+        # Each row: the cached prefix (if any), its own padding, the rest of its prompt.
         inputs = PaddedBatch.prefill_inputs([p[length:] for p in prompts], self.engine.device)
-        rows = len(prompts)
-        mask = torch.cat([inputs["attention_mask"].new_ones((rows, length)),
-                          inputs["attention_mask"]], dim=1)
-        cache = DynamicCache([(k.expand(rows, -1, -1, -1).contiguous(),
-                               v.expand(rows, -1, -1, -1).contiguous()) for k, v in kv])
+        mask, cache = inputs["attention_mask"], None
+        if kv is not None:
+            mask = torch.cat([mask.new_ones((len(prompts), length)), mask], dim=1)
+            cache = DynamicCache([(k.expand(len(prompts), -1, -1, -1).contiguous(),
+                                   v.expand(len(prompts), -1, -1, -1).contiguous())
+                                  for k, v in kv])
+        # The mask goes to the model only when some row is padded.
         out = self.engine.model(input_ids=inputs["input_ids"], past_key_values=cache,
                                 use_cache=True, position_ids=inputs["position_ids"] + length,
                                 attention_mask=None if bool(mask.all()) else mask,
@@ -250,8 +243,7 @@ class PaddedDecoder:
     def _prefix_kv(self, tokens: list[int]) -> KV | None:
         """A prefix's keys and values, prefilled alone; None when the model's cache is
         not plain full attention (a sliding window's would not be reusable)."""
-        ids = torch.tensor([tokens], device=self.engine.device)
-        cache = self.engine.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        cache = self.engine.forward(tokens, None)[1]
         if not batchable(cache):
             return None
         return [(layer.keys, layer.values) for layer in cache.layers]
