@@ -36,7 +36,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import APIError
-from bus.nodes import NodeRecord
+from bus.node_record import NodeRecord
 from bus.subjects import GLOBAL
 from bus.zones import is_zone
 

@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from bus.events import JobCancelled, JobExpired, JobFailed
+
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
           404: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
           409: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable", 504: "timeout"}
@@ -23,6 +25,8 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insuf
 DATABASE_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, OperationalError,
                         InterfaceError)
 RETRY_AFTER_S = 2
+# A node's failure code that is the caller's doing, not the network's.
+_FAILURE_STATUS = {"context_length_exceeded": 400}
 log = logging.getLogger("inferbus.api")
 
 
@@ -41,6 +45,15 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def outcome_error(event: JobFailed | JobExpired | JobCancelled) -> APIError:
+    """The error a caller waiting for a job gets when it ended without a result."""
+    if isinstance(event, JobExpired):
+        return APIError(504, "the job passed its deadline before a node ran it", "deadline")
+    if isinstance(event, JobCancelled):  # DELETE /v1/jobs/{id} while a caller waited
+        return APIError(409, "the job was cancelled before it finished", "cancelled")
+    return APIError(_FAILURE_STATUS.get(event.code, 500), event.message, event.code)
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:

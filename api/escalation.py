@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from bus import subjects
 from bus.events import JobEscalated, JobSubmitted
 from bus.publish import enqueue_job, publish_event
 
@@ -40,7 +41,7 @@ class Escalator:
         task.add_done_callback(self._tasks.discard)
 
     def _wait(self, queue: str) -> float:
-        return self._node_wait if queue.startswith("node_") else self._zone_wait
+        return self._node_wait if subjects.is_node_queue(queue) else self._zone_wait
 
     async def _claimed(self, job_id: str) -> bool:
         try:
@@ -56,7 +57,7 @@ class Escalator:
                 await asyncio.sleep(self._wait(current))
                 if await self._claimed(job.job_id):
                     return
-                reason = "no node started it in time" if current.startswith("node_") else \
+                reason = "no node started it in time" if subjects.is_node_queue(current) else \
                     f"no {current} worker started it within {self._zone_wait:g} s"
                 event = JobEscalated(event_id=uuid.uuid5(_NS, f"{job.job_id}|{target}").hex,
                                      job_id=job.job_id, zone=job.zone, from_queue=current,

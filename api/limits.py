@@ -19,7 +19,7 @@ import time
 
 from api.errors import APIError
 from api.keys import Principal
-from projections.views import active_jobs
+from projections.job_status import active_jobs
 
 # How stale the read-model count of a key's unfinished jobs may be. Reading it for
 # every request cost the API a third of its CPU at 64 requests in flight.

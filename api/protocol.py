@@ -2,7 +2,8 @@
 
 Requests validate strictly on what we honour and ignore unknown fields, as
 OpenAI clients send many optional ones. Response builders are shared by the
-sync path and ``GET /v1/jobs/{id}`` so both return the same body.
+sync path and ``GET /v1/jobs/{id}`` so both return the same body. Credits are
+shown as JSON numbers (:func:`bus.credits.credits`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bus.credits import credits
 from bus.events import ChatMessage, Sampling, Usage
+from bus.node_record import ModelInfo
+from projections.lifecycle import QUEUED
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -123,6 +127,24 @@ def chunk_body(kind: str, job_id: str, model: str, created: int, text: str | Non
     if usage is not None:
         body["usage"] = usage_body(usage)
     return body
+
+
+def accepted_body(job_id: str) -> dict:
+    """The ``202`` body of an async call: the job, queued (poll ``Location``)."""
+    return {"id": job_id, "object": "job", "status": QUEUED}
+
+
+def models_body(served: dict[str, ModelInfo]) -> dict:
+    """``GET /v1/models``: the models live nodes serve, by name."""
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": 0, "owned_by": "inferbus",
+         "context_length": info.context_length} for name, info in sorted(served.items())]}
+
+
+def account_body(account: str, balance: int, held: int, spent: int, rcp: int) -> dict:
+    """``GET /v1/account``: micro-credits shown as credits; RCP as points."""
+    return {"object": "account", "account": account, "balance": float(credits(balance)),
+            "held": float(credits(held)), "spent": float(credits(spent)), "rcp": rcp}
 
 
 def now() -> int:

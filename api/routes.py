@@ -1,144 +1,95 @@
-"""Thin HTTP routers: parse, authenticate, call serving, shape the response."""
+"""The HTTP routes: each takes its typed dependencies (:mod:`api.deps`), calls
+one serving method and maps the result to a response. Nothing here decides.
+
+``GET /v1/network/candidates?model=M&near=52.5,13.4&within_km=50&tier=4-6
+&min_free_vram_gb=8&k=5&zone=eu`` lists the live nodes that would serve a
+model, from this API instance's own view of the ``nodes`` bucket: a node is
+listed while its last heartbeat is younger than ``api.live_nodes.LIVE_S``. A
+model no live node serves is an empty list, not an error. ``/status``,
+``/status.json`` and ``/metrics`` are public; everything else needs a key.
+"""
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import StreamingResponse
 
-from api.discovery import parse_headers
-from api.errors import APIError
-from api.jobs import result_of
-from api.keys import Principal
-from api.protocol import ChatCompletionRequest, CompletionRequest
-from api.serving import Duplicate
-from api.zones import ZONE_HEADER
-from bus.pricing import credits
+from api.deps import (ChatCallDep, CompletionCallDep, JobsDep, LedgerDep, NodesDep, PrincipalDep,
+                      ServingDep, StatusDep)
+from api.discovery import candidates, parse_query
+from api.protocol import account_body, models_body
+from api.serving import Accepted, Answer, Stream
+from api.status_page import PAGE, REQUESTS, STARTED, render_metrics
 
 router = APIRouter()
-CANCEL_WAIT_S = 1.0
 
 
-async def principal(request: Request) -> Principal:
-    auth = request.headers.get("authorization", "")
-    scheme, _, key = auth.partition(" ")
-    if scheme.lower() != "bearer" or not key:
-        raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
-                       "missing_api_key")
-    who = await request.app.state.keys.lookup(key.strip())
-    if who is None:
-        raise APIError(401, "Incorrect API key provided.", "invalid_api_key")
-    return who
-
-
-def wants_async(request: Request) -> bool:
-    return "respond-async" in request.headers.get("prefer", "").lower()
-
-
-def accepted(job_id: str, headers: dict[str, str]) -> JSONResponse:
-    return JSONResponse({"id": job_id, "object": "job", "status": "queued"}, status_code=202,
-                        headers={**headers, "Location": f"/v1/jobs/{job_id}",
-                                 "Preference-Applied": "respond-async"})
-
-
-async def _repeat(request: Request, job_id: str, who: Principal, is_async: bool) -> Response:
-    """A repeated Idempotency-Key: the first request's job, never a second one."""
-    jobs = request.app.state.jobs
-    if is_async:
-        return accepted(job_id, {"X-Inferbus-Job": job_id})
-    view = await jobs.find(job_id, who.account)
-    if view is None:
-        raise APIError(404, f"No job {job_id!r}", "job_not_found")
-    view = await jobs.until_terminal(view, request.app.state.settings.job_timeout_s)
-    if (body := result_of(view)) is None:
-        raise APIError(409 if not view.terminal else 500,
-                       f"the job for this Idempotency-Key is {view.status}", view.status)
-    return JSONResponse(body, headers={"X-Inferbus-Job": job_id,
-                                       "X-Inferbus-Zone": view.served_zone or view.zone,
-                                       "X-Inferbus-Route": view.route or "zone"})
-
-
-async def _serve(request: Request, body: ChatCompletionRequest | CompletionRequest,
-                 who: Principal, idempotency_key: str | None) -> Response:
-    state = request.app.state
-    if body.sampling().max_tokens > state.settings.max_tokens_limit:
-        raise APIError(400, f"max_tokens is at most {state.settings.max_tokens_limit} here",
-                       "max_tokens_too_large", "max_tokens")
-    await state.limits.admit(who)  # before anything is reserved
-    peer = request.client.host if request.client else None
-    forwarded = request.headers.get("x-forwarded-for")
-    zone = state.zones.resolve(request.headers.get(ZONE_HEADER), peer, forwarded)
-    constraints = parse_headers(request.headers, body.model)
-    is_async = wants_async(request)
-    try:
-        sub = await state.serving.submit(who, body, zone, not is_async, idempotency_key,
-                                         constraints, state.zones.locate(peer, forwarded))
-    except Duplicate as dup:
-        return await _repeat(request, dup.job_id, who, is_async)
-    if is_async:
-        return accepted(sub.job.job_id, sub.headers())
-    if body.stream:
-        headers, chunks = await state.serving.start_stream(sub)
-        return StreamingResponse(chunks, media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache"})
-    result, headers = await state.serving.complete(sub)
-    return JSONResponse(result, headers=headers)
+def respond(answer: Answer) -> Response:
+    if isinstance(answer, Accepted):
+        return JSONResponse(answer.body, status_code=202, headers=answer.headers)
+    if isinstance(answer, Stream):
+        return StreamingResponse(answer.chunks, media_type="text/event-stream",
+                                 headers={**answer.headers, "Cache-Control": "no-cache"})
+    return JSONResponse(answer.body, headers=answer.headers)
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(request: Request, body: ChatCompletionRequest,
-                           who: Principal = Depends(principal),
-                           idempotency_key: str | None = Header(None)) -> Response:
-    return await _serve(request, body, who, idempotency_key)
+async def chat_completions(who: PrincipalDep, call: ChatCallDep, serving: ServingDep) -> Response:
+    return respond(await serving.generate(who, call))
 
 
 @router.post("/v1/completions")
-async def completions(request: Request, body: CompletionRequest,
-                      who: Principal = Depends(principal),
-                      idempotency_key: str | None = Header(None)) -> Response:
-    return await _serve(request, body, who, idempotency_key)
+async def completions(who: PrincipalDep, call: CompletionCallDep, serving: ServingDep) -> Response:
+    return respond(await serving.generate(who, call))
 
 
 @router.get("/v1/models")
-async def models(request: Request, _: Principal = Depends(principal)) -> dict:
-    served = request.app.state.nodes.models()
-    return {"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0, "owned_by": "inferbus",
-         "context_length": info.context_length} for name, info in sorted(served.items())]}
+async def models(_: PrincipalDep, nodes: NodesDep) -> dict:
+    return models_body(nodes.models())
 
 
 @router.get("/v1/jobs/{job_id}")
-async def get_job(request: Request, job_id: str, who: Principal = Depends(principal)) -> dict:
-    jobs = request.app.state.jobs
-    view = await jobs.find(job_id, who.account)
-    if view is None:
-        raise APIError(404, f"No job {job_id!r}", "job_not_found")
-    return await jobs.body(view)
+async def get_job(job_id: str, who: PrincipalDep, jobs: JobsDep) -> dict:
+    return await jobs.get(who.account, job_id)
 
 
 @router.delete("/v1/jobs/{job_id}")
-async def cancel_job(request: Request, job_id: str, who: Principal = Depends(principal)) -> dict:
+async def cancel_job(job_id: str, who: PrincipalDep, jobs: JobsDep) -> dict:
     """Stop a job: what it produced is charged, the rest of its reservation refunded."""
-    jobs, serving = request.app.state.jobs, request.app.state.serving
-    view = await jobs.find(job_id, who.account)
-    if view is None:
-        raise APIError(404, f"No job {job_id!r}", "job_not_found")
-    if not view.terminal:
-        await serving.cancel(job_id, view.zone, queued=False)
-        view = await jobs.until_terminal(view, CANCEL_WAIT_S)
-        if not view.terminal and view.status == "queued":  # no worker holds it: close it here
-            await serving.cancel(job_id, view.zone, queued=True)
-            view = await jobs.until_terminal(view, CANCEL_WAIT_S)
-    return await jobs.body(view)
+    return await jobs.cancel(who.account, job_id)
 
 
 @router.get("/v1/account")
-async def account(request: Request, who: Principal = Depends(principal)) -> dict:
-    view = await asyncio.to_thread(request.app.state.ledger.account, who.account)
-    return {"object": "account", "account": who.account, "balance": credits(view.balance),
-            "held": credits(view.held), "spent": credits(view.spent), "rcp": view.rcp}
+async def account(who: PrincipalDep, ledger: LedgerDep) -> dict:
+    view = await asyncio.to_thread(ledger.account, who.account)
+    return account_body(who.account, view.balance, view.held, view.spent, view.rcp)
+
+
+@router.get("/v1/network/candidates")
+async def network_candidates(request: Request, _: PrincipalDep, nodes: NodesDep) -> dict:
+    found = candidates(nodes.live(), parse_query(request.query_params))
+    return {"object": "list", "data": [c.to_dict() for c in found]}
 
 
 @router.get("/healthz")
 async def healthz() -> dict:
     return {"ok": True}
+
+
+@router.get("/status.json")
+async def status_json(board: StatusDep) -> dict:
+    return await board.body()
+
+
+@router.get("/status", response_class=HTMLResponse)
+async def status_page() -> HTMLResponse:
+    # Read per request: a small file, and edits show without a restart.
+    return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(board: StatusDep) -> PlainTextResponse:
+    return PlainTextResponse(render_metrics(await board.body(), REQUESTS, STARTED),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")

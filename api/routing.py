@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from api.discovery import Constraints, Policy, plan
 from api.errors import APIError
 from api.keys import Principal
-from api.nodes import LiveNodes
+from api.live_nodes import LiveNodes
 from api.subclouds import Subclouds
 from bus import subjects
 

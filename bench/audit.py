@@ -30,16 +30,16 @@ import nats
 from nacl.signing import SigningKey
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from bench.report import save
 from bus import subjects
 from bus.publish import MSG_ID, event_subject
 from bus.streams import ensure_streams
 from projections.audit import audit
-from projections.projector import rebuild
+from projections.readmodels import open_store_url
+from projections.rebuild import rebuild
 from projections.replay import read_stream
-from projections.store import SqliteStore
 from tests.histories import credit_history
 from tests.natsd import NatsServer
-from bench.report import save
 
 
 
@@ -90,7 +90,7 @@ async def main(jobs: int, repeat: int) -> dict:
         if total < 100_000:
             raise SystemExit(f"only {total} events: raise --jobs")
         publish_s = await publish_all(js, history.events)
-        live = SqliteStore(workdir / "live.sqlite3")
+        live = open_store_url(workdir / "live.sqlite3")
         await rebuild(live, js)
         ledger = list(history.ledger.values())
 

@@ -47,11 +47,11 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from bus.config import Settings
-from bus.events import MICRO
-from bus.ledger import Ledger, ReserveGroup, Settle
-from bus.ledger.group import Coalescer
 from bench.report import save
+from bus.config import Settings
+from bus.credits import MICRO
+from ledger import Ledger, ReserveGroup, Settle
+from ledger.group_commit import Coalescer
 
 SHAPES = [(1, 1), (1, 64), (16, 1), (16, 64)]  # (accounts, in flight)
 SQLITE_PRAGMAS: tuple[str, ...] = ()  # run on each baseline connection (--sqlite-synchronous)

@@ -8,7 +8,7 @@ against the decode steps, beside the same split for one stream, in one run.
 stream. Both include each prompt's prefill; at N streams that prefill is one
 left-padded pass over N prompts, and with short generations it can cost as
 much as the decode steps. This drives the padded decode backend
-(``workers.kvbatch.PaddedDecoder``, the batcher's backend on CPUs) directly on
+(``workers.decoders.padded.PaddedDecoder``, the batcher's backend on CPUs) directly on
 ``bench.worker``'s prompts, greedy, with a fresh prefix cache for each run
 (``workers.prefix``: the prompts' shared head is prefilled once;
 ``--no-prefix-cache`` prefills every prompt whole), and prints, per round: prefill seconds,
@@ -25,8 +25,8 @@ import torch
 
 from bench.report import save
 from bench.worker import find_model, request
+from workers.decoders.padded import PaddedDecoder
 from workers.engine import Engine
-from workers.kvbatch import PaddedDecoder
 
 
 @torch.inference_mode()

@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass, field
 
 from api.discovery import Constraints, Policy, plan
-from api.nodes import LiveNodes
-from bus.nodes import ModelInfo, NodeRecord
+from api.live_nodes import LiveNodes
 from bench.report import pct, save
+from bus.node_record import ModelInfo, NodeRecord
 
 TICK_S = 0.1  # heartbeats land on one of ten phases per second
 CITIES = {  # zone -> (lat, lon) of places where nodes and clients gather

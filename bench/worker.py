@@ -38,7 +38,8 @@ import torch
 from bench.report import save
 from bus.events import Sampling
 from workers.batching import Batcher
-from workers.engine import Engine, GenerationRequest
+from workers.engine import Engine
+from workers.generation import GenerationRequest
 
 TOPICS = ["a cat", "the sea at night", "why the sky is blue", "a robot learning to paint",
           "the history of bread", "a lighthouse keeper", "trains in winter", "a small garden"]

@@ -29,7 +29,7 @@ from bus.streams import WORKER_STREAMS
 
 # A worker logs only the outcome of jobs it runs; nothing about money or keys.
 WORKER_EVENTS = ("JobStarted", "JobCompleted", "JobFailed", "JobCancelled", "JobExpired")
-WORKER_DEAD_LETTERS = "worker"  # the consumer name workers/jobs.py dead-letters under
+WORKER_DEAD_LETTERS = "worker"  # the consumer name workers/runner.py dead-letters under
 
 
 @dataclass(frozen=True)

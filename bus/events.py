@@ -13,6 +13,8 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from bus.subjects import GLOBAL
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -76,7 +78,7 @@ class JobSubmitted(Event):
     strict: bool = False  # subcloud residency: never leaves its zones
 
     def first_queue(self) -> str:
-        return self.queue or (self.zone if self.route == "zone" else "global")
+        return self.queue or (self.zone if self.route == "zone" else GLOBAL)
 
     def input_hash(self) -> str:
         """Hash of what the model is asked, bound into the result signature."""
@@ -197,16 +199,14 @@ class DeadLetter(Contract):
     data: str  # the message as it came, base64
 
 
-# --- credits: amounts are integer micro-credits (1 credit = ``MICRO``) ---------
-
-MICRO = 1_000_000
+# --- credits: amounts are integer micro-credits (``bus.credits.MICRO``) --------
 
 
 class CreditsDeposited(Event):
     type: Literal["CreditsDeposited"] = "CreditsDeposited"
     account: str
     amount: int = Field(gt=0)
-    zone: str = "global"
+    zone: str = GLOBAL
 
 
 class CreditsReserved(Event):
@@ -256,16 +256,15 @@ class RCPAwarded(Event):
 
 
 CREDIT_EVENTS = (CreditsDeposited, CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded)
+# The events that end a job: its outcome, which settlement resolves its reservation by.
+TERMINAL_JOB_EVENTS = (JobCompleted, JobFailed, JobCancelled, JobExpired)
 
-JobEvent = Union[JobSubmitted, JobStarted, JobEscalated, JobCompleted, JobFailed, JobCancelled,
-                 JobExpired]
 AnyEvent = Annotated[
     Union[JobSubmitted, JobStarted, JobEscalated, JobCompleted, JobFailed, JobCancelled,
           JobExpired, ApiKeyIssued, ApiKeyRevoked, SubcloudCreated, CreditsDeposited, CreditsReserved, CreditsDebited,
           CreditsRefunded, RCPAwarded],
     Field(discriminator="type"),
 ]
-TERMINAL_JOB_EVENTS = (JobCompleted, JobFailed, JobCancelled, JobExpired)
 
 _any_event: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 

@@ -1,8 +1,10 @@
 """The production start-up guard: with ``INFERBUS_PRODUCTION=1`` a process
 refuses to start on a bus that could lose a write it has acknowledged.
 
-Every composition root calls :func:`refuse_unsafe_bus` right after its streams
-exist. It checks, and names the setting and the fix for anything short of:
+Every service's composition root connects through :func:`connect_service`,
+which calls :func:`refuse_unsafe_bus` right after its streams exist (a worker
+calls it itself). It checks, and names the setting and the fix for anything
+short of:
 
 - ``INFERBUS_STREAM_REPLICAS`` >= 3, so what is created next is replicated;
 - every inferbus stream and KV bucket on file storage with >= 3 replicas
@@ -22,6 +24,7 @@ import logging
 import urllib.request
 from dataclasses import dataclass
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamInfo
 from nats.js.errors import NotFoundError
@@ -154,15 +157,23 @@ async def refuse_unsafe_bus(settings: Settings, js: JetStreamContext) -> None:
         raise UnsafeDeployment(refusal(problems))
 
 
+async def connect_service(settings: Settings, name: str) -> Client:
+    """A service's connection (API, projector, settlement): its streams made, and,
+    in production, the guard passed (:class:`UnsafeDeployment` otherwise)."""
+    nc = await connect(settings, name)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, settings.stream_replicas)
+        await refuse_unsafe_bus(settings, js)
+    except BaseException:
+        await nc.close()
+        raise
+    return nc
+
+
 async def preflight(settings: Settings) -> None:
     """The same check on a connection of its own, before a server starts serving:
     the API's CLI runs it so a refusal is one line, not a web server's traceback."""
     if not settings.production:
         return
-    nc = await connect(settings, "inferbus-guard")
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js, settings.stream_replicas)
-        await refuse_unsafe_bus(settings, js)
-    finally:
-        await nc.close()
+    await (await connect_service(settings, "inferbus-guard")).close()

@@ -35,7 +35,7 @@ class Lease(Contract):
 
 
 @dataclass
-class Held:
+class HeldLease:
     """A lease this node holds, with the revision its next change must name."""
 
     job_id: str
@@ -45,7 +45,7 @@ class Held:
 
 
 @dataclass(frozen=True)
-class Pass:
+class Skip:
     """Not this node's to run: ``discard`` a copy whose job another holds or
     held, or ``wait`` and see this same message again after ``delay_s``."""
 
@@ -60,48 +60,48 @@ class Leases:
         self.kv, self.lease_s, self.clock = kv, lease_s, clock
 
     async def acquire(self, job_id: str, node_id: str, attempt: int,
-                      message: int) -> Held | Pass:
+                      message: int) -> HeldLease | Skip:
         mine = Lease(node_id=node_id, attempt=attempt, message=message,
                      until=self.clock() + self.lease_s)
         try:
             revision = await self.kv.create(job_id, mine.model_dump_json().encode())
-            return Held(job_id, mine, revision, took_over=False)
+            return HeldLease(job_id, mine, revision, took_over=False)
         except KeyWrongLastSequenceError:
             pass
         try:
             entry = await self.kv.get(job_id)
         except KeyNotFoundError:  # its entry aged out meanwhile: nothing holds it
-            return Pass("wait", 0.5)
+            return Skip("wait", 0.5)
         current = _parse(entry.value)
         if current is not None:
             if current.done:
-                return Pass("discard")  # ran (or is being published) already
+                return Skip("discard")  # ran (or is being published) already
             ours = current.node_id == node_id and current.message == message
             live = current.until > self.clock()
             if live and not ours:
                 # Another node works on it. Its own message comes back if it dies;
                 # any other copy of the job can go.
                 if current.message != message:
-                    return Pass("discard")
-                return Pass("wait", current.until - self.clock() + 0.5)
+                    return Skip("discard")
+                return Skip("wait", current.until - self.clock() + 0.5)
         mine = mine.model_copy(update={"runs": current.runs + 1 if current is not None else 1})
         try:
             revision = await self.kv.update(job_id, mine.model_dump_json().encode(),
                                             last=entry.revision)
         except KeyWrongLastSequenceError:
-            return Pass("wait", self.lease_s)  # someone else took it over just now
-        return Held(job_id, mine, revision, took_over=True)
+            return Skip("wait", self.lease_s)  # someone else took it over just now
+        return HeldLease(job_id, mine, revision, took_over=True)
 
-    async def renew(self, held: Held) -> bool:
+    async def renew(self, held: HeldLease) -> bool:
         """Extend the lease; False when it was taken over (this node must stop)."""
         lease = held.lease.model_copy(update={"until": self.clock() + self.lease_s})
         return await self._change(held, lease)
 
-    async def seal(self, held: Held) -> bool:
+    async def seal(self, held: HeldLease) -> bool:
         """Mark the job done by this holder; False when the lease is no longer ours."""
         return await self._change(held, held.lease.model_copy(update={"done": True}))
 
-    async def _change(self, held: Held, lease: Lease) -> bool:
+    async def _change(self, held: HeldLease, lease: Lease) -> bool:
         try:
             held.revision = await self.kv.update(held.job_id, lease.model_dump_json().encode(),
                                                  last=held.revision)

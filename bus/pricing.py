@@ -1,7 +1,7 @@
 """Prices, worst-case reservations and RCP points. Shared by the API (which
 reserves) and settlement (which charges), so both use one rule.
 
-Credits are integer micro-credits (``bus.events.MICRO``). Prices are set per
+Credits are integer micro-credits (``bus.credits.MICRO``). Prices are set per
 model in credits per 1,000 tokens, so one token costs ``price * 1000`` micro.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field
 
-from bus.events import MICRO, ChatMessage, Usage
+from bus.credits import MICRO
+from bus.events import ChatMessage, Usage
 
 # A byte-level tokenizer makes at most one token per UTF-8 byte; these cover the
 # chat template's own tokens (role markers, a default system prompt).
@@ -56,8 +57,3 @@ def prompt_tokens_bound(messages: tuple[ChatMessage, ...] | None, prompt: str | 
         return TEMPLATE_TOKENS + sum(len(m.content.encode()) + TEMPLATE_TOKENS_PER_MESSAGE
                                      for m in messages)
     return len((prompt or "").encode()) + 2
-
-
-def credits(micro: int) -> float:
-    """Micro-credits as the decimal credits the HTTP API shows."""
-    return float(Decimal(micro) / MICRO)

@@ -91,7 +91,7 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
 def dead_letter_stream_config(replicas: int = 1) -> StreamConfig:
     """What consumers could not read, kept 30 days for someone to look at."""
     return StreamConfig(
-        name=subjects.DEAD_LETTER_STREAM, subjects=["deadletter.>"],
+        name=subjects.DEAD_LETTER_STREAM, subjects=[subjects.all_dead_letters()],
         retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, num_replicas=replicas,
         max_age=30 * 24 * 3600.0, duplicate_window=DUPLICATE_WINDOW_S)
 

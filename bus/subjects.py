@@ -28,6 +28,8 @@ CLAIMS_BUCKET = "claims"
 GLOBAL = "global"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_NODE_QUEUE = "node_"
+_EVENTS = "events"
 
 
 def check_token(value: str, what: str) -> str:
@@ -42,7 +44,12 @@ def jobs(zone: str, model: str) -> str:
 
 
 def node_queue(node_id: str) -> str:
-    return f"node_{check_token(node_id, 'node id')[:16]}"
+    return f"{_NODE_QUEUE}{check_token(node_id, 'node id')[:16]}"
+
+
+def is_node_queue(queue: str) -> bool:
+    """Whether ``queue`` is one node's own queue (:func:`node_queue`)."""
+    return queue.startswith(_NODE_QUEUE)
 
 
 def subcloud_queue(subcloud: str) -> str:
@@ -53,26 +60,29 @@ def subcloud_created(name: str) -> str:
     return event(GLOBAL, "SubcloudCreated", name)
 
 
-def global_jobs(model: str) -> str:
-    return jobs(GLOBAL, model)
-
-
 def all_jobs() -> str:
     return "jobs.>"
 
 
 def event(zone: str, event_type: str, entity: str | None = None) -> str:
-    subject = f"events.{check_token(zone, 'zone')}.{event_type}"
+    subject = f"{_EVENTS}.{check_token(zone, 'zone')}.{event_type}"
     return f"{subject}.{check_token(entity, 'entity')}" if entity else subject
 
 
+def zone_of_event(subject: str) -> str | None:
+    """The zone an event was logged on (the ``<zone>`` of
+    ``events.<zone>.<EventType>[.<entity>]``); None for any other subject."""
+    tokens = subject.split(".")
+    return tokens[1] if len(tokens) >= 3 and tokens[0] == _EVENTS else None
+
+
 def all_events() -> str:
-    return "events.>"
+    return f"{_EVENTS}.>"
 
 
 def events_of(*event_types: str) -> list[str]:
     """Filter subjects for these event types in every zone."""
-    return [f"events.*.{t}" for t in event_types]
+    return [f"{_EVENTS}.*.{t}" for t in event_types]
 
 
 def key_issued(key_hash: str) -> str:
@@ -85,6 +95,10 @@ def key_revoked(key_hash: str) -> str:
 
 def dead_letter(consumer: str) -> str:
     return f"deadletter.{check_token(consumer, 'consumer')}"
+
+
+def all_dead_letters() -> str:
+    return "deadletter.>"
 
 
 def cancel(job_id: str) -> str:
@@ -146,6 +160,17 @@ def consumer_info(stream: str, consumer: str) -> str:
 def acks(stream: str, consumer: str) -> str:
     """Acks, naks, in-progress and term of the messages one consumer delivered."""
     return f"$JS.ACK.{stream}.{consumer}.>"
+
+
+def acked_stream_sequence(reply: str) -> int | None:
+    """The stream sequence a delivered message's ack subject names, None when
+    ``reply`` is not one: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>
+    .<ts>.<pending>``, or the v2 form with ``<domain>.<account hash>`` after
+    ``ACK`` (and a trailing token)."""
+    tokens = reply.split(".")
+    if tokens[:2] != ["$JS", "ACK"] or len(tokens) not in (9, 11, 12):
+        return None
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
 
 
 def kv_stream(bucket: str) -> str:

@@ -4,20 +4,20 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal, InvalidOperation
 
-
 from api.keys import hash_key, new_key
-from bus.config import Settings
 from api.subclouds import Subclouds
 from bus import subjects
-from bus.events import MICRO, ApiKeyIssued, SubcloudCreated, new_id
-from bus.zones import ZONES, is_zone
+from bus.config import Settings
 from bus.connection import connect
-from bus.ledger import Ledger
-from bus.nodes import NodeRecord
+from bus.credits import MICRO
+from bus.events import ApiKeyIssued, Event, SubcloudCreated, new_id
+from bus.node_record import NodeRecord
 from bus.publish import publish_event
-from bus.streams import ensure_streams, nodes_bucket
+from bus.streams import ensure_streams, nodes_bucket, patiently
+from bus.zones import ZONES, is_zone
+from ledger import Ledger
 from projections.audit import audit
-from projections.store import open_store
+from projections.readmodels import open_store
 
 
 async def _connect(settings: Settings):
@@ -29,6 +29,12 @@ async def _connect(settings: Settings):
     js = nc.jetstream()
     await ensure_streams(js, settings.stream_replicas)
     return nc, js
+
+
+async def _log(js, event: Event) -> None:
+    """Log ``event``, waiting out a stream that has no leader yet (a cluster just
+    made, or electing one): a retry of the same event id is deduplicated."""
+    await patiently(lambda: publish_event(js, event), f"log {type(event).__name__}")
 
 
 def parse_credits(text: str) -> int:
@@ -62,7 +68,7 @@ async def create_key(settings: Settings, account: str, subcloud: str | None = No
             raise ValueError(f"no subcloud {subcloud!r}: `inferbus subclouds create` it first")
         if micro_credits:  # before the key exists, so the key never works without its credits
             await asyncio.to_thread(deposit, settings, account, micro_credits, f"key-{digest}")
-        await publish_event(js, ApiKeyIssued(key_hash=digest, account=account, subcloud=subcloud))
+        await _log(js, ApiKeyIssued(key_hash=digest, account=account, subcloud=subcloud))
     finally:
         await nc.close()
     return key
@@ -79,7 +85,7 @@ async def create_subcloud(settings: Settings, name: str, zones: list[str], stric
         if await Subclouds(js).get(name) is not None:
             raise ValueError(f"subcloud {name!r} exists already")
         event = SubcloudCreated(name=name, zones=tuple(zones), strict=strict)
-        await publish_event(js, event)
+        await _log(js, event)
         return event
     finally:
         await nc.close()

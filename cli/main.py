@@ -95,17 +95,20 @@ def _dispatch(args, settings: Settings) -> int:
         from workers.models import DEFAULT_MODEL
         return up.run(settings, args.model or DEFAULT_MODEL, args.host, args.port)
     if args.command == "api":
-        from api.main import run
-        run(settings, args.host, args.port)
+        from api.app import serve
+        serve(settings, args.host, args.port)
         return 0
     if args.command == "worker":
-        from workers.main import WorkerOptions, run
+        from workers.node import WorkerOptions, run
         opts = WorkerOptions(args.zone, args.model, args.operator, args.tier, args.lat, args.lon,
                              args.node_name, args.subcloud, not args.subcloud or args.public)
         return _run_until_signal(lambda stop: run(settings, opts, stop))
     if args.command == "projector":
-        from projections.main import run
-        return _run_until_signal(lambda stop: run(settings, stop))
+        # The read models and the money service (settlement, relay, expiry) in one process.
+        from ledger import service
+        from projections import projector
+        return _run_until_signal(lambda stop: asyncio.gather(projector.run(settings, stop),
+                                                             service.run(settings, stop)))
     if args.command == "keys":
         from cli import admin
         micro = admin.parse_credits(args.credits) if args.credits not in ("0", "") else 0
@@ -114,10 +117,10 @@ def _dispatch(args, settings: Settings) -> int:
         print(key)
         return 0
     if args.command == "credits":
-        from bus.pricing import credits
+        from bus.credits import credits
         from cli import admin
         view = admin.deposit(settings, args.account, admin.parse_credits(args.amount))
-        print(f"{args.account}: balance {credits(view.balance)} credits")
+        print(f"{args.account}: balance {float(credits(view.balance))} credits")
         return 0
     if args.command == "subclouds":
         from cli import admin
@@ -143,13 +146,14 @@ def _dispatch(args, settings: Settings) -> int:
             print("no local models: try `inferbus models pull smollm2-135m-instruct`")
         return 0
     if args.command == "status":
-        from cli import admin, status
-        print(status.render_status(admin.run(status.gather(settings))))
+        from cli import admin, status_table
+        print(status_table.render_status(admin.run(status_table.gather(settings))))
         return 0
     if args.command == "nodes":
-        from cli import nodes
-        print(nodes.describe(nodes.add(settings, args.zone, args.model, args.node_name,
-                                       args.subcloud, args.public, args.node_id)))
+        from cli import node_grants
+        print(node_grants.describe(node_grants.add(settings, args.zone, args.model,
+                                                   args.node_name, args.subcloud, args.public,
+                                                   args.node_id)))
         return 0
     raise AssertionError(args.command)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from bus.config import NATS_URL_FILE, Settings
 from bus.credentials import CredentialStore
-from bus.events import MICRO
-from cli import admin, natsserver, nodes
+from bus.credits import MICRO
+from cli import admin, natsserver, node_grants
 from workers.models import resolve
 
 ZONES = ("eu", "na")
@@ -66,7 +66,7 @@ class Network:
         self.settings = self.settings.model_copy(
             update={"nats_nkey_seed": store.ensure_service()})  # for the demo key
         for zone, node_name in node_names.items():
-            nodes.grant_worker(self.settings, zone, model_name, node_name)
+            node_grants.grant_worker(self.settings, zone, model_name, node_name)
         return store.write_config()
 
     def _nats_url(self, model_name: str, node_names: dict[str, str]) -> str:

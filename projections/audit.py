@@ -5,8 +5,8 @@ its stream position P), then replays the EVENTS stream once from sequence 1:
 
 - events 1..P are rebuilt into a scratch SQLite file by the projector's own
   :func:`~projections.projector.apply_batch`, in a child process
-  (:mod:`projections.scratch`; ``parallel=False``: in this one, through
-  :func:`~projections.projector.rebuild`), while the money checker
+  (:class:`~projections.rebuild.ScratchRebuild`; ``parallel=False``: in this
+  one, through :func:`~projections.rebuild.rebuild`), while the money checker
   (:mod:`projections.invariants`) observes every event here;
 - the rebuilt tables must equal the live ones row by row (I3): both are the
   same events applied by the same code, so any difference is a lost,
@@ -24,7 +24,7 @@ import asyncio
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,14 @@ from nats.js import JetStreamContext
 
 from bus import subjects
 from projections.invariants import Checker, Violations
-from projections.projector import POSITION, PROJECTIONS, rebuild
+from projections.readmodels import POSITION, TABLES, open_store_url
+from projections.rebuild import ScratchRebuild, rebuild
 from projections.replay import read_stream
-from projections.scratch import ScratchRebuild
-from projections.store import SqliteStore, Store, Table, read_position
+from projections.store import Store, Table, read_position, utc
 
 DEFAULT_GRACE_S = 120.0  # beyond the expiry sweep's grace (30 s) and its period
 LEDGER_FIELDS = ("balance", "held", "spent", "deposited", "rcp")
 Rows = dict[str, dict[Any, dict[str, Any]]]
-TABLES = tuple(t for p in PROJECTIONS for t in p.TABLES)
 
 
 @dataclass
@@ -87,10 +86,7 @@ def _normalize(row: dict[str, Any], table: Table) -> dict[str, Any]:
     # SQLite returns timestamps as ISO text, PostgreSQL as datetimes.
     out = dict(row)
     for name in table.timestamps:
-        value = out[name]
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        out[name] = value if value is None else value.astimezone(timezone.utc)
+        out[name] = None if out[name] is None else utc(out[name])
     return out
 
 
@@ -156,7 +152,7 @@ async def _replay(js: JetStreamContext, path: Path, rebuild_process: ScratchRebu
     """Rebuild 1..``upto`` into ``path`` while ``checker`` sees 1..``last``;
     returns the position the rebuild reached."""
     if rebuild_process is None:  # one process: the projector's rebuild observes for us
-        scratch = SqliteStore(path)
+        scratch = open_store_url(path)
         try:
             reached = await rebuild(scratch, js, timeout=timeout, upto=upto,
                                     observe=checker.observe)
@@ -181,8 +177,8 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
 
     ``ledger_accounts``: the ledger's account views (``account, balance, held,
     spent, deposited, rcp``). ``parallel``: rebuild in a child process (see
-    :mod:`projections.scratch`); False rebuilds in this one, through
-    :func:`~projections.projector.rebuild`. ``now`` and ``grace_s``: what counts
+    :class:`~projections.rebuild.ScratchRebuild`); False rebuilds in this one,
+    through :func:`~projections.rebuild.rebuild`. ``now`` and ``grace_s``: what counts
     as overdue (:mod:`projections.invariants`)."""
     started = time.perf_counter()
     checker = Checker()
@@ -197,7 +193,7 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
         finally:
             if rebuild_process is not None:
                 rebuild_process.close()
-        scratch = SqliteStore(path)
+        scratch = open_store_url(path)
         try:
             _, rebuilt = await asyncio.to_thread(snapshot, scratch)
         finally:

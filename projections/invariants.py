@@ -7,7 +7,7 @@ judged at once; :meth:`Checker.finish` judges what needs the whole log.
 - I1 every reservation is closed by exactly one refund (possibly 0), has at
   most one debit, and debit + refund == reserved; no debit or refund without
   a reservation, none after the refund that closed it.
-- I2 per account, replayed: ``balance = deposited - held - spent`` never
+- I2 per account, replayed: the balance (:func:`bus.credits.available`) never
   below 0 and ``held`` never below 0 at any point; at the end ``held`` equals
   what the open reservations still hold.
 - I4 one RCP award per completed and paid job, to the operator and node of
@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReserved,
-                        Event, JobCancelled, JobCompleted, JobExpired, JobFailed, JobSubmitted,
-                        RCPAwarded, parse_event)
+from bus.credits import available
+from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReserved, Event,
+                        JobCancelled, JobCompleted, JobExpired, JobFailed, JobSubmitted, RCPAwarded,
+                        parse_event)
 from bus.signing import verify_result
+from projections.lifecycle import COMPLETED, ending
 from projections.replay import Delivery
 from projections.store import utc
 
@@ -61,7 +63,7 @@ class Balance:
 
     @property
     def balance(self) -> int:
-        return self.deposited - self.held - self.spent
+        return available(self.deposited, self.held, self.spent)
 
 
 class _Job:
@@ -187,7 +189,7 @@ class Checker:
 
     def _completed(self, seq: int, e: JobCompleted) -> None:
         job = self._job(e.job_id)
-        facts = ("completed", e.node_id, e.operator, e.usage.completion_tokens, seq,
+        facts = (COMPLETED, e.node_id, e.operator, e.usage.completion_tokens, seq,
                  verify_result(e))
         if job.outcome is None:
             self._set_outcome(job, facts)
@@ -203,7 +205,7 @@ class Checker:
         """Settlement pays only the lease holder's outcome, which need not be the
         first on the log (a fenced node's late result can come before it): the
         outcome judged is the completion of the node the RCP went to, if any."""
-        if not job.awards or (job.outcome == "completed" and job.node_id == job.awards[0][1]):
+        if not job.awards or (job.outcome == COMPLETED and job.node_id == job.awards[0][1]):
             return
         for facts in job.later:
             if facts[1] == job.awards[0][1]:
@@ -213,7 +215,7 @@ class Checker:
     def _ended(self, seq: int, e: Event) -> None:
         job = self._job(e.job_id)  # type: ignore[attr-defined]
         if job.outcome is None:
-            job.outcome = type(e).__name__.removeprefix("Job").lower()
+            job.outcome = ending(e)
 
     def finish(self, now: datetime | None = None, grace_s: float = 120.0) -> None:
         """Judge what needs the whole log (I1 closure and sums, I2 holds, I4, I5)."""
@@ -233,7 +235,7 @@ class Checker:
                 self.v.add("I1", f"job {job_id}: debit {job.debited} + refund {job.refunded} "
                                  f"!= reserved {job.reserved}")
             self._check_rcp(job_id, job, now, grace)
-            if job.outcome == "completed" and (job.debited > 0 or job.awards) \
+            if job.outcome == COMPLETED and (job.debited > 0 or job.awards) \
                     and not job.signature_ok:
                 self.v.add("I5", f"job {job_id}: paid JobCompleted at seq {job.completed_seq} "
                                  f"has no valid signature of node {job.node_id}")
@@ -251,7 +253,7 @@ class Checker:
             self.v.add("I4", f"job {job_id}: RCP awarded {len(job.awards)} times "
                              f"(seqs {', '.join(str(a[2]) for a in job.awards)})")
         for operator, node_id, seq in job.awards[:1]:
-            if job.outcome != "completed":
+            if job.outcome != COMPLETED:
                 self.v.add("I4", f"job {job_id}: RCP awarded to {operator} at seq {seq}, but the "
                                  f"job did not complete (outcome: {job.outcome or 'none'})")
             elif self_job:
@@ -262,7 +264,7 @@ class Checker:
                                  f"{node_id[:16]}, expected operator {job.operator} node "
                                  f"{(job.node_id or '')[:16]} (ran the job)")
         # No award is due for zero points (no completion tokens) or a self-job.
-        if not job.awards and job.outcome == "completed" and job.debited > 0 and not self_job \
+        if not job.awards and job.outcome == COMPLETED and job.debited > 0 and not self_job \
                 and job.completion_tokens > 0 and job.closed_at is not None \
                 and job.closed_at + grace < now:
             self.v.add("I4", f"job {job_id}: completed and paid {job.debited}, but no RCP award "

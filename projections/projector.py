@@ -7,16 +7,15 @@ the row changes. On start the projector reads it and consumes from
 delivery at or below the stored position is skipped, so a redelivery, a
 consumer reset or a second projector on the same store changes nothing.
 
-Every projection in :data:`PROJECTIONS` (jobs, credits) is applied to each
-event in that one transaction, under one shared position (the tracking row
-``jobs``, named before the credit projection existed). Messages are applied
+Every read model of :data:`~projections.readmodels.PROJECTIONS` is applied to
+each event in that one transaction, under one shared position. Messages are applied
 in batches: the first one is awaited, then whatever is already buffered (up
 to ``batch_max``) joins it in one transaction. A malformed event is logged
 with its sequence and skipped (the position still moves past it); the
-consumer never stops on bad data. A failing store is retried with backoff,
-holding the batch, until it recovers or ``stop`` is set. :func:`rebuild`
-replays the log into an empty store with the fast reader of
-:mod:`projections.replay`.
+consumer never stops on bad data (the message is set aside on the dead-letter
+stream). A failing store is retried with backoff, holding the batch, until it
+recovers or ``stop`` is set. :func:`run` is the read-model service: the
+projector over this deployment's store until ``stop``.
 """
 from __future__ import annotations
 
@@ -24,18 +23,21 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus import subjects
+from bus.config import Settings
 from bus.events import Event, parse_event
+from bus.guard import connect_service
 from bus.publish import dead_letter
-from projections import credits, jobs, status
-from projections.replay import Delivery, read_stream
-from projections.store import Store, Table, Tx, read_position, write_position
+from bus.streams import patiently
+from projections.readmodels import POSITION, PROJECTIONS, open_store
+from projections.replay import Delivery
+from projections.store import Store, read_position, write_position
 
 log = logging.getLogger("inferbus.projections")
 
@@ -44,22 +46,6 @@ POLL_S = 0.5  # how long an idle loop waits before looking at `stop` again
 RETRY_MAX_S = 5.0
 
 
-class Projection(Protocol):
-    """What a projection module provides (see :mod:`projections.jobs`)."""
-
-    NAME: str
-    TABLES: tuple[Table, ...]
-
-    def apply(self, tx: Tx, event: Event, log_zone: str | None = None) -> bool: ...
-
-    def is_empty(self, tx: Tx) -> bool: ...
-
-
-# Applied to each event in this order, in one transaction. credits goes first:
-# it reads a job's status before jobs records the outcome, to count a job's
-# usage once.
-PROJECTIONS: tuple[Projection, ...] = (credits, jobs, status)  # type: ignore[assignment]
-POSITION = jobs.NAME  # the tracking row every projection shares
 Observer = Callable[[Delivery, Event | None], None]
 
 
@@ -70,11 +56,6 @@ class BatchOutcome:
     malformed: int
     stale: int  # deliveries at or below the stored position, ignored
     rejected: tuple[tuple[Delivery, str], ...] = ()  # malformed deliveries and why
-
-
-def _log_zone(subject: str) -> str | None:
-    tokens = subject.split(".")  # events.<zone>.<EventType>[.<entity>]
-    return tokens[1] if len(tokens) >= 3 and tokens[0] == "events" else None
 
 
 def apply_batch(store: Store, deliveries: Sequence[Delivery], projection: str = POSITION,
@@ -99,9 +80,9 @@ def apply_batch(store: Store, deliveries: Sequence[Delivery], projection: str = 
                 rejected.append((d, str(exc)))
                 event = None
             else:
-                zone = _log_zone(d.subject)
-                for projection_module in PROJECTIONS:
-                    projection_module.apply(tx, event, zone)
+                zone = subjects.zone_of_event(d.subject)
+                for read_model in PROJECTIONS:
+                    read_model.apply(tx, event, zone)
                 applied += 1
             if observe is not None:
                 observe(d, event)
@@ -134,7 +115,8 @@ class Projector:
             self._wake()
             log.info("projection %s resuming after stream sequence %d",
                      self.projection, self.position)
-            sub = await self._subscribe(self.position)
+            # Patient: a cluster may be electing the stream's leader just now.
+            sub = await patiently(lambda: self._subscribe(self.position), "projector consumer")
             while not stop.is_set():
                 batch = await self._next_batch(sub)
                 if batch:
@@ -191,7 +173,10 @@ class Projector:
             return []
         # Only what is already buffered: a batch never waits for more events.
         while len(messages) < self.batch_max and sub.pending_msgs > 0:
-            messages.append(await sub.next_msg(timeout=POLL_S))
+            try:
+                messages.append(await sub.next_msg(timeout=POLL_S))
+            except nats.errors.TimeoutError:  # the buffer went with a consumer reset
+                break
         batch = []
         for msg in messages:
             try:
@@ -239,29 +224,14 @@ class Projector:
                     RuntimeError(f"projector stopped at {self.position}, before {seq}"))
 
 
-async def rebuild(store: Store, js: JetStreamContext, *, projection: str = POSITION,
-                  timeout: float = 300.0, upto: int | None = None,
-                  observe: Observer | None = None) -> int:
-    """Replay the EVENTS stream from its first event into an empty ``store``.
-
-    Applies everything up to ``upto`` (default: the stream's last sequence at
-    call time) and returns the resulting position (less than ``upto`` only if
-    the stream ends first). ``observe`` is passed to :func:`apply_batch`: the
-    audit checks its invariants on the same pass. Raises ValueError if
-    ``store`` already holds a projection (rebuild into a fresh store, then
-    compare or swap), TimeoutError after ``timeout`` seconds."""
-    def is_empty() -> bool:
-        with store.transaction(write=False) as tx:
-            return read_position(tx, projection) == 0 and all(p.is_empty(tx) for p in PROJECTIONS)
-
-    if not await asyncio.to_thread(is_empty):
-        raise ValueError(f"rebuild of {projection!r} needs an empty store")
-    if upto is None:
-        upto = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
-    position = 0
-    async with asyncio.timeout(timeout):
-        async for batch in read_stream(js, 1, upto):
-            # Off the event loop: the next batch arrives while this one commits.
-            outcome = await asyncio.to_thread(apply_batch, store, batch, projection, observe)
-            position = outcome.position
-    return position
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    """The read-model service: keep this deployment's store current until ``stop``."""
+    nc = await connect_service(settings, "inferbus-projector")
+    js = nc.jetstream()
+    store = await asyncio.to_thread(open_store, settings)
+    try:
+        await Projector(store, js).run(stop)
+    finally:
+        await nc.drain()
+        await asyncio.to_thread(store.close)
+    log.info("projector stopped")

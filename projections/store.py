@@ -6,10 +6,12 @@ placeholders in the dialect both backends share (``INSERT ... ON CONFLICT``,
 ``COALESCE``, ``CASE``). Each adapter translates placeholders and values;
 nothing outside this module knows which database it talks to.
 
-Choosing a backend (:func:`open_store`): ``settings.database_url`` set to a
-``postgresql://`` URL selects PostgreSQL (a small psycopg connection pool);
-unset selects SQLite at ``settings.sqlite_path("readmodels")`` in WAL mode, so
-the API process reads while the projector process writes.
+A store is opened with the tables it must hold: ``CREATE ... IF NOT EXISTS``
+statements (``{ts}`` stands for the timestamp type: ``TIMESTAMPTZ`` in
+PostgreSQL, ISO-8601 text in SQLite), run idempotently on open, plus the
+``tracking`` table of applied stream positions that every store has. Which
+read models a deployment's store holds, and which backend it uses, is
+:mod:`projections.readmodels`.
 
 PostgreSQL schema: pass ``schema="name"`` to put the tables in their own
 schema (created if missing; used by tests for isolation). It sets the
@@ -17,11 +19,6 @@ connection's ``search_path`` through libpq ``options``, replacing any
 ``options`` in the URL; without it, a URL such as
 ``postgresql://host/db?options=-csearch_path%3Dname`` works too, provided the
 schema already exists.
-
-The schema (the ``jobs`` table, the credit tables of :mod:`projections.credits`,
-``zone_jobs`` of :mod:`projections.status` and ``tracking``) is created
-idempotently when a store opens. Money columns are ``BIGINT`` micro-credits:
-an ``INTEGER`` would overflow at 2,147 credits.
 """
 from __future__ import annotations
 
@@ -34,58 +31,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
-from bus.config import Settings
-
 Params = Sequence[Any]
 
-# Timestamps are TIMESTAMPTZ in PostgreSQL and ISO-8601 text in SQLite.
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS jobs (
-        job_id TEXT PRIMARY KEY,
-        account TEXT, key_id TEXT, model TEXT, kind TEXT,
-        status TEXT NOT NULL,
-        zone TEXT, route TEXT, served_zone TEXT, node_id TEXT,
-        attempt INTEGER NOT NULL DEFAULT 0,
-        text TEXT, finish_reason TEXT,
-        prompt_tokens INTEGER, completion_tokens INTEGER,
-        error_code TEXT, error_message TEXT,
-        created_at {ts}, started_at {ts}, finished_at {ts})""",
-    "CREATE INDEX IF NOT EXISTS jobs_by_account ON jobs (account, created_at)",
-    # credits (projections/credits.py)
-    """CREATE TABLE IF NOT EXISTS accounts (
-        account TEXT PRIMARY KEY,
-        deposited BIGINT NOT NULL DEFAULT 0, held BIGINT NOT NULL DEFAULT 0,
-        spent BIGINT NOT NULL DEFAULT 0, refunded BIGINT NOT NULL DEFAULT 0,
-        rcp BIGINT NOT NULL DEFAULT 0)""",
-    """CREATE TABLE IF NOT EXISTS reservations (
-        job_id TEXT PRIMARY KEY,
-        account TEXT NOT NULL, key_id TEXT,
-        amount BIGINT NOT NULL DEFAULT 0, debited BIGINT NOT NULL DEFAULT 0,
-        refunded BIGINT NOT NULL DEFAULT 0,
-        status TEXT NOT NULL, zone TEXT,
-        deadline {ts}, created_at {ts}, resolved_at {ts})""",
-    # The expiry sweep's query: pending reservations by deadline.
-    "CREATE INDEX IF NOT EXISTS reservations_by_status ON reservations (status, deadline)",
-    """CREATE TABLE IF NOT EXISTS key_usage (
-        key_id TEXT PRIMARY KEY, account TEXT,
-        jobs BIGINT NOT NULL DEFAULT 0, prompt_tokens BIGINT NOT NULL DEFAULT 0,
-        completion_tokens BIGINT NOT NULL DEFAULT 0, spent BIGINT NOT NULL DEFAULT 0)""",
-    """CREATE TABLE IF NOT EXISTS operator_rcp (
-        operator TEXT PRIMARY KEY,
-        points BIGINT NOT NULL DEFAULT 0, jobs BIGINT NOT NULL DEFAULT 0)""",
-    # per-zone job timings for the network status (projections/status.py);
-    # epoch milliseconds, so durations and minute buckets are plain integer SQL
-    """CREATE TABLE IF NOT EXISTS zone_jobs (
-        job_id TEXT PRIMARY KEY,
-        zone TEXT, served_zone TEXT, route TEXT,
-        escalated INTEGER NOT NULL DEFAULT 0,
-        status TEXT NOT NULL,
-        submitted_ms BIGINT, started_ms BIGINT, finished_ms BIGINT)""",
-    "CREATE INDEX IF NOT EXISTS zone_jobs_by_finish ON zone_jobs (finished_ms)",
-    """CREATE TABLE IF NOT EXISTS tracking (
-        projection TEXT PRIMARY KEY,
-        position BIGINT NOT NULL)""",
-)
+_TRACKING = """CREATE TABLE IF NOT EXISTS tracking (
+    projection TEXT PRIMARY KEY,
+    position BIGINT NOT NULL)"""
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -100,9 +50,12 @@ class Table:
     timestamps: tuple[str, ...] = ()
 
 
-def utc(value: datetime) -> datetime:
-    """An event timestamp as stored: aware UTC (a naive one is taken as UTC).
-    One zone for every stored timestamp keeps SQLite's text order chronological."""
+def utc(value: datetime | str) -> datetime:
+    """A timestamp as the read models keep and return it: aware UTC. A naive one
+    is taken as UTC; ISO text (how SQLite hands a stored one back) is parsed. One
+    zone for every stored timestamp keeps SQLite's text order chronological."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
@@ -157,7 +110,8 @@ class SqliteStore:
 
     dialect = "sqlite"
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str | Path, tables: Sequence[str] = (),
+                 busy_timeout_ms: int = 5000) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
@@ -171,7 +125,7 @@ class SqliteStore:
         # position together, and the projector simply re-applies those events.
         self._conn.execute("PRAGMA synchronous = NORMAL")
         with self.transaction() as tx:
-            for statement in _SCHEMA:
+            for statement in (*tables, _TRACKING):
                 tx.execute(statement.format(ts="TEXT"))
 
     @contextmanager
@@ -220,8 +174,8 @@ class PostgresStore:
 
     dialect = "postgres"
 
-    def __init__(self, url: str, *, schema: str | None = None, max_size: int = 4,
-                 connect_timeout_s: float = 10.0, wait_s: float = 2.0) -> None:
+    def __init__(self, url: str, tables: Sequence[str] = (), *, schema: str | None = None,
+                 max_size: int = 4, connect_timeout_s: float = 10.0, wait_s: float = 2.0) -> None:
         import psycopg
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
@@ -243,7 +197,7 @@ class PostgresStore:
                 # Two processes opening at once would race on CREATE TABLE IF NOT
                 # EXISTS (a unique violation in pg_type); serialize them.
                 tx.query("SELECT pg_advisory_xact_lock(7424130161)")
-                for statement in _SCHEMA:
+                for statement in (*tables, _TRACKING):
                     tx.execute(statement.format(ts="TIMESTAMPTZ"))
         except BaseException:
             self._pool.close()
@@ -259,25 +213,6 @@ class PostgresStore:
 
     def close(self) -> None:
         self._pool.close()
-
-
-# --- opening ----------------------------------------------------------------
-
-def open_store_url(url_or_path: str | Path, *, schema: str | None = None) -> Store:
-    """A PostgreSQL store for a ``postgresql://`` URL, else SQLite at that path."""
-    target = str(url_or_path)
-    if target.startswith(POSTGRES_SCHEMES):
-        return PostgresStore(target, schema=schema)
-    if schema is not None:
-        raise ValueError("schema applies to PostgreSQL stores only")
-    return SqliteStore(target)
-
-
-def open_store(settings: Settings) -> Store:
-    """The store this deployment uses: ``database_url`` if set, else local SQLite."""
-    if settings.database_url:
-        return open_store_url(settings.database_url)
-    return SqliteStore(settings.sqlite_path("readmodels"))
 
 
 # --- tracking: the applied stream position of each projection ----------------

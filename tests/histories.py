@@ -20,11 +20,12 @@ from typing import Iterator
 
 from nacl.signing import SigningKey
 
-from bus.events import (MICRO, ChatMessage, CreditsDebited, CreditsDeposited, CreditsRefunded,
+from bus.credits import MICRO
+from bus.events import (ChatMessage, CreditsDebited, CreditsDeposited, CreditsRefunded,
                         CreditsReserved, Event, JobCancelled, JobCompleted, JobExpired, JobFailed,
                         JobStarted, JobSubmitted, RCPAwarded, Sampling, Usage, output_hash)
 from bus.signing import node_id, sign_result
-from bus.ledger import AccountView
+from ledger import AccountView
 
 MODEL = "tiny"
 ZONES = ("eu", "na", "sea", "global")

@@ -8,12 +8,13 @@ Each decode step is one forward pass of one token per sequence; every sequence
 then samples its own token with its own sampler (temperature, top_p, seed), its
 text stream cuts at its own stop strings, and its ``Step`` goes to its caller as
 soon as it is made. The per-request logic is the same
-``workers.decoding.Sequence`` the single-stream ``Engine.generate`` drives.
+``workers.sequence.Sequence`` the single-stream ``Engine.generate`` drives.
+A ``Batcher`` is the job runner's :class:`~workers.generation.Generator`.
 
-The forward passes belong to a decode backend: ``workers.slots.SlotDecoder``
-(a fixed-capacity slot KV cache and CUDA-graphed steps; Llama-family models, by
-default on CUDA) or ``workers.kvbatch.PaddedDecoder`` (the model's own forward
-over a padded cache; any model). When every row is greedy and the backend
+The forward passes belong to a decode backend (``workers.decoders``): the slot
+backend (a fixed-capacity slot KV cache and CUDA-graphed steps; Llama-family
+models, by default on CUDA) or the padded one (the model's own forward over a
+padded cache; any model). When every row is greedy and the backend
 ``pipelines``, the next step is launched before this one's tokens are read
 back, so the host's per-token work overlaps the device's step; a row that ended
 is then computed once more and that extra token dropped.
@@ -23,26 +24,26 @@ only while the backend's KV cache at its worst case stays within
 ``kv_budget_bytes``; a request that does not fit waits, in order. A lone
 request always runs. With the padded backend, a model whose cache cannot be
 stacked (sliding windows, linear attention; probed at start) runs one sequence
-at a time. See docs/design-notes.md.
+at a time. See docs/design.md.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Callable
 
 import torch
 
-from workers.decoding import Sequence, Step
-from workers.engine import Engine, GenerationRequest
-from workers.handoff import deliver, drain, drain_async, either
-from workers.kvbatch import Launched
-from workers.slots import pick_decoder
+from workers.decoders.backend import Launched
+from workers.decoders.factory import pick_decoder
+from workers.engine import Engine
+from workers.generation import GenerationRequest, Step
+from workers.handoff import deliver, steps_until_final, stop_if_any
+from workers.sequence import Sequence
 
 log = logging.getLogger("inferbus.worker")
 Emit = Callable[[Step | BaseException], None]
@@ -70,9 +71,9 @@ class _Slot:
 class Batcher:
     """Runs the requests submitted to it in one continuously batched decode loop.
 
-    Thread-safe: ``submit`` (callback), ``stream`` (blocking iterator) and
-    ``stream_async`` (async iterator) may be called from any thread. Each raises
-    ContextLengthExceeded at once, before the request is queued.
+    Thread-safe: ``submit`` (callback) and ``stream_async`` (async iterator) may
+    be called from any thread. Each raises ContextLengthExceeded at once, before
+    the request is queued.
     """
 
     def __init__(self, engine: Engine, max_batch: int = 32,
@@ -104,9 +105,16 @@ class Batcher:
         self._thread.start()
 
     @property
-    def active(self) -> int:
-        """Sequences decoding now (not counting those waiting to join)."""
-        return len(self._rows)
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.context_length
+
+    @property
+    def device(self) -> str:
+        return self.engine.device
 
     def submit(self, request: GenerationRequest, emit: Emit,
                should_stop: Callable[[], bool] | None = None) -> None:
@@ -119,26 +127,18 @@ class Batcher:
             self._waiting.append(slot)
             self._wake.notify()
 
-    def stream(self, request: GenerationRequest,
-               should_stop: Callable[[], bool] | None = None) -> Iterator[Step]:
-        """``Engine.generate``'s contract, batched: a blocking iterator of Steps.
-        Closing it early stops the sequence between two tokens."""
-        items: queue.SimpleQueue[Step | BaseException] = queue.SimpleQueue()
-        gone = threading.Event()
-        self.submit(request, items.put, either(gone.is_set, should_stop))
-        return drain(items.get, gone)
-
     def stream_async(self, request: GenerationRequest,
                      should_stop: Callable[[], bool] | None = None) -> AsyncIterator[Step]:
-        """As ``stream``, for an event loop: call it from a coroutine. Steps reach the
-        loop once per batcher turn, all streams' together (one wake-up, not one per
-        token and stream)."""
+        """The request's Steps on the calling event loop (call it from a coroutine);
+        leaving the iterator early stops the sequence between two tokens. Steps
+        reach the loop once per batcher turn, all streams' together (one wake-up,
+        not one per token and stream)."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Step | BaseException] = asyncio.Queue()
         gone = threading.Event()
         self.submit(request, lambda item: self._outbox.append((loop, items, gone, item)),
-                    either(gone.is_set, should_stop))
-        return drain_async(items, gone)
+                    stop_if_any(gone.is_set, should_stop))
+        return steps_until_final(items, gone)
 
     def close(self) -> None:
         """Stop the thread; requests still running or waiting end with an error."""

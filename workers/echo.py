@@ -10,9 +10,9 @@ A model directory is an echo model when its ``config.json`` says
 a whitespace-separated word: the output is the words of the last message (or
 of the prompt), up to ``max_tokens``, each streamed as its own step.
 
-It offers the ``Batcher``'s interface the worker runs jobs through
-(``stream_async``, ``close``, ``active``), answering from the event loop
-itself: there is no compute to hand to a thread.
+It is a :class:`~workers.generation.Generator`, the port the worker runs jobs
+through, answering from the event loop itself: there is no compute to hand to
+a thread.
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ import json
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from workers.decoding import Step
-from workers.engine import ContextLengthExceeded, GenerationRequest
+from workers.generation import ContextLengthExceeded, GenerationRequest, Step
 
 MODEL_TYPE = "inferbus-echo"
 CONTEXT_LENGTH = 8192
@@ -44,10 +43,9 @@ def write_echo_model(path: Path, context_length: int = CONTEXT_LENGTH) -> Path:
 
 
 class EchoEngine:
-    """Echoes prompts; ``Engine``'s identity attributes and ``Batcher``'s interface."""
+    """Echoes prompts: a :class:`~workers.generation.Generator`."""
 
     device = "cpu"
-    active = 0
 
     def __init__(self, name: str, context_length: int = CONTEXT_LENGTH) -> None:
         self.name, self.context_length = name, context_length

@@ -4,44 +4,20 @@
 token per step on the KV cache) instead of ``model.generate``, so every token
 reaches the caller as it is made and ``should_stop`` can end a job between two
 tokens. What a request does with its tokens (sampling, text, stop strings,
-counts) lives in ``workers.decoding.Sequence``; this module owns the model and
+counts) lives in ``workers.sequence.Sequence``; this module owns the model and
 its forward passes. ``workers.batching`` drives the same ``Sequence``s through
-shared, batched forward passes.
+shared, batched forward passes (``workers.decoders``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bus.events import Sampling
-from workers.decoding import Sequence, Step
-
-__all__ = ["ContextLengthExceeded", "Engine", "GenerationRequest", "Sequence", "Step"]
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """What to generate: ``messages`` for a chat, ``prompt`` for a completion."""
-
-    kind: Literal["chat", "completion"]
-    messages: tuple[dict, ...] | None
-    prompt: str | None
-    sampling: Sampling
-    continuation: str = ""  # output already delivered by an earlier attempt: go on from it
-
-    def __post_init__(self) -> None:
-        if self.kind == "chat" and not self.messages:
-            raise ValueError("a chat request needs messages")
-        if self.kind == "completion" and self.prompt is None:
-            raise ValueError("a completion request needs a prompt")
-
-
-class ContextLengthExceeded(ValueError):
-    """The prompt plus ``max_tokens`` does not fit in the model's context."""
+from workers.generation import ContextLengthExceeded, GenerationRequest, Step
+from workers.sequence import Sequence
 
 
 class Engine:
@@ -77,9 +53,6 @@ class Engine:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
         return cls(model.to(device).eval(), tokenizer, name or path.name, device)
-
-    def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        return len(self._encode(request))
 
     @property
     def kv_bytes_per_token(self) -> int:

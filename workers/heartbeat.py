@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.js.kv import KeyValue
 
-from bus.nodes import NodeRecord
+from bus.node_record import NodeRecord
 
 log = logging.getLogger("inferbus.worker")
 INTERVAL_S = 1.0

@@ -10,7 +10,7 @@ job, that its debit is what its first outcome asks for:
 - ``JobFailed``, ``JobExpired``, a cancel before any node ran it: nothing.
 
 Outcomes from a node are only ever logged under its sealed lease
-(``workers/jobs.py`` seals before it publishes), so the first node outcome is
+(``workers/runner.py`` seals before it publishes), so the first node outcome is
 the one settlement admits. One race is legitimate: an outcome logged so close
 to the job's deadline + grace that the expiry sweep refunded it before
 settlement got to it (the projector, which runs both, was down). Those are

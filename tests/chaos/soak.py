@@ -35,7 +35,7 @@ MODEL = "tiny-random"
 WORKERS = ("worker-eu-a", "worker-eu-b", "worker-na-a")  # the zone is the name's middle
 JOB_TIMEOUT_S, GRACE_S, ACK_WAIT_S, SWEEP_S = 20, 2, 2, 5
 # The last job's deadline, its grace (ten more when an outcome awaits a late
-# settlement, projections/settlement.py), two sweeps, and slack.
+# settlement, ledger/settlement.py), two sweeps, and slack.
 SETTLE_S = JOB_TIMEOUT_S + 11 * GRACE_S + 2 * SWEEP_S + 20
 MIN_COMPLETED = 0.25  # of all requests: under chaos the network must still mostly serve
 

@@ -9,7 +9,7 @@ import httpx
 import nats
 import pytest
 
-from api.serving import _IDEMPOTENT
+from api.admission import _IDEMPOTENT
 from bus import subjects
 from tests.conftest import LONG_MODEL, TINY_MODEL
 

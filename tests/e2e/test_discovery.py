@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from api.nodes import LIVE_S
+from api.live_nodes import LIVE_S
 from tests.conftest import TINY_MODEL
 from tests.natsd import NatsServer
 from tests.stack import Stack

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from bus.events import Usage
-from bus.pricing import Pricing, credits
+from bus.credits import credits
+from bus.pricing import Pricing
 from tests.stack import isolated_stack
 from workers.echo import write_echo_model
 

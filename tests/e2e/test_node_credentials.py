@@ -25,11 +25,10 @@ from cli.main import main
 from tests.conftest import TINY_MODEL
 from tests.e2e.test_up import ctrl_c, start_up
 from tests.histories import signed_job
-from tests.natsauth import (AuthNatsServer, connect_as, environ_of, job_events,
-                            start_with_seed)
+from tests.natsauth import AuthNatsServer, connect_as, environ_of, job_events, start_with_seed
 from tests.natsd import free_port
 from tests.stack import Stack
-from workers.pull import Doorbell, PullSource
+from workers.pull_loop import Doorbell, JobSource
 
 MODEL = "m"  # the model of tests.histories' signed jobs
 REFUSED_WAIT_S = 0.5  # a refused request is dropped: the client waits this long for nothing
@@ -90,7 +89,7 @@ async def test_worker_user_pulls_its_zone_and_global_and_logs_its_result(network
     sources = {}
     for queue in subjects.worker_queues("eu", node):
         consumer = await ensure_work_consumer(wjs, queue, MODEL, ack_wait_s=30)
-        sources[queue] = await PullSource(worker, subjects.JOBS_STREAM, consumer).start()
+        sources[queue] = await JobSource(worker, subjects.JOBS_STREAM, consumer).start()
     bell = await Doorbell(worker, [subjects.jobs(q, MODEL) for q in sources]).start()
     await enqueue_job(sjs, a_job("job-zone"))
     await enqueue_job(sjs, a_job("job-global", route="global"))
@@ -99,7 +98,7 @@ async def test_worker_user_pulls_its_zone_and_global_and_logs_its_result(network
     claims, cancels, nodes = [await wjs.key_value(b) for b in (
         subjects.CLAIMS_BUCKET, subjects.CANCELS_BUCKET, subjects.NODES_BUCKET)]
     for queue, job_id in (("eu", "job-zone"), (subjects.GLOBAL, "job-global")):
-        msg = await sources[queue].next()
+        msg = (await sources[queue].take(1))[0]
         assert JobSubmitted.model_validate_json(msg.data).job_id == job_id
         await claims.create(job_id, f"{node}:1".encode())
         with pytest.raises(KeyNotFoundError):
@@ -138,8 +137,8 @@ async def test_worker_user_cannot_take_another_zones_jobs(network):
     _, service, worker, refusals, _, _ = network
     await ensure_work_consumer(service.jetstream(), "na", MODEL, ack_wait_s=30)
     wjs = worker.jetstream(timeout=REFUSED_WAIT_S)
-    pull = await PullSource(worker, subjects.JOBS_STREAM, subjects.consumer_name("na", MODEL)).start()
-    await pull.next()
+    pull = await JobSource(worker, subjects.JOBS_STREAM, subjects.consumer_name("na", MODEL)).start()
+    await pull.take(1)
     await refusals.expect(subjects.pull_next(subjects.JOBS_STREAM, subjects.consumer_name("na", MODEL)))
     await refused(refusals, subjects.consumer_create(subjects.JOBS_STREAM, "work_na_m", "jobs.na.m"),
                   ensure_work_consumer(wjs, "na", MODEL, ack_wait_s=30))

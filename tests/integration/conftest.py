@@ -13,9 +13,10 @@ import pytest
 import pytest_asyncio
 
 from bus.config import Settings
-from bus.ledger import Ledger
 from bus.streams import ensure_streams
-from projections.store import Store, open_store_url
+from ledger import Ledger
+from projections.readmodels import open_store_url
+from projections.store import Store
 
 PG_URL_ENV = "INFERBUS_TEST_DATABASE_URL"
 

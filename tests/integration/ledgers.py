@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from bus.config import Settings
-from bus.ledger import Ledger
+from ledger import Ledger
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""Admitting a job: the model check, where it goes, its worst case held, then
+logged and queued.
+
+:meth:`Admission.prepare` decides without side effects: the model must be
+served (404 unknown, 503 no live node, 400 over its context), routing picks
+the first queue and the escalation chain, and an ``Idempotency-Key`` names
+the job (a key seen before answers :class:`Repeat`, or 422 with another
+body). :meth:`Admission.place` then holds the job's worst-case cost (402 when
+short; nothing is published), logs ``JobSubmitted``, queues it, and starts
+its escalation. A log or queue that cannot be reached refunds the hold and
+answers 503: no credit stays held for a job that will not run.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from nats.js import JetStreamContext
+
+from api.discovery import Constraints
+from api.errors import APIError
+from api.escalation import Escalator
+from api.keys import Principal
+from api.live_nodes import LiveNodes
+from api.protocol import ChatCompletionRequest, CompletionRequest
+from api.routing import Route, Routing
+from bus.credits import credits
+from bus.events import JobFailed, JobSubmitted, new_id
+from bus.pricing import Pricing, prompt_tokens_bound
+from bus.publish import enqueue_job, publish_event
+from bus.streams import patiently
+from ledger import InsufficientCredits, Ledger, ReserveGroup
+
+GenerationBody = ChatCompletionRequest | CompletionRequest
+_IDEMPOTENT = uuid.UUID("6f1c2a52-4c1e-4f0e-9a55-2d9f2a1b7c01")
+ENQUEUE_PATIENCE_S = 12.0  # a JetStream leader election takes 4-9 s
+ENQUEUE_TRY_S = 2.0  # short tries: one sent while no leader is elected is never answered
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job ready to place: its event, its request's hash, its escalation chain."""
+
+    job: JobSubmitted
+    request_hash: str
+    chain: tuple[str, ...]
+    idempotent: bool
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """An ``Idempotency-Key`` seen before with the same body: the job it named."""
+
+    job_id: str
+
+
+class Admission:
+    def __init__(self, js: JetStreamContext, nodes: LiveNodes, routing: Routing, ledger: Ledger,
+                 pricing: Pricing, escalator: Escalator, job_timeout_s: float) -> None:
+        self._js, self._nodes, self._routing = js, nodes, routing
+        self._ledger, self._pricing, self._escalator = ledger, pricing, escalator
+        # Concurrent requests' holds are written together, one transaction per group.
+        self._reserves = ReserveGroup(ledger)
+        self._timeout_s = job_timeout_s
+
+    async def prepare(self, who: Principal, req: GenerationBody, zone: str,
+                      constraints: Constraints | None, location: tuple[float, float] | None,
+                      idempotency_key: str | None, reply_to: str | None) -> Prepared | Repeat:
+        """The job ``req`` asks for, from ``zone``, or the job an earlier call with the
+        same ``idempotency_key`` made. ``reply_to``: where live replies go (None: no
+        one waits live)."""
+        model = self._check_model(req)
+        is_chat = isinstance(req, ChatCompletionRequest)
+        messages = tuple(m.to_contract() for m in req.messages) if is_chat else None
+        prompt = None if is_chat else req.prompt
+        route: Route = await self._routing.decide(
+            who, model, zone, constraints=constraints, location=location,
+            prompt_tokens=prompt_tokens_bound(messages, prompt),
+            max_tokens=req.sampling().max_tokens)
+        request_hash = hashlib.sha256(f"{type(req).__name__}|{req.model_dump_json()}".encode()
+                                      ).hexdigest()
+        job_id, event_id = new_id(), new_id()
+        if idempotency_key:
+            # The same key always names the same job, and its events the same ids, so a
+            # concurrent repeat is deduplicated by JetStream rather than run twice.
+            job_id = uuid.uuid5(_IDEMPOTENT, f"{who.account}|{idempotency_key}").hex
+            event_id = uuid.uuid5(_IDEMPOTENT, f"{job_id}|submitted").hex
+            held = await asyncio.to_thread(self._ledger.reservation, job_id)
+            if held is not None:
+                _same_request(held.request_hash, request_hash)
+                return Repeat(job_id)
+        job = JobSubmitted(
+            event_id=event_id, job_id=job_id, account=who.account, key_id=who.key_id,
+            model=model, kind="chat" if is_chat else "completion", sampling=req.sampling(),
+            messages=messages, prompt=prompt, zone=route.zone, route=route.route,
+            queue=route.queue, subcloud=route.subcloud, strict=route.strict,
+            deadline=datetime.now(timezone.utc) + timedelta(seconds=self._timeout_s),
+            reply_to=reply_to)
+        return Prepared(job, request_hash, route.chain, idempotency_key is not None)
+
+    async def place(self, prepared: Prepared) -> None:
+        """Hold the job's worst case, log it, queue it, watch it for escalation."""
+        await self._reserve(prepared)
+        await self._publish(prepared.job)
+        self._escalator.watch(prepared.job, list(prepared.chain))
+
+    def _check_model(self, req: GenerationBody) -> str:
+        info = self._nodes.models().get(req.model)
+        if info is None:
+            if self._nodes.was_seen(req.model):
+                raise APIError(503, f"no live node serves {req.model!r} right now", "no_capacity")
+            raise APIError(404, f"The model {req.model!r} does not exist", "model_not_found",
+                           "model")
+        if req.sampling().max_tokens > info.context_length:
+            raise APIError(400, f"max_tokens {req.sampling().max_tokens} exceeds the model's "
+                           f"context length {info.context_length}", "context_length_exceeded",
+                           "max_tokens")
+        return info.name
+
+    async def _reserve(self, prepared: Prepared) -> None:
+        job = prepared.job
+        bound = prompt_tokens_bound(job.messages, job.prompt)
+        amount = self._pricing.worst_case(job.model, bound, job.sampling.max_tokens)
+        try:
+            held = await self._reserves.reserve(
+                job.account, job.job_id, amount, key_id=job.key_id, zone=job.zone,
+                deadline=job.deadline, request_hash=prepared.request_hash)
+        except InsufficientCredits as exc:
+            raise APIError(402, f"This request may cost up to {float(credits(amount))} credits; "
+                           f"the account has {float(credits(exc.available))} available.",
+                           "insufficient_quota") from None
+        if prepared.idempotent:  # lost a race to another body with the same key
+            _same_request(held.request_hash, prepared.request_hash)
+
+    async def _publish(self, job: JobSubmitted) -> None:
+        """Log, then queue. A failure refunds or fails the job: no credit stays held."""
+        try:
+            await publish_event(self._js, job, job.zone)
+        except Exception:  # noqa: BLE001 - nothing was logged: give the credits back
+            await asyncio.to_thread(self._ledger.refund, job.job_id, "not queued")
+            raise APIError(503, "the job log is unavailable; nothing was queued",
+                           "bus_unavailable") from None
+        try:
+            # The same Nats-Msg-Id on every try: an enqueue whose ack was lost in a
+            # stream leader's election is deduplicated, not queued twice, and is
+            # waited out rather than left unknown.
+            await patiently(lambda: enqueue_job(self._js, job, timeout=ENQUEUE_TRY_S), "enqueue",
+                            ENQUEUE_PATIENCE_S)
+        except Exception as exc:  # noqa: BLE001 - logged but not queued: refund, then fail it
+            # Refund first: a copy that landed after all and runs is then settled as a
+            # no-op (one resolution per reservation), so a 503 is never charged.
+            await asyncio.to_thread(self._ledger.refund, job.job_id, "not queued")
+            with contextlib.suppress(Exception):  # the log may be down too (no quorum)
+                await publish_event(self._js, JobFailed(job_id=job.job_id, zone=job.zone,
+                                                        code="enqueue_failed", message=str(exc)),
+                                    job.zone)
+            raise APIError(503, "the job queue is unavailable", "bus_unavailable") from None
+
+
+def _same_request(held_hash: str, request_hash: str) -> None:
+    """A repeated ``Idempotency-Key`` must come with the same request."""
+    if held_hash != request_hash:
+        raise APIError(422, "this Idempotency-Key was used with a different request",
+                       "idempotency_key_reused", "Idempotency-Key")

@@ -1,0 +1,78 @@
+"""The API's view of live nodes, kept current by watching the ``nodes`` KV bucket.
+
+Every API instance builds this itself from the replicated bucket: there is no
+central scheduler. A node is live while its last heartbeat is younger than
+``LIVE_S``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from nats.js.kv import KeyValue
+
+from bus.node_record import ModelInfo, NodeRecord
+
+log = logging.getLogger("inferbus.api")
+LIVE_S = 3.0
+FORGET_S = 30.0  # a crashed node's entry expires silently (no watch event): drop it
+
+
+class LiveNodes:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._nodes: dict[str, tuple[float, NodeRecord]] = {}
+        self._seen_models: set[str] = set()
+        self._task: asyncio.Task | None = None
+        self._pruned_at = clock()
+
+    def update(self, record: NodeRecord, at: float | None = None) -> None:
+        self._nodes[record.node_id] = (self._clock() if at is None else at, record)
+        self._seen_models.update(m.name for m in record.models)
+
+    def remove(self, node_id: str) -> None:
+        self._nodes.pop(node_id, None)
+
+    def live(self) -> list[NodeRecord]:
+        now = self._clock()
+        if now - self._pruned_at > FORGET_S:
+            self._nodes = {k: v for k, v in self._nodes.items() if v[0] >= now - FORGET_S}
+            self._pruned_at = now
+        cutoff = now - LIVE_S
+        return [rec for seen, rec in self._nodes.values() if seen >= cutoff]
+
+    def models(self) -> dict[str, ModelInfo]:
+        """Models served by at least one live node."""
+        return {m.name: m for rec in self.live() for m in rec.models}
+
+    def was_seen(self, model: str) -> bool:
+        return model in self._seen_models
+
+    async def watch(self, kv: KeyValue) -> None:
+        """Load the current bucket, then follow it in the background."""
+        watcher = await kv.watchall()
+        async for entry in watcher:  # initial values end with a None marker
+            if entry is None:
+                break
+            self._apply(entry)
+        self._task = asyncio.create_task(self._follow(watcher))
+
+    async def _follow(self, watcher) -> None:
+        async for entry in watcher:
+            if entry is not None:
+                self._apply(entry)
+
+    def _apply(self, entry) -> None:
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self.remove(entry.key)
+            return
+        try:
+            self.update(NodeRecord.model_validate_json(entry.value))
+        except ValueError as exc:
+            log.warning("ignoring malformed node record %s: %s", entry.key, exc)
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()

@@ -1,0 +1,134 @@
+"""Routes the live replies of workers to the request that waits for each job.
+
+One core-NATS subscription per API instance (``replies.<instance>``); each
+waiting request opens a :class:`JobReplies` for its job *before* the job is
+queued, so no reply can arrive unrouted, and closes it when it stops reading
+(whoever holds it: the sync answer, or the SSE stream it was handed to). The
+router keeps the text each job has streamed so far, so a node taking a job
+over mid-stream continues from exactly what the caller has (``Resume``), with
+nothing twice and nothing missing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from api.errors import APIError
+from bus import subjects
+from bus.events import new_id
+from bus.replies import Delta, Finished, Resume, Resumed, Started, parse_reply
+
+log = logging.getLogger("inferbus.api")
+
+
+@dataclass
+class Watch:
+    """One waiting job: its reply queue, the output text received so far (contiguous
+    from the start) and the attempt whose text counts."""
+
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    text: str = ""
+    attempt: int = 1
+    gapped: bool = False  # a live delta was lost: the outcome's full text fills the gap
+
+    def accept(self, delta: Delta) -> Delta | None:
+        """The part of ``delta`` that extends the text, or None (stale, repeated, gap)."""
+        if delta.attempt < self.attempt or self.gapped:
+            return None
+        self.attempt = delta.attempt
+        if delta.offset > len(self.text):
+            self.gapped = True
+            return None
+        new = delta.text[len(self.text) - delta.offset:]
+        if not new:
+            return None
+        fresh = Delta(job_id=delta.job_id, offset=len(self.text), text=new, attempt=delta.attempt)
+        self.text += new
+        return fresh
+
+    def resume(self, request: Resume) -> Resumed:
+        """A node takes over: it continues from the text here; older attempts go quiet."""
+        self.attempt, self.gapped = max(self.attempt, request.attempt), False
+        return Resumed(job_id=request.job_id, text=self.text)
+
+
+Reply = Started | Delta | Finished
+
+
+class JobReplies:
+    """The live replies of one job, for the one request that waits for it."""
+
+    def __init__(self, router: ReplyRouter, job_id: str, deadline: datetime) -> None:
+        self._router, self.job_id, self._deadline = router, job_id, deadline
+        self._queue: asyncio.Queue[Reply] = router._open(job_id)
+
+    async def next(self) -> Reply:
+        """The next reply; a 504 once the job's deadline (and a second) has passed."""
+        left = (self._deadline - datetime.now(timezone.utc)).total_seconds()
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout=max(left, 0.0) + 1.0)
+        except asyncio.TimeoutError:
+            raise APIError(504, "no result before the job's deadline", "deadline") from None
+
+    def waiting(self) -> Reply | None:
+        """A reply that has arrived already, without waiting; None if there is none."""
+        return None if self._queue.empty() else self._queue.get_nowait()
+
+    def close(self) -> None:
+        """Stop routing this job's replies here (idempotent)."""
+        self._router._close(self.job_id, self._queue)
+
+
+class ReplyRouter:
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self.subject = subjects.replies(new_id()[:16])
+        self._waiting: dict[str, Watch] = {}
+        self._sub = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self.subject, cb=self._route)
+
+    async def stop(self) -> None:
+        if self._sub:
+            await self._sub.unsubscribe()
+
+    def watch(self, job_id: str, deadline: datetime) -> JobReplies:
+        """Route ``job_id``'s replies to the returned handle until it is closed."""
+        return JobReplies(self, job_id, deadline)
+
+    def _open(self, job_id: str) -> asyncio.Queue[Reply]:
+        watch = self._waiting[job_id] = Watch()
+        return watch.queue
+
+    def _close(self, job_id: str, queue: asyncio.Queue[Reply]) -> None:
+        watch = self._waiting.get(job_id)
+        if watch is not None and watch.queue is queue:  # a newer watch of the job stays
+            del self._waiting[job_id]
+
+    async def _route(self, msg: Msg) -> None:
+        try:
+            reply = parse_reply(msg.data)
+        except ValidationError:
+            log.warning("malformed reply dropped")
+            return
+        job_id = reply.event.job_id if isinstance(reply, Finished) else reply.job_id
+        watch = self._waiting.get(job_id)
+        if watch is None:
+            return  # not (or no longer) waited for here: a resume request gets no answer
+        if isinstance(reply, Resume):
+            if msg.reply:
+                await msg.respond(watch.resume(reply).model_dump_json().encode())
+            return
+        if isinstance(reply, Delta):
+            reply = watch.accept(reply)
+        elif isinstance(reply, Started) and reply.attempt < watch.attempt:
+            reply = None
+        if reply is not None:
+            watch.queue.put_nowait(reply)

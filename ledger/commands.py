@@ -1,0 +1,94 @@
+"""Ledger commands as values, so that many can be applied in one save.
+
+``Reserve`` holds credits for a job; ``Settle`` and ``Refund`` resolve a
+reservation. Each checks its own arguments when constructed (ValueError), so a
+bad command fails its caller before it can join a group, and knows how to
+change the aggregates it is given; :class:`ledger.application.Ledger` decides which
+aggregates those are, under which locks, and saves them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Union
+
+from ledger.domain import Account, Reservation
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """Hold ``amount`` of ``account``'s credits for ``job_id``."""
+
+    account: str
+    job_id: str
+    amount: int
+    key_id: str
+    zone: str
+    deadline: datetime
+    request_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if self.amount < 0:
+            raise ValueError(f"a reservation cannot be negative, got {self.amount}")
+
+    def apply(self, acct: Account) -> Reservation:
+        """Hold on ``acct`` (InsufficientCredits, changing nothing, when short) and
+        return the job's new reservation."""
+        acct.reserve(self.job_id, self.key_id, self.amount, self.zone, self.deadline,
+                     self.request_hash)
+        return Reservation(self.job_id, self.account, self.key_id, self.amount, self.zone,
+                           self.deadline, self.request_hash)
+
+
+@dataclass(frozen=True)
+class Settle:
+    """Debit ``min(actual, reserved)``, refund the rest, award ``points`` RCP to
+    ``operator`` (never to the job's own account)."""
+
+    job_id: str
+    actual: int
+    operator: str | None = None
+    node_id: str | None = None
+    points: int = 0
+
+    def __post_init__(self) -> None:
+        if self.actual < 0 or self.points < 0:
+            raise ValueError("actual cost and points cannot be negative")
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        """Accounts this command may change besides the job's own."""
+        return (self.operator,) if self.operator is not None else ()
+
+    def apply(self, res: Reservation, acct: Account, account: Callable[[str], Account]) -> None:
+        """Resolve pending ``res`` held on ``acct``; ``account(name)`` gives the
+        operator's account to award (the same object for the same name)."""
+        award = self.operator is not None and self.operator != res.account and self.points > 0
+        debit = min(self.actual, res.amount)
+        res.settle(debit, self.operator if award else None, self.node_id,
+                   self.points if award else 0)
+        acct.debit(self.job_id, debit, res.zone)
+        acct.release(self.job_id, res.amount - debit, res.zone, reason="settled")
+        if award:
+            assert self.operator is not None
+            account(self.operator).award_rcp(self.job_id, self.node_id or "", self.points,
+                                             res.zone)
+
+
+@dataclass(frozen=True)
+class Refund:
+    """Return the whole reservation."""
+
+    job_id: str
+    reason: str
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        return ()  # changes only the job's own account
+
+    def apply(self, res: Reservation, acct: Account, account: Callable[[str], Account]) -> None:
+        res.refund(self.reason)
+        acct.release(self.job_id, res.amount, res.zone, reason=self.reason)
+
+
+Resolve = Union[Settle, Refund]

@@ -1,0 +1,71 @@
+"""The ledger's stored money events as bus contracts, for the relay onto the log.
+
+Only ``Account`` events move money; each maps to exactly one bus event whose
+``event_id`` is derived from the stored event's identity (aggregate id and
+version), so republishing the same stored event is deduplicated by JetStream,
+and whose ``occurred_at`` is the stored event's timestamp.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+from uuid import uuid5
+
+from eventsourcing.utils import get_topic
+
+from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReserved, Event,
+                        RCPAwarded)
+from bus.subjects import GLOBAL
+from ledger.domain import Account
+
+
+def bus_event_id(originator_id: Any, version: int) -> str:
+    """The same stored event always gets the same id."""
+    return uuid5(originator_id, str(version)).hex
+
+
+def _base(e: Any) -> dict[str, Any]:
+    return {"event_id": bus_event_id(e.originator_id, e.originator_version),
+            "occurred_at": e.timestamp}
+
+
+def _deposited(e: Any) -> tuple[Event, str]:
+    return CreditsDeposited(**_base(e), account=e.account, amount=e.amount,
+                            zone=GLOBAL), GLOBAL
+
+
+def _reserved(e: Any) -> tuple[Event, str]:
+    return CreditsReserved(**_base(e), account=e.account, job_id=e.job_id, key_id=e.key_id,
+                           amount=e.amount, zone=e.zone, deadline=e.deadline,
+                           request_hash=e.request_hash), e.zone
+
+
+def _debited(e: Any) -> tuple[Event, str]:
+    return CreditsDebited(**_base(e), account=e.account, job_id=e.job_id, amount=e.amount,
+                          zone=e.zone), e.zone
+
+
+def _refunded(e: Any) -> tuple[Event, str]:
+    return CreditsRefunded(**_base(e), account=e.account, job_id=e.job_id, amount=e.amount,
+                           zone=e.zone, reason=e.reason), e.zone
+
+
+def _rcp_awarded(e: Any) -> tuple[Event, str]:
+    return RCPAwarded(**_base(e), operator=e.account, job_id=e.job_id, node_id=e.node_id,
+                      points=e.points, zone=e.zone), e.zone
+
+
+# Stored topic -> mapper. Topics name classes in ledger.domain: renaming one
+# would orphan its stored history.
+MAPPERS: dict[str, Callable[[Any], tuple[Event, str]]] = {
+    get_topic(Account.Deposited): _deposited,
+    get_topic(Account.Reserved): _reserved,
+    get_topic(Account.Debited): _debited,
+    get_topic(Account.Refunded): _refunded,
+    get_topic(Account.RCPAwarded): _rcp_awarded,
+}
+MONEY_TOPICS: tuple[str, ...] = tuple(MAPPERS)
+
+
+def to_bus_event(topic: str, domain_event: Any) -> tuple[Event, str]:
+    """``(contract, zone to publish on)`` for a stored money event."""
+    return MAPPERS[topic](domain_event)

@@ -1,0 +1,44 @@
+"""The money service: settlement, the ledger relay and the expiry sweep, run
+together until ``stop`` is set (``inferbus projector`` runs it beside the read
+models; see ``cli/main.py``).
+
+Settlement is a nats-py durable pull consumer that settles each pull's
+outcomes in one ledger save; the relay reads the ledger's new money events and
+appends them to the log; the sweep refunds what no outcome resolved.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bus.config import Settings
+from bus.guard import connect_service
+from bus.leases import Leases
+from bus.streams import claims_bucket
+from ledger.application import Ledger
+from ledger.expiry import sweep_expired
+from ledger.relay import Relay
+from ledger.settlement import Settlement, consume
+from projections.readmodels import open_store
+
+log = logging.getLogger("inferbus.settlement")
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    nc = await connect_service(settings, "inferbus-settlement")
+    js = nc.jetstream()
+    store = await asyncio.to_thread(open_store, settings)
+    ledger = await asyncio.to_thread(Ledger.open, settings)
+    claims = await claims_bucket(js, settings.job_timeout_s + settings.expiry_grace_s,
+                                 settings.stream_replicas)
+    try:
+        await asyncio.gather(
+            consume(js, Settlement(ledger, settings.pricing),
+                    Leases(claims, settings.job_ack_wait_s), stop, settings.job_ack_wait_s),
+            Relay(ledger, js).run(stop),
+            sweep_expired(store, ledger, js, settings.expiry_grace_s, stop))
+    finally:
+        await nc.drain()
+        await asyncio.to_thread(store.close)
+        await asyncio.to_thread(ledger.close)
+    log.info("settlement stopped")

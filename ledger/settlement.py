@@ -1,0 +1,200 @@
+"""Settlement: each job outcome on the log becomes one ledger resolution.
+
+A durable pull consumer reads the four terminal job events and drives the
+ledger, a pull's worth at a time in one ledger save (group commit); the
+ledger resolves a reservation at most once, so a redelivered or repeated
+outcome changes nothing. A verified ``JobCompleted``
+is charged its counted usage and earns its node's operator RCP; an
+unverifiable one, a failure, an expiry or a cancel before any output is
+refunded in full; a cancel charges what was produced. What no outcome ever
+resolves, :mod:`ledger.expiry` refunds.
+
+Only the node holding a job's sealed lease (``bus.leases``) speaks for it: an
+outcome from a node whose lease was taken over, or from a node that never held
+the job, is set aside and changes nothing, however well signed.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Sequence
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+from pydantic import ValidationError
+
+from bus import subjects
+from bus.events import (TERMINAL_JOB_EVENTS, Event, JobCancelled, JobCompleted, JobExpired,
+                        JobFailed, parse_event)
+from bus.leases import Lease, Leases
+from bus.pricing import Pricing
+from bus.publish import dead_letter
+from bus.signing import verify_result
+from bus.streams import patiently
+from ledger.commands import Refund, Resolve, Settle
+from ledger.outcomes import UnknownReservation
+
+log = logging.getLogger("inferbus.settlement")
+DURABLE = "settlement"
+OUTCOMES = TERMINAL_JOB_EVENTS
+RETRY_DELAY_S = 1.0
+BATCH = 256  # outcomes per pull at most: one ledger save settles them all (bigger when behind)
+POLL_S = 1.0  # how long an idle pull waits before looking at `stop` again
+
+
+class NotYetSealed(Exception):
+    """The outcome's node holds the lease but its seal is not visible yet: retry."""
+
+
+def admits(event: Event, lease: Lease | None) -> bool:
+    """Whether ``event`` may settle its job, given the job's lease.
+
+    An expiry is a matter of time, anyone's to tell. An outcome without a node (the
+    API's cancel of a queued job, a failed enqueue) counts only while no node holds
+    the job; a node's outcome counts only under its own sealed lease, for the
+    attempt it holds. Raises ``NotYetSealed`` for the holder's outcome seen before
+    its seal."""
+    if isinstance(event, JobExpired):
+        return True
+    node = getattr(event, "node_id", None)
+    if lease is None or node is None:
+        return lease is None and node is None
+    if lease.node_id != node:
+        return False
+    if isinstance(event, JobCompleted) and event.attempt != lease.attempt:
+        return False
+    if not lease.done:
+        raise NotYetSealed(event.job_id)
+    return True
+
+
+class Settlement:
+    """The settlement policy: job outcome -> ledger command."""
+
+    def __init__(self, ledger, pricing: Pricing) -> None:
+        self.ledger, self.pricing = ledger, pricing
+
+    def apply(self, event: Event, lease: Lease | None = None):
+        """Resolve the job's reservation; None when the job has none (unbilled) or the
+        outcome is not its holder's (see ``admits``)."""
+        outcome = self.apply_many([(event, lease)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def apply_many(self, outcomes: Sequence[tuple[Event, Lease | None]]) -> list:
+        """Resolve each outcome as :meth:`apply` would, in order, in ONE ledger save.
+        Per outcome: its Resolution, None, or the exception (NotYetSealed) that
+        holds it back alone; a ledger error (an outage) raises for all."""
+        results: list = [None] * len(outcomes)
+        commands: dict[int, Resolve] = {}
+        for i, (event, lease) in enumerate(outcomes):
+            try:
+                if admits(event, lease):
+                    commands[i] = self._command(event)
+                else:
+                    log.warning("%s for %s from a node not holding its lease set aside",
+                                type(event).__name__, event.job_id)
+            except NotYetSealed as exc:
+                results[i] = exc
+        resolved = self.ledger.resolve_many(list(commands.values())) if commands else []
+        for i, outcome in zip(commands, resolved, strict=True):
+            if isinstance(outcome, UnknownReservation):  # a job that was never billed
+                event = outcomes[i][0]
+                log.warning("no reservation for %s %s", type(event).__name__, event.job_id)
+            else:
+                results[i] = outcome
+        return results
+
+    def _command(self, event: Event) -> Resolve:
+        if isinstance(event, JobCompleted):
+            if not verify_result(event):
+                return Refund(event.job_id, "result signature invalid")
+            return Settle(event.job_id, self.pricing.cost(event.model, event.usage),
+                          operator=event.operator, node_id=event.node_id,
+                          points=self.pricing.points(event.usage.completion_tokens, event.tier))
+        if isinstance(event, JobCancelled) and event.usage and event.model:
+            return Settle(event.job_id, self.pricing.cost(event.model, event.usage))
+        reason = {JobFailed: "failed", JobExpired: "expired"}.get(type(event), "cancelled")
+        return Refund(event.job_id, reason)
+
+
+async def consume(js: JetStreamContext, settlement: Settlement, leases: Leases,
+                  stop: asyncio.Event, ack_wait_s: float = 30.0) -> None:
+    """Settle outcomes from the durable consumer until ``stop`` is set, a pull's
+    worth at a time (see :func:`settle_batch`)."""
+    config = ConsumerConfig(filter_subjects=subjects.events_of(*(e.__name__ for e in OUTCOMES)),
+                            ack_wait=ack_wait_s)
+    # Patient: a cluster may be electing the stream's leader just now.
+    sub = await patiently(lambda: js.pull_subscribe(
+        "", durable=DURABLE, stream=subjects.EVENTS_STREAM, config=config), "settlement consumer")
+    try:
+        while not stop.is_set():
+            try:
+                # Returns as soon as anything is there: no wait to fill a batch.
+                msgs = await sub.fetch(BATCH, timeout=POLL_S)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception:  # noqa: BLE001 - the connection reconnects by itself
+                log.warning("settlement fetch failed; retrying", exc_info=True)
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            try:
+                await settle_batch(js, settlement, leases, msgs)
+            except Exception:  # noqa: BLE001 - unacked messages come again after ack_wait
+                log.exception("settling a batch of %d failed", len(msgs))
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def settle_batch(js: JetStreamContext, settlement: Settlement, leases: Leases,
+                       msgs: Sequence[Msg]) -> None:
+    """Settle one pull's messages: leases read concurrently, every admitted
+    outcome resolved in one ledger save, then each message acked on its own.
+    A malformed one is dead-lettered and acked; one that cannot settle yet (an
+    unseen seal, a lease read failing, the ledger down) is nacked to come again
+    after ``RETRY_DELAY_S`` while the others ack. Outcomes of one job resolve
+    in message order, as one at a time: the first admitted one wins."""
+    parsed: list[tuple[Msg, Event]] = []
+    for msg in msgs:
+        try:
+            parsed.append((msg, parse_event(msg.data)))
+        except ValidationError as exc:  # a malformed outcome can never settle: set it aside
+            log.error("malformed outcome at %s set aside: %s", msg.subject, exc)
+            try:
+                await dead_letter(js, DURABLE, msg.subject, msg.metadata.sequence.stream,
+                                  str(exc), msg.data)
+            except Exception:  # noqa: BLE001 - keep it until it is set aside
+                log.warning("dead-lettering %s failed; retrying", msg.subject, exc_info=True)
+                await msg.nak(delay=RETRY_DELAY_S)
+            else:
+                await msg.ack()
+    read = await asyncio.gather(*(leases.read(e.job_id) for _, e in parsed),
+                                return_exceptions=True)
+    later: list[tuple[Msg, Event, BaseException]] = []
+    ready: list[tuple[Msg, Event, Lease | None]] = []
+    for (msg, event), lease in zip(parsed, read, strict=True):
+        if isinstance(lease, BaseException):
+            later.append((msg, event, lease))
+        else:
+            ready.append((msg, event, lease))
+    try:
+        outcomes = await asyncio.to_thread(settlement.apply_many,
+                                           [(event, lease) for _, event, lease in ready])
+    except Exception as exc:  # noqa: BLE001 - a ledger outage: every one comes again
+        outcomes = [exc] * len(ready)
+    for (msg, event, _), outcome in zip(ready, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            later.append((msg, event, outcome))
+        else:
+            await msg.ack()
+    for msg, event, exc in later:
+        # Comes again after a pause, not at once: a database outage would
+        # otherwise spin through the backlog thousands of times a second.
+        log.warning("settling %s %s deferred: %s", type(event).__name__, event.job_id,
+                    type(exc).__name__)
+        await msg.nak(delay=RETRY_DELAY_S)

@@ -1,0 +1,130 @@
+"""The worker process's composition root: one node serving one model.
+
+It loads the model as a :class:`~workers.generation.Generator` (a continuous
+``Batcher`` over a torch ``Engine``, or the echo model), connects with the
+node's own NATS credentials, makes its queues' consumers, heartbeats its
+``NodeRecord`` and runs the pull loop (:mod:`workers.pull_loop`): up to
+``INFERBUS_MAX_BATCH`` jobs at once, each through ``JobRunner.run`` (lease,
+replies, outcome, ack), their generations sharing the batcher's decode steps.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from bus import signing, subjects
+from bus.config import Settings
+from bus.connection import connect
+from bus.guard import refuse_unsafe_bus
+from bus.leases import Leases
+from bus.node_record import ModelInfo, NodeRecord
+from bus.streams import (cancels_bucket, claims_bucket, ensure_work_consumer, nodes_bucket,
+                         wait_for_streams)
+from workers.batching import Batcher
+from workers.echo import EchoEngine, is_echo_model
+from workers.engine import Engine
+from workers.generation import Generator
+from workers.heartbeat import heartbeat
+from workers.models import resolve
+from workers.pull_loop import Doorbell, JobSource, pull_loop
+from workers.runner import JobRunner
+
+log = logging.getLogger("inferbus.worker")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    zone: str
+    model: str
+    operator: str = "operator"
+    tier: int = 1
+    lat: float | None = None
+    lon: float | None = None
+    node_name: str | None = None  # names the key file; default <zone>-<model>
+    subcloud: str | None = None  # serve this subcloud's private pool
+    public: bool = True  # with a subcloud: serve public zone/global jobs too
+
+
+def gpu_facts() -> dict:
+    import torch  # the worker owns torch; imported here to keep start-up order explicit
+    if not torch.cuda.is_available():
+        return {"gpu": "cpu", "vram_total_gb": 0.0, "vram_free_gb": 0.0}
+    free, total = torch.cuda.mem_get_info()
+    try:
+        util = float(torch.cuda.utilization())  # needs NVML; not every install has it
+    except Exception:  # noqa: BLE001
+        util = None
+    return {"gpu": torch.cuda.get_device_name(), "vram_total_gb": total / 2**30,
+            "vram_free_gb": free / 2**30, "gpu_util": util}
+
+
+def queues(options: WorkerOptions, node_id: str) -> list[str]:
+    """The queues this worker pulls, first choice first: jobs sent to this very
+    node, its subcloud's pool, its zone, then global."""
+    return subjects.worker_queues(options.zone, node_id, options.subcloud, options.public)
+
+
+def load_generator(settings: Settings, path, name: str) -> Generator:
+    """What runs the jobs of the model in ``path``: the echo model, or a continuous
+    ``Batcher`` over a torch ``Engine``."""
+    if is_echo_model(path):
+        return EchoEngine.load(path, name)
+    dtype = None if settings.worker_dtype == "auto" else settings.worker_dtype
+    return Batcher(Engine.load(path, name, dtype), settings.max_batch,
+                   settings.kv_budget_mb * 2**20)
+
+
+async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -> None:
+    subjects.check_token(options.zone, "zone")
+    name, path = resolve(options.model, settings.models_dir)
+    generator = await asyncio.to_thread(load_generator, settings, path, name)
+    key_name = options.node_name or f"{options.zone}-{name}"
+    key = signing.load_or_create_key(settings.data_dir / "node" / f"{key_name}.key")
+    nc = await connect(settings, f"worker-{options.zone}-{name}")
+    js = nc.jetstream()
+    # Services make streams and buckets; a worker's NATS user may not (bus/auth.py).
+    await wait_for_streams(js)
+    await refuse_unsafe_bus(settings, js)
+    kv = await nodes_bucket(js, settings.stream_replicas)
+    node = signing.node_id(key)
+    sources, consumers = [], []
+    for queue in queues(options, node):
+        consumers.append(await ensure_work_consumer(js, queue, name, settings.job_ack_wait_s))
+        sources.append(await JobSource(nc, subjects.JOBS_STREAM, consumers[-1]).start())
+    waiting = {"jobs": 0}
+
+    async def refresh() -> None:
+        """Jobs waiting in this node's own queues (not global, which every node shares),
+        and the GPU's free memory and utilisation."""
+        total = 0
+        for consumer in consumers:
+            if consumer != subjects.consumer_name(subjects.GLOBAL, name):
+                total += (await js.consumer_info(subjects.JOBS_STREAM, consumer)).num_pending
+        waiting["jobs"] = total
+        facts.update(gpu_facts())  # free VRAM and utilisation change while serving
+    bell = await Doorbell(nc, [subjects.jobs(q, name) for q in queues(options, node)]).start()
+    job_life_s = settings.job_timeout_s + settings.expiry_grace_s
+    cancels = await cancels_bucket(js, job_life_s, settings.stream_replicas)
+    claims = await claims_bucket(js, job_life_s, settings.stream_replicas)
+    runner = JobRunner(nc, js, generator, key, options.zone, options.operator, options.tier,
+                       settings.job_ack_wait_s, settings.job_max_attempts, cancels,
+                       Leases(claims, lease_s=settings.job_ack_wait_s))
+    facts = gpu_facts()
+
+    def record() -> NodeRecord:
+        return NodeRecord(node_id=runner.node_id, zone=options.zone, operator=options.operator,
+                          tier=options.tier, lat=options.lat, lon=options.lon, **facts,
+                          models=(ModelInfo(name=name, context_length=generator.context_length),),
+                          busy=runner.busy, queue_depth=waiting["jobs"],
+                          subcloud=options.subcloud, public=options.public)
+
+    beats = asyncio.create_task(heartbeat(kv, record, stop, refresh))
+    log.info("worker %s… serving %s in zone %s on %s", runner.node_id[:12], name, options.zone,
+             generator.device)
+    try:
+        await pull_loop(sources, bell, runner.run, stop, settings.max_batch)
+    finally:
+        await beats
+        await asyncio.to_thread(generator.close)
+        await nc.drain()

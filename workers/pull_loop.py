@@ -1,0 +1,135 @@
+"""The worker's pull loop: take jobs, first choice first, while there is room.
+
+Each turn probes, without waiting, the node's own queue, its subcloud's pool,
+its zone, then global (:class:`JobSource`, one per queue), asking each for as
+many jobs as the node has room for. An idle worker sleeps on a
+:class:`Doorbell` that rings when a job is queued on any of them, so it
+answers a new job at once; ``SAFETY_POLL_S`` bounds the wait for
+redeliveries. Each job runs as a task of its own (``JobRunner.run``: lease,
+replies, outcome, ack).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bus.pull import Pull
+
+log = logging.getLogger("inferbus.worker")
+SAFETY_POLL_S = 1.0
+PULL_TIMEOUT_S = 2.0  # a no_wait request is answered at once; this covers the trip
+# 404 no messages, 408 request expired, 409 e.g. consumer deleted / leadership change,
+# 503 no responders: on a cluster the consumer has no leader while one is elected.
+_EMPTY = {"404", "408", "409", "503"}
+
+
+class JobSource:
+    """The jobs queued now on one durable pull consumer (one queue of the node)."""
+
+    def __init__(self, nc: Client, stream: str, consumer: str) -> None:
+        self._pull = Pull(nc, stream, consumer)
+
+    async def start(self) -> JobSource:
+        await self._pull.start()
+        return self
+
+    async def take(self, n: int) -> list[Msg]:
+        """Up to ``n`` jobs in one pull request (one round trip however many come),
+        of those queued now."""
+        if late := self._pull.messages[:n]:  # came after an earlier request gave up
+            del self._pull.messages[:n]
+            return late
+        await self._pull.request(n)
+        await self._pull.wait(PULL_TIMEOUT_S)
+        found, status = self._pull.messages[:n], self._pull.status
+        del self._pull.messages[:n]
+        if not found and status and status[:3] not in _EMPTY:
+            # Jobs in hand run; a failure shows when a request brings none.
+            raise RuntimeError(f"pull request failed: {status}")
+        return found
+
+
+class Doorbell:
+    """Wakes an idle worker when a job is queued on one of its subjects.
+
+    A JetStream publish is also an ordinary NATS message on its subject, so a
+    plain subscription hears every new job without any extra publish. It is a
+    hint only: the job is still taken with a pull request, and a missed ring
+    (e.g. a redelivery, which is not republished) is caught by the safety poll.
+    """
+
+    def __init__(self, nc: Client, subject_list: list[str]) -> None:
+        self._nc, self._subjects = nc, subject_list
+        self._rung = asyncio.Event()
+
+    async def start(self) -> Doorbell:
+        for subject in self._subjects:
+            await self._nc.subscribe(subject, cb=self._ring)
+        return self
+
+    async def _ring(self, _: Msg) -> None:
+        self._rung.set()
+
+    def clear(self) -> None:
+        """Call before probing the queues, so a job queued meanwhile still rings."""
+        self._rung.clear()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._rung.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def next_jobs(sources: list[JobSource], room: int) -> list[Msg]:
+    """Up to ``room`` jobs, first choice first: each queue is asked for what room is
+    left, so a busy zone fills a node in one round trip per queue, not one per job."""
+    found: list[Msg] = []
+    for source in sources:
+        if len(found) >= room:
+            break
+        found += await source.take(room - len(found))
+    return found
+
+
+async def pull_loop(sources: list[JobSource], bell: Doorbell,
+                    run: Callable[[Msg], Awaitable[None]], stop: asyncio.Event,
+                    max_jobs: int = 1) -> None:
+    """Take jobs, first choice first, while fewer than ``max_jobs`` run; each runs as a
+    task of its own (``run(msg)``). On ``stop``, takes no more and waits for those
+    running."""
+    free = asyncio.Semaphore(max_jobs)
+    running: set[asyncio.Task] = set()
+
+    async def run_one(msg: Msg) -> None:
+        try:
+            await run(msg)
+        except Exception:  # noqa: BLE001 - unacked, the job is redelivered
+            log.exception("job not recorded; it will be redelivered")
+        finally:
+            free.release()
+
+    try:
+        while not stop.is_set():
+            await free.acquire()
+            room = 1
+            while not free.locked():  # every free slot, taken without waiting
+                await free.acquire()
+                room += 1
+            bell.clear()
+            msgs = [] if stop.is_set() else await next_jobs(sources, room)
+            for _ in range(room - len(msgs)):
+                free.release()
+            for msg in msgs:
+                task = asyncio.create_task(run_one(msg))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if not msgs and not stop.is_set():
+                await bell.wait(SAFETY_POLL_S)
+    finally:
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
