@@ -3,7 +3,10 @@
 The composition root (:mod:`api.app`) puts one :class:`Services` on
 ``app.state``; each dependency hands a route its part, typed
 (``Annotated[..., Depends(...)]``), so a route names what it uses and a test
-can override any of them (``app.dependency_overrides``).
+can override any of them (``app.dependency_overrides``). Every dependency is
+``async`` and takes only the request: FastAPI runs a plain ``def`` one in a
+worker thread, and solves each nested dependency on every request, which
+together cost the API a sixth of its CPU per job (``bench.bus``).
 """
 from __future__ import annotations
 
@@ -41,27 +44,26 @@ def services(request: Request) -> Services:
     return request.app.state.services
 
 
-ServicesDep = Annotated[Services, Depends(services)]
+# Each reads the request's app directly rather than through a ``services``
+# dependency: every dependency FastAPI solves costs the request CPU.
+async def serving(request: Request) -> Serving:
+    return services(request).serving
 
 
-def serving(s: ServicesDep) -> Serving:
-    return s.serving
+async def jobs(request: Request) -> JobServing:
+    return services(request).jobs
 
 
-def jobs(s: ServicesDep) -> JobServing:
-    return s.jobs
+async def live_nodes(request: Request) -> LiveNodes:
+    return services(request).nodes
 
 
-def live_nodes(s: ServicesDep) -> LiveNodes:
-    return s.nodes
+async def ledger(request: Request) -> Ledger:
+    return services(request).ledger
 
 
-def ledger(s: ServicesDep) -> Ledger:
-    return s.ledger
-
-
-def status_board(s: ServicesDep) -> StatusBoard:
-    return s.status
+async def status_board(request: Request) -> StatusBoard:
+    return services(request).status
 
 
 ServingDep = Annotated[Serving, Depends(serving)]
@@ -71,13 +73,13 @@ LedgerDep = Annotated[Ledger, Depends(ledger)]
 StatusDep = Annotated[StatusBoard, Depends(status_board)]
 
 
-async def principal(request: Request, s: ServicesDep) -> Principal:
+async def principal(request: Request) -> Principal:
     """Who calls: the account of the ``Authorization: Bearer`` key (401 otherwise)."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
                        "missing_api_key")
-    who = await s.keys.lookup(key.strip())
+    who = await services(request).keys.lookup(key.strip())
     if who is None:
         raise APIError(401, "Incorrect API key provided.", "invalid_api_key")
     return who
@@ -87,7 +89,8 @@ PrincipalDep = Annotated[Principal, Depends(principal)]
 
 
 def _call(body: ChatCompletionRequest | CompletionRequest, request: Request,
-          zones: ZoneResolver, idempotency_key: str | None) -> Call:
+          idempotency_key: str | None) -> Call:
+    zones = services(request).zones
     peer = request.client.host if request.client else None
     forwarded = request.headers.get("x-forwarded-for")
     return Call(body=body, zone=zones.resolve(request.headers.get(ZONE_HEADER), peer, forwarded),
@@ -97,14 +100,14 @@ def _call(body: ChatCompletionRequest | CompletionRequest, request: Request,
                 idempotency_key=idempotency_key)
 
 
-async def chat_call(body: ChatCompletionRequest, request: Request, s: ServicesDep,
+async def chat_call(body: ChatCompletionRequest, request: Request,
                     idempotency_key: str | None = Header(None)) -> Call:
-    return _call(body, request, s.zones, idempotency_key)
+    return _call(body, request, idempotency_key)
 
 
-async def completion_call(body: CompletionRequest, request: Request, s: ServicesDep,
+async def completion_call(body: CompletionRequest, request: Request,
                           idempotency_key: str | None = Header(None)) -> Call:
-    return _call(body, request, s.zones, idempotency_key)
+    return _call(body, request, idempotency_key)
 
 
 ChatCallDep = Annotated[Call, Depends(chat_call)]

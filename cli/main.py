@@ -89,6 +89,20 @@ def _run_until_signal(main) -> int:
     return 0
 
 
+async def _projector(settings: Settings, stop: asyncio.Event) -> None:
+    """``inferbus projector``: the read models and the money service (settlement,
+    the ledger relay, the expiry sweep) in one process, on one connection."""
+    from bus.guard import connect_service
+    from ledger import service
+    from projections import projector
+    nc = await connect_service(settings, "inferbus-projector")
+    try:
+        await asyncio.gather(projector.serve(settings, nc, stop),
+                             service.serve(settings, nc, stop))
+    finally:
+        await nc.drain()
+
+
 def _dispatch(args, settings: Settings) -> int:
     if args.command == "up":
         from cli import up
@@ -104,11 +118,7 @@ def _dispatch(args, settings: Settings) -> int:
                              args.node_name, args.subcloud, not args.subcloud or args.public)
         return _run_until_signal(lambda stop: run(settings, opts, stop))
     if args.command == "projector":
-        # The read models and the money service (settlement, relay, expiry) in one process.
-        from ledger import service
-        from projections import projector
-        return _run_until_signal(lambda stop: asyncio.gather(projector.run(settings, stop),
-                                                             service.run(settings, stop)))
+        return _run_until_signal(lambda stop: _projector(settings, stop))
     if args.command == "keys":
         from cli import admin
         micro = admin.parse_credits(args.credits) if args.credits not in ("0", "") else 0

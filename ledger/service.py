@@ -1,6 +1,6 @@
 """The money service: settlement, the ledger relay and the expiry sweep, run
 together until ``stop`` is set (``inferbus projector`` runs it beside the read
-models; see ``cli/main.py``).
+models, on one connection; see ``cli/main.py``).
 
 Settlement is a nats-py durable pull consumer that settles each pull's
 outcomes in one ledger save; the relay reads the ledger's new money events and
@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.client import Client
+
 from bus.config import Settings
-from bus.guard import connect_service
 from bus.leases import Leases
 from bus.streams import claims_bucket
 from ledger.application import Ledger
@@ -24,8 +25,9 @@ from projections.readmodels import open_store
 log = logging.getLogger("inferbus.settlement")
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> None:
-    nc = await connect_service(settings, "inferbus-settlement")
+async def serve(settings: Settings, nc: Client, stop: asyncio.Event) -> None:
+    """Run the three until ``stop``, over ``nc`` (a service's connection: see
+    ``bus.guard.connect_service``)."""
     js = nc.jetstream()
     store = await asyncio.to_thread(open_store, settings)
     ledger = await asyncio.to_thread(Ledger.open, settings)
@@ -38,7 +40,6 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             Relay(ledger, js).run(stop),
             sweep_expired(store, ledger, js, settings.expiry_grace_s, stop))
     finally:
-        await nc.drain()
         await asyncio.to_thread(store.close)
         await asyncio.to_thread(ledger.close)
     log.info("settlement stopped")

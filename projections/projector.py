@@ -14,7 +14,7 @@ to ``batch_max``) joins it in one transaction. A malformed event is logged
 with its sequence and skipped (the position still moves past it); the
 consumer never stops on bad data (the message is set aside on the dead-letter
 stream). A failing store is retried with backoff, holding the batch, until it
-recovers or ``stop`` is set. :func:`run` is the read-model service: the
+recovers or ``stop`` is set. :func:`serve` is the read-model service: the
 projector over this deployment's store until ``stop``.
 """
 from __future__ import annotations
@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import nats.errors
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus import subjects
 from bus.config import Settings
 from bus.events import Event, parse_event
-from bus.guard import connect_service
 from bus.publish import dead_letter
 from bus.streams import patiently
 from projections.readmodels import POSITION, PROJECTIONS, open_store
@@ -224,14 +224,12 @@ class Projector:
                     RuntimeError(f"projector stopped at {self.position}, before {seq}"))
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """The read-model service: keep this deployment's store current until ``stop``."""
-    nc = await connect_service(settings, "inferbus-projector")
-    js = nc.jetstream()
+async def serve(settings: Settings, nc: Client, stop: asyncio.Event) -> None:
+    """The read-model service: keep this deployment's store current until ``stop``,
+    over ``nc`` (a service's connection: see ``bus.guard.connect_service``)."""
     store = await asyncio.to_thread(open_store, settings)
     try:
-        await Projector(store, js).run(stop)
+        await Projector(store, nc.jetstream()).run(stop)
     finally:
-        await nc.drain()
         await asyncio.to_thread(store.close)
     log.info("projector stopped")
