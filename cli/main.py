@@ -91,16 +91,20 @@ def _run_until_signal(main) -> int:
 
 async def _projector(settings: Settings, stop: asyncio.Event) -> None:
     """``inferbus projector``: the read models and the money service (settlement,
-    the ledger relay, the expiry sweep) in one process, on one connection."""
+    the ledger relay, the expiry sweep) in one process, on one connection and one
+    read-model store."""
     from bus.guard import connect_service
     from ledger import service
     from projections import projector
+    from projections.readmodels import open_store
     nc = await connect_service(settings, "inferbus-projector")
+    store = await asyncio.to_thread(open_store, settings)
     try:
-        await asyncio.gather(projector.serve(settings, nc, stop),
-                             service.serve(settings, nc, stop))
+        await asyncio.gather(projector.serve(nc, store, stop),
+                             service.serve(settings, nc, store, stop))
     finally:
         await nc.drain()
+        await asyncio.to_thread(store.close)
 
 
 def _dispatch(args, settings: Settings) -> int:

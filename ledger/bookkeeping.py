@@ -35,7 +35,7 @@ from bus.config import Settings
 from ledger.domain import Account, LedgerConflict, account_id, replay
 from ledger.persistence import Outage, ledger_env
 
-log = logging.getLogger("ledger")
+log = logging.getLogger("inferbus.ledger")
 T = TypeVar("T")
 B = TypeVar("B", bound="Bookkeeping")
 

@@ -20,16 +20,15 @@ from ledger.application import Ledger
 from ledger.expiry import sweep_expired
 from ledger.relay import Relay
 from ledger.settlement import Settlement, consume
-from projections.readmodels import open_store
+from projections.store import Store
 
 log = logging.getLogger("inferbus.settlement")
 
 
-async def serve(settings: Settings, nc: Client, stop: asyncio.Event) -> None:
+async def serve(settings: Settings, nc: Client, store: Store, stop: asyncio.Event) -> None:
     """Run the three until ``stop``, over ``nc`` (a service's connection: see
-    ``bus.guard.connect_service``)."""
+    ``bus.guard.connect_service``); the sweep reads ``store``'s balances."""
     js = nc.jetstream()
-    store = await asyncio.to_thread(open_store, settings)
     ledger = await asyncio.to_thread(Ledger.open, settings)
     claims = await claims_bucket(js, settings.job_timeout_s + settings.expiry_grace_s,
                                  settings.stream_replicas)
@@ -40,6 +39,5 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event) -> None:
             Relay(ledger, js).run(stop),
             sweep_expired(store, ledger, js, settings.expiry_grace_s, stop))
     finally:
-        await asyncio.to_thread(store.close)
         await asyncio.to_thread(ledger.close)
     log.info("settlement stopped")

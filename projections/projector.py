@@ -15,7 +15,7 @@ with its sequence and skipped (the position still moves past it); the
 consumer never stops on bad data (the message is set aside on the dead-letter
 stream). A failing store is retried with backoff, holding the batch, until it
 recovers or ``stop`` is set. :func:`serve` is the read-model service: the
-projector over this deployment's store until ``stop``.
+projector over a deployment's store until ``stop``.
 """
 from __future__ import annotations
 
@@ -31,11 +31,10 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from bus import subjects
-from bus.config import Settings
 from bus.events import Event, parse_event
 from bus.publish import dead_letter
 from bus.streams import patiently
-from projections.readmodels import POSITION, PROJECTIONS, open_store
+from projections.readmodels import POSITION, PROJECTIONS
 from projections.replay import Delivery
 from projections.store import Store, read_position, write_position
 
@@ -224,12 +223,8 @@ class Projector:
                     RuntimeError(f"projector stopped at {self.position}, before {seq}"))
 
 
-async def serve(settings: Settings, nc: Client, stop: asyncio.Event) -> None:
-    """The read-model service: keep this deployment's store current until ``stop``,
-    over ``nc`` (a service's connection: see ``bus.guard.connect_service``)."""
-    store = await asyncio.to_thread(open_store, settings)
-    try:
-        await Projector(store, nc.jetstream()).run(stop)
-    finally:
-        await asyncio.to_thread(store.close)
+async def serve(nc: Client, store: Store, stop: asyncio.Event) -> None:
+    """The read-model service: keep ``store`` current until ``stop``, over ``nc``
+    (a service's connection: see ``bus.guard.connect_service``)."""
+    await Projector(store, nc.jetstream()).run(stop)
     log.info("projector stopped")
