@@ -35,3 +35,18 @@ async def test_a_request_brings_what_is_stored_and_the_next_starts_a_list_of_its
         assert await pull.wait(5) and pull.messages == [] and pull.status.startswith("404")
     finally:
         await pull.close()
+
+
+async def test_a_stored_message_with_a_status_header_is_a_message_not_the_end(js):
+    # Only the server's status answers have no payload; a publisher's own "Status"
+    # header must neither end a request nor hide the message from its consumer.
+    await js.publish(subjects.event("eu", "JobExpired"), b'{"not": "a status"}',
+                     headers={"Status": "404", "Description": "No Messages"})
+    pull = await Pull(js._nc, subjects.EVENTS_STREAM, await consumer(js)).start()
+    try:
+        await pull.request(2)
+        assert await pull.wait(5)
+        assert [m.data for m in pull.messages] == [b'{"not": "a status"}']
+        assert pull.status is not None and pull.status.startswith("404")  # the real end
+    finally:
+        await pull.close()
