@@ -14,7 +14,10 @@ to ``batch_max``) joins it in one transaction. A malformed event is logged
 with its sequence and skipped (the position still moves past it); the
 consumer never stops on bad data (the message is set aside on the dead-letter
 stream). A failing store is retried with backoff, holding the batch, until it
-recovers or ``stop`` is set. :func:`serve` is the read-model service: the
+recovers or ``stop`` is set. A well-formed event that fails to apply every
+time while the store works (a poison event) is found by applying smaller
+parts of its batch, moved past and dead-lettered too
+(:mod:`projections.poison`). :func:`serve` is the read-model service: the
 projector over a deployment's store until ``stop``.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ from bus import subjects
 from bus.events import Event, parse_event
 from bus.publish import dead_letter
 from bus.streams import patiently
+from projections.poison import isolate
 from projections.readmodels import POSITION, PROJECTIONS
 from projections.replay import Delivery
 from projections.store import Store, read_position, write_position
@@ -95,13 +99,14 @@ class Projector:
     """Keeps one store's projections up to date with the EVENTS stream.
 
     ``position`` is the last stream sequence committed; ``applied``,
-    ``malformed`` and ``stale`` count what this instance has processed."""
+    ``malformed``, ``stale`` and ``poisoned`` (well-formed events moved past
+    because they cannot be applied) count what this instance has processed."""
 
     def __init__(self, store: Store, js: JetStreamContext, *, projection: str = POSITION,
                  batch_max: int = BATCH_MAX) -> None:
         self.store, self.js, self.projection, self.batch_max = store, js, projection, batch_max
         self.position = 0
-        self.applied = self.malformed = self.stale = 0
+        self.applied = self.malformed = self.stale = self.poisoned = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._stopped = False
 
@@ -186,30 +191,63 @@ class Projector:
 
     async def _apply(self, batch: list[Delivery], stop: asyncio.Event) -> None:
         delay = 0.1
-        while True:
+        while batch:
             try:
                 # Off the event loop: the NATS client must keep answering
                 # heartbeats and flow control while the store commits.
                 outcome = await asyncio.to_thread(apply_batch, self.store, batch, self.projection)
+            except Exception as exc:
+                log.warning("applying stream sequences %d..%d failed (%s: %s); applying it "
+                            "in parts", batch[0].seq, batch[-1].seq, type(exc).__name__, exc)
+            else:
+                await self._committed(outcome)
                 break
-            except Exception:
-                log.exception("applying stream sequences %d..%d failed; retrying in %.1fs",
-                              batch[0].seq, batch[-1].seq, delay)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    # Stopping mid-retry loses nothing: the next start resumes
-                    # from the stored position.
-                    await asyncio.wait_for(stop.wait(), delay)
-                    return
-                delay = min(delay * 2, RETRY_MAX_S)
+            # One event that can never apply must not stall every read model:
+            # smaller parts find it, unless the store itself is down.
+            found = await asyncio.to_thread(isolate, self.store, batch, self.projection,
+                                            apply_batch)
+            for outcome in found.outcomes:
+                await self._committed(outcome)
+            await self._set_aside(found.poisoned, found.position)
+            if found.error is None:
+                break
+            log.error("applying stream sequences %d..%d failed; retrying in %.1fs",
+                      batch[0].seq, batch[-1].seq, delay, exc_info=found.error)
+            # What committed before the store failed stays committed: retry the rest.
+            batch = [d for d in batch if d.seq > self.position]
+            with contextlib.suppress(asyncio.TimeoutError):
+                # Stopping mid-retry loses nothing: the next start resumes
+                # from the stored position.
+                await asyncio.wait_for(stop.wait(), delay)
+                return
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _committed(self, outcome: BatchOutcome) -> None:
+        """Take in a committed batch: dead-letter its malformed events, count it
+        and wake whoever waits for its position."""
         for delivery, reason in outcome.rejected:  # after the commit: the log keeps the original
             with contextlib.suppress(Exception):
                 await dead_letter(self.js, "projector", delivery.subject, delivery.seq, reason,
                                   delivery.data)
-        self.position = outcome.position
+        self.position = max(self.position, outcome.position)
         self.applied += outcome.applied
         self.malformed += outcome.malformed
         self.stale += outcome.stale
-        log.debug("projection %s at %d (+%d events)", self.projection, self.position, len(batch))
+        log.debug("projection %s at %d (+%d applied)", self.projection, self.position,
+                  outcome.applied)
+        self._wake()
+
+    async def _set_aside(self, poisoned: Sequence[tuple[Delivery, str]], position: int) -> None:
+        """Dead-letter the poison events the store has already moved past (up
+        to ``position``), count them and wake the waiters."""
+        for delivery, reason in poisoned:
+            try:  # after the commit, as for malformed ones: the log keeps the original
+                await dead_letter(self.js, "projector", delivery.subject, delivery.seq, reason,
+                                  delivery.data)
+            except Exception:
+                log.exception("dead-lettering stream sequence %d failed", delivery.seq)
+        self.poisoned += len(poisoned)
+        self.position = max(self.position, position)
         self._wake()
 
     def _wake(self) -> None:
