@@ -27,7 +27,8 @@ from api.status_page import RequestCounter, StatusBoard
 from api.subclouds import Subclouds
 from bus.config import Settings
 from bus.guard import connect_service, preflight
-from bus.streams import cancels_bucket, claims_bucket, nodes_bucket
+from bus.grants import GrantBook
+from bus.streams import cancels_bucket, claims_bucket, grants_bucket, nodes_bucket
 from ledger import Ledger
 from projections.readmodels import open_store
 
@@ -38,7 +39,8 @@ def create_app(settings: Settings) -> FastAPI:
         nc = await connect_service(settings, "api")
         js = nc.jetstream()
         replicas = settings.stream_replicas
-        nodes, replies = LiveNodes(), ReplyRouter(nc)
+        grants = await GrantBook().follow(await grants_bucket(js, replicas))
+        nodes, replies = LiveNodes(grants=grants), ReplyRouter(nc)
         await nodes.watch(await nodes_bucket(js, replicas))
         await replies.start()
         job_life_s = settings.job_timeout_s + settings.expiry_grace_s
@@ -63,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await escalator.close()
             await nodes.close()
+            await grants.close()
             await replies.stop()
             await nc.drain()
             store.close()

@@ -2,7 +2,11 @@
 
 Every API instance builds this itself from the replicated bucket: there is no
 central scheduler. A node is live while its last heartbeat is younger than
-``LIVE_S``.
+``LIVE_S``. A heartbeat is a node's own word: it is believed only under the
+key it was put under (a node's NATS user may put only its own key), only for a
+node with an active grant, and only as far as the grant goes: zone, operator,
+tier, subcloud and publicity come from the grant, models are those it reports
+*and* was granted (``bus.grants``).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from collections.abc import Callable
 
 from nats.js.kv import KeyValue
 
+from bus.grants import GrantBook
 from bus.node_record import ModelInfo, NodeRecord
 
 log = logging.getLogger("inferbus.api")
@@ -21,8 +26,9 @@ FORGET_S = 30.0  # a crashed node's entry expires silently (no watch event): dro
 
 
 class LiveNodes:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 grants: GrantBook | None = None) -> None:
+        self._clock, self._grants = clock, grants
         self._nodes: dict[str, tuple[float, NodeRecord]] = {}
         self._seen_models: set[str] = set()
         self._task: asyncio.Task | None = None
@@ -41,7 +47,26 @@ class LiveNodes:
             self._nodes = {k: v for k, v in self._nodes.items() if v[0] >= now - FORGET_S}
             self._pruned_at = now
         cutoff = now - LIVE_S
-        return [rec for seen, rec in self._nodes.values() if seen >= cutoff]
+        return [rec for seen, rec in self._nodes.values() if seen >= cutoff and self._granted(rec)]
+
+    def _granted(self, record: NodeRecord) -> bool:
+        if self._grants is None:  # no grants to check against (a unit of the API alone)
+            return True
+        grant = self._grants.get(record.node_id)
+        return grant is not None and grant.active
+
+    def narrowed(self, key: str, record: NodeRecord) -> NodeRecord | None:
+        """What the network believes of a heartbeat put under ``key``: None when no
+        grant covers it; otherwise the record within its grant."""
+        if self._grants is None:
+            return record if record.node_id == key else None
+        grant = self._grants.get(key)
+        if grant is None:
+            return None
+        return record.model_copy(update={
+            "node_id": key, "zone": grant.zone, "operator": grant.operator, "tier": grant.tier,
+            "subcloud": grant.subcloud, "public": grant.public,
+            "models": tuple(m for m in record.models if m.name in grant.models)})
 
     def models(self) -> dict[str, ModelInfo]:
         """Models served by at least one live node."""
@@ -69,9 +94,12 @@ class LiveNodes:
             self.remove(entry.key)
             return
         try:
-            self.update(NodeRecord.model_validate_json(entry.value))
+            record = self.narrowed(entry.key, NodeRecord.model_validate_json(entry.value))
         except ValueError as exc:
             log.warning("ignoring malformed node record %s: %s", entry.key, exc)
+            return
+        if record is not None:
+            self.update(record)
 
     async def close(self) -> None:
         if self._task:

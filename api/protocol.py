@@ -8,12 +8,12 @@ shown as JSON numbers (:func:`bus.credits.credits`).
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bus.credits import credits
-from bus.events import ChatMessage, Sampling, Usage
+from bus.events import MAX_TOKENS, ChatMessage, Sampling, Usage
 from bus.node_record import ModelInfo
 from projections.lifecycle import QUEUED
 
@@ -39,15 +39,18 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+StopText = Annotated[str, Field(max_length=256)]
+
+
 class _Generation(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, gt=0)
+    model: str = Field(min_length=1, max_length=64)
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: StopText | list[StopText] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     n: int = Field(default=1, ge=1, le=1, description="only n=1 is served")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -74,7 +77,7 @@ class _Generation(BaseModel):
 
 class ChatCompletionRequest(_Generation):
     messages: list[RequestMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -82,7 +85,7 @@ class ChatCompletionRequest(_Generation):
 
 class CompletionRequest(_Generation):
     prompt: str
-    max_tokens: int | None = Field(default=16, gt=0)  # OpenAI's legacy default
+    max_tokens: int | None = Field(default=16, gt=0, le=MAX_TOKENS)  # OpenAI's legacy default
 
 
 def usage_body(usage: Usage) -> dict:

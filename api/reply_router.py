@@ -1,12 +1,19 @@
 """Routes the live replies of workers to the request that waits for each job.
 
-One core-NATS subscription per API instance (``replies.<instance>``); each
-waiting request opens a :class:`JobReplies` for its job *before* the job is
-queued, so no reply can arrive unrouted, and closes it when it stops reading
-(whoever holds it: the sync answer, or the SSE stream it was handed to). The
-router keeps the text each job has streamed so far, so a node taking a job
-over mid-stream continues from exactly what the caller has (``Resume``), with
-nothing twice and nothing missing.
+Two core-NATS subscriptions per API instance: ``replies.<instance>``, where
+only services publish (the gate's ``Started``, naming the node it leased the
+job to, and the verified ``Finished``), and ``node.*.live.<instance>``, where
+each node publishes under its own id (its ``Delta`` text and ``Resume``
+requests). A node's text or resume request counts only while that node holds
+the job's lease, for the attempt it holds: another node, whatever it sends,
+reaches no caller and learns no caller's text.
+
+Each waiting request opens a :class:`JobReplies` for its job *before* the job
+is queued, so no reply can arrive unrouted, and closes it when it stops
+reading (whoever holds it: the sync answer, or the SSE stream it was handed
+to). The router keeps the text each job has streamed so far, so a node taking
+a job over mid-stream continues from exactly what the caller has (``Resume``),
+with nothing twice and nothing missing.
 """
 from __future__ import annotations
 
@@ -36,6 +43,21 @@ class Watch:
     text: str = ""
     attempt: int = 1
     gapped: bool = False  # a live delta was lost: the outcome's full text fills the gap
+    holder: str | None = None  # the node the gate leased the job to, for ``attempt``
+
+    def holds(self, node: str | None, attempt: int) -> bool:
+        """Whether ``node`` holds the job's lease for ``attempt`` (as the gate said)."""
+        return node is not None and node == self.holder and attempt == self.attempt
+
+    def leased(self, started: Started) -> bool:
+        """The gate leased the job (again): text counts from that node only. False
+        for a notice older than the lease already known."""
+        if started.attempt < self.attempt or started.node_id is None:
+            return False
+        if started.attempt > self.attempt:
+            self.gapped = False  # the new holder resumes from the text here
+        self.attempt, self.holder = started.attempt, started.node_id
+        return True
 
     def accept(self, delta: Delta) -> Delta | None:
         """The part of ``delta`` that extends the text, or None (stale, repeated, gap)."""
@@ -53,8 +75,8 @@ class Watch:
         return fresh
 
     def resume(self, request: Resume) -> Resumed:
-        """A node takes over: it continues from the text here; older attempts go quiet."""
-        self.attempt, self.gapped = max(self.attempt, request.attempt), False
+        """The new holder continues from the text here."""
+        self.gapped = False
         return Resumed(job_id=request.job_id, text=self.text)
 
 
@@ -90,14 +112,17 @@ class ReplyRouter:
         self._nc = nc
         self.subject = subjects.replies(new_id()[:16])
         self._waiting: dict[str, Watch] = {}
-        self._sub = None
+        self._subs: list = []
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self.subject, cb=self._route)
+        instance = self.subject.rsplit(".", 1)[-1]
+        self._subs = [await self._nc.subscribe(self.subject, cb=self._route),
+                      await self._nc.subscribe(subjects.live_from_any_node(instance),
+                                               cb=self._route_live)]
 
     async def stop(self) -> None:
-        if self._sub:
-            await self._sub.unsubscribe()
+        for sub in self._subs:
+            await sub.unsubscribe()
 
     def watch(self, job_id: str, deadline: datetime) -> JobReplies:
         """Route ``job_id``'s replies to the returned handle until it is closed."""
@@ -113,22 +138,34 @@ class ReplyRouter:
             del self._waiting[job_id]
 
     async def _route(self, msg: Msg) -> None:
+        """The network's own replies: lease notices and verified outcomes."""
         try:
             reply = parse_reply(msg.data)
         except ValidationError:
             log.warning("malformed reply dropped")
             return
+        if not isinstance(reply, (Started, Finished)):
+            return  # a node's text comes on its own subject, never here
         job_id = reply.event.job_id if isinstance(reply, Finished) else reply.job_id
         watch = self._waiting.get(job_id)
-        if watch is None:
-            return  # not (or no longer) waited for here: a resume request gets no answer
+        if watch is not None and (isinstance(reply, Finished) or watch.leased(reply)):
+            watch.queue.put_nowait(reply)
+
+    async def _route_live(self, msg: Msg) -> None:
+        """A node's live text or resume request: only the lease holder's counts."""
+        node = subjects.sender_node(msg.subject)
+        try:
+            reply = parse_reply(msg.data)
+        except ValidationError:
+            return
+        if not isinstance(reply, (Delta, Resume)):
+            return  # only the network says who runs a job and how it ended
+        watch = self._waiting.get(reply.job_id)
+        if watch is None or not watch.holds(node, reply.attempt):
+            return  # not waited for here, or not from its holder: nothing, not even an answer
         if isinstance(reply, Resume):
             if msg.reply:
                 await msg.respond(watch.resume(reply).model_dump_json().encode())
             return
-        if isinstance(reply, Delta):
-            reply = watch.accept(reply)
-        elif isinstance(reply, Started) and reply.attempt < watch.attempt:
-            reply = None
-        if reply is not None:
-            watch.queue.put_nowait(reply)
+        if (fresh := watch.accept(reply)) is not None:
+            watch.queue.put_nowait(fresh)

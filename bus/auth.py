@@ -7,16 +7,16 @@ Two kinds of nkey user:
 - **worker**: one user per node, allowed exactly what a worker does
   (:func:`worker_permissions`): pull and ack its own queues' consumers (its own
   node queue, its subcloud's pool, its zone and global, for one model), create
-  those consumers with their filter pinned, log the five job outcome events,
-  send live replies, dead-letter a job it cannot read, read cancels, claim jobs,
-  and put its own heartbeat key. Everything else is refused by the server: the
-  ledger's events, ``JobSubmitted``, other queues, other nodes' heartbeats,
-  stream create/update/delete/purge, message deletes.
+  those consumers with their filter pinned, read cancels, put its own heartbeat
+  key, and publish on ``node.<its own id>.>``: lease and outcome requests to the
+  gate, liveness pings, live replies. Everything else is refused by the server:
+  the event log, the claims, the ledger, ``JobSubmitted``, other queues, other
+  nodes' subjects and heartbeats, the API's reply inboxes, stream
+  create/update/delete/purge, message deletes.
 
-What permissions cannot say (subjects carry no job holder): which jobs' claims a
-worker may write, and which ``replies.<api>`` inbox or outcome subject belongs to
-a job it really holds. Settlement verifies the node's signature and the claim
-instead (I5), and the API takes its final answer from the logged event.
+What permissions cannot say (a subject carries no job holder): which job a node
+really holds. The gate checks that against the lease before it logs or pays,
+and the API against the gate's lease notice before it passes text on.
 """
 from __future__ import annotations
 
@@ -27,9 +27,6 @@ from dataclasses import dataclass
 from bus import subjects
 from bus.streams import WORKER_STREAMS
 
-# A worker logs only the outcome of jobs it runs; nothing about money or keys.
-WORKER_EVENTS = ("JobStarted", "JobCompleted", "JobFailed", "JobCancelled", "JobExpired")
-WORKER_DEAD_LETTERS = "worker"  # the consumer name workers/runner.py dead-letters under
 
 
 @dataclass(frozen=True)
@@ -59,11 +56,9 @@ def worker_permissions(user: str, node_id: str, model: str, queues: Sequence[str
         publish += [subjects.consumer_create(stream, consumer, filter_subject),
                     subjects.consumer_info(stream, consumer),
                     subjects.pull_next(stream, consumer), subjects.acks(stream, consumer)]
-    publish += subjects.events_of(*WORKER_EVENTS)
-    publish += [subjects.dead_letter(WORKER_DEAD_LETTERS), subjects.any_replies(),
-                subjects.kv_key(subjects.NODES_BUCKET, node_id),
-                subjects.kv_any_key(subjects.CLAIMS_BUCKET)]
-    publish += subjects.kv_reads(subjects.CLAIMS_BUCKET) + subjects.kv_reads(subjects.CANCELS_BUCKET)
+    publish += [subjects.own_node_subjects(node_id),
+                subjects.kv_key(subjects.NODES_BUCKET, node_id)]
+    publish += subjects.kv_reads(subjects.CANCELS_BUCKET)
     subscribe = [subjects.below(subjects.inbox_prefix(user)),
                  *(filter_subject for _, filter_subject in consumers),  # the doorbell
                  subjects.any_cancel()]

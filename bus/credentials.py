@@ -25,6 +25,7 @@ import nkeys
 
 from bus import subjects
 from bus.auth import NatsUser, render_authorization, worker_permissions
+from bus.grants import NodeGrant
 
 AUTH_DIR = "nats-auth"
 SERVICE_SEED = "service.seed"
@@ -68,9 +69,19 @@ class WorkerGrant:
     node_id: str  # hex ed25519 public key of the node (bus/signing.py)
     subcloud: str | None = None
     public: bool = True
+    operator: str = "operator"  # the account its RCP goes to
+    tier: int = 1
+    suspended: bool = False  # no NATS user while suspended
 
     def queues(self) -> list[str]:
         return subjects.worker_queues(self.zone, self.node_id, self.subcloud, self.public)
+
+    def network_grant(self) -> NodeGrant:
+        """The grant as services read it (``bus.grants``, the ``grants`` bucket)."""
+        return NodeGrant(node_id=self.node_id, node_name=self.node_name, operator=self.operator,
+                         zone=self.zone, models=(self.model,), tier=self.tier,
+                         subcloud=self.subcloud, public=self.public,
+                         status="suspended" if self.suspended else "unverified")
 
 
 class CredentialStore:
@@ -105,6 +116,12 @@ class CredentialStore:
         seed.with_suffix(".json").write_text(json.dumps(asdict(grant), indent=1) + "\n")
         return seed
 
+    def remove_worker(self, node_name: str) -> None:
+        """Forget a node's grant and its NATS user (``write_config`` drops it)."""
+        seed = self.worker_seed(node_name)
+        seed.with_suffix(".json").unlink(missing_ok=True)
+        seed.unlink(missing_ok=True)
+
     def grants(self) -> list[WorkerGrant]:
         folder = self.root / "workers"
         found = sorted(folder.glob("*.json")) if folder.exists() else []
@@ -114,6 +131,8 @@ class CredentialStore:
         """The service user and every granted worker's, with their permissions."""
         users = [NatsUser("service: full access", load_or_create_seed(self.service_seed))]
         for grant in self.grants():
+            if grant.suspended:
+                continue  # a suspended node cannot even connect
             nkey = public_key(self.worker_seed(grant.node_name))
             users.append(NatsUser(
                 f"worker {grant.node_name}: zone {grant.zone}, model {grant.model}, "

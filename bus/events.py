@@ -13,6 +13,8 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from bus.bounds import (MAX_MICRO, MAX_TEXT, MAX_TOKENS, Attempt, Hash, Id, Micro, Name,  # noqa: F401
+                        Text, Tokens)
 from bus.subjects import GLOBAL
 
 
@@ -31,23 +33,23 @@ class Contract(BaseModel):
 
 
 class Event(Contract):
-    event_id: str = Field(default_factory=new_id)
+    event_id: Id = Field(default_factory=new_id)
     occurred_at: datetime = Field(default_factory=_now)
 
 
 class ChatMessage(Contract):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: Text
 
 
 class Sampling(Contract):
     """Per-request generation parameters; the worker honours each one."""
 
-    max_tokens: int = Field(ge=1)
+    max_tokens: int = Field(ge=1, le=MAX_TOKENS)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
+    stop: tuple[Annotated[str, Field(max_length=256)], ...] = Field(default=(), max_length=16)
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
 
 
 class JobSubmitted(Event):
@@ -61,20 +63,20 @@ class JobSubmitted(Event):
     """
 
     type: Literal["JobSubmitted"] = "JobSubmitted"
-    job_id: str
-    account: str
-    key_id: str
-    model: str
+    job_id: Id
+    account: Id
+    key_id: Id
+    model: Name
     kind: Literal["chat", "completion"]
-    messages: tuple[ChatMessage, ...] | None = None
-    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = Field(default=None, max_length=4096)
+    prompt: Text | None = None
     sampling: Sampling
-    zone: str
+    zone: Name
     route: Literal["zone", "global"]
     deadline: datetime
-    reply_to: str | None = None
-    queue: str | None = None  # the first queue it was put on; None: its zone or global
-    subcloud: str | None = None
+    reply_to: Name | None = None
+    queue: Name | None = None  # the first queue it was put on; None: its zone or global
+    subcloud: Name | None = None
     strict: bool = False  # subcloud residency: never leaves its zones
 
     def first_queue(self) -> str:
@@ -88,10 +90,10 @@ class JobSubmitted(Event):
 
 class JobStarted(Event):
     type: Literal["JobStarted"] = "JobStarted"
-    job_id: str
-    node_id: str
-    zone: str  # the node's zone: where the job runs
-    attempt: int
+    job_id: Id
+    node_id: Id
+    zone: Name  # the node's zone: where the job runs
+    attempt: Attempt
 
 
 class JobEscalated(Event):
@@ -100,16 +102,16 @@ class JobEscalated(Event):
     (``to`` = the next node's queue token)."""
 
     type: Literal["JobEscalated"] = "JobEscalated"
-    job_id: str
-    zone: str  # the job's own zone (its log subject)
-    from_queue: str
-    to: str
-    reason: str
+    job_id: Id
+    zone: Name  # the job's own zone (its log subject)
+    from_queue: Name
+    to: Name
+    reason: Text
 
 
 class Usage(Contract):
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: Tokens
+    completion_tokens: Tokens
 
     @property
     def total_tokens(self) -> int:
@@ -120,30 +122,30 @@ class JobCompleted(Event):
     """A finished job, signed by the node that ran it (see ``bus.signing``)."""
 
     type: Literal["JobCompleted"] = "JobCompleted"
-    job_id: str
-    model: str
-    node_id: str
-    operator: str  # the account that earns the job's RCP
+    job_id: Id
+    model: Name
+    node_id: Id
+    operator: Id  # the account that earns the job's RCP
     tier: int = Field(default=1, ge=1, le=6)
-    zone: str
-    attempt: int
-    text: str
+    zone: Name
+    attempt: Attempt
+    text: Text
     finish_reason: Literal["stop", "length"]
     usage: Usage
-    input_hash: str
-    output_hash: str
-    signature: str
+    input_hash: Hash
+    output_hash: Hash
+    signature: Hash
 
 
 class JobFailed(Event):
     """A job that cannot complete. ``code`` is an OpenAI-style error code."""
 
     type: Literal["JobFailed"] = "JobFailed"
-    job_id: str
-    node_id: str | None = None
-    zone: str
-    code: str
-    message: str
+    job_id: Id
+    node_id: Id | None = None
+    zone: Name
+    code: Name
+    message: Text
 
 
 class JobCancelled(Event):
@@ -151,27 +153,27 @@ class JobCancelled(Event):
     counts what was produced before it stopped: that much is charged."""
 
     type: Literal["JobCancelled"] = "JobCancelled"
-    job_id: str
-    zone: str
-    reason: str
-    model: str | None = None
-    node_id: str | None = None
+    job_id: Id
+    zone: Name
+    reason: Text
+    model: Name | None = None
+    node_id: Id | None = None
     usage: Usage | None = None
 
 
 class JobExpired(Event):
     type: Literal["JobExpired"] = "JobExpired"
-    job_id: str
-    zone: str
+    job_id: Id
+    zone: Name
 
 
 class ApiKeyIssued(Event):
     """A consumer key. Only its SHA-256 is ever stored or published."""
 
     type: Literal["ApiKeyIssued"] = "ApiKeyIssued"
-    key_hash: str
-    account: str
-    subcloud: str | None = None
+    key_hash: Id
+    account: Id
+    subcloud: Name | None = None
 
 
 class SubcloudCreated(Event):
@@ -179,14 +181,34 @@ class SubcloudCreated(Event):
     run outside ``zones`` (data residency), and wait there rather than fall back."""
 
     type: Literal["SubcloudCreated"] = "SubcloudCreated"
-    name: str
+    name: Name
     zones: tuple[str, ...]
     strict: bool = False
 
 
 class ApiKeyRevoked(Event):
     type: Literal["ApiKeyRevoked"] = "ApiKeyRevoked"
-    key_hash: str
+    key_hash: Id
+
+
+class NodeStrike(Event):
+    """Something a node sent that the network refused: a forged, malformed or
+    wrong result, or a request outside its grant. ``evidence`` holds what it sent
+    (truncated) so the audit can judge the strike."""
+
+    type: Literal["NodeStrike"] = "NodeStrike"
+    node_id: Id
+    reason: Text
+    job_id: Id | None = None
+    evidence: Annotated[str, Field(max_length=4096)] = ""
+
+
+class NodeSuspended(Event):
+    """A node taken out of the network: no leases, no routing, grant suspended."""
+
+    type: Literal["NodeSuspended"] = "NodeSuspended"
+    node_id: Id
+    reason: Text
 
 
 class DeadLetter(Contract):
@@ -194,8 +216,8 @@ class DeadLetter(Contract):
 
     consumer: str
     subject: str
-    stream_seq: int | None
-    reason: str
+    stream_seq: int | None = Field(ge=0)
+    reason: Text
     data: str  # the message as it came, base64
 
 
@@ -204,32 +226,32 @@ class DeadLetter(Contract):
 
 class CreditsDeposited(Event):
     type: Literal["CreditsDeposited"] = "CreditsDeposited"
-    account: str
-    amount: int = Field(gt=0)
-    zone: str = GLOBAL
+    account: Id
+    amount: int = Field(gt=0, le=MAX_MICRO)
+    zone: Name = GLOBAL
 
 
 class CreditsReserved(Event):
     """The worst-case cost of a job, held before the job is published."""
 
     type: Literal["CreditsReserved"] = "CreditsReserved"
-    account: str
-    job_id: str
-    key_id: str
-    amount: int = Field(ge=0)
-    zone: str
+    account: Id
+    job_id: Id
+    key_id: Id
+    amount: Micro
+    zone: Name
     deadline: datetime
-    request_hash: str = ""
+    request_hash: Hash = ""
 
 
 class CreditsDebited(Event):
     """The job's actual cost, taken from the reservation (at most once per job)."""
 
     type: Literal["CreditsDebited"] = "CreditsDebited"
-    account: str
-    job_id: str
-    amount: int = Field(ge=0)
-    zone: str
+    account: Id
+    job_id: Id
+    amount: Micro
+    zone: Name
 
 
 class CreditsRefunded(Event):
@@ -237,22 +259,22 @@ class CreditsRefunded(Event):
     Exactly one per reservation; it is what closes the reservation."""
 
     type: Literal["CreditsRefunded"] = "CreditsRefunded"
-    account: str
-    job_id: str
-    amount: int = Field(ge=0)
-    zone: str
-    reason: str
+    account: Id
+    job_id: Id
+    amount: Micro
+    zone: Name
+    reason: Text
 
 
 class RCPAwarded(Event):
     """Contribution points for the operator of the node that completed a job."""
 
     type: Literal["RCPAwarded"] = "RCPAwarded"
-    operator: str
-    job_id: str
-    node_id: str
-    points: int = Field(ge=0)
-    zone: str
+    operator: Id
+    job_id: Id
+    node_id: Id
+    points: Micro
+    zone: Name
 
 
 CREDIT_EVENTS = (CreditsDeposited, CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded)
@@ -261,8 +283,8 @@ TERMINAL_JOB_EVENTS = (JobCompleted, JobFailed, JobCancelled, JobExpired)
 
 AnyEvent = Annotated[
     Union[JobSubmitted, JobStarted, JobEscalated, JobCompleted, JobFailed, JobCancelled,
-          JobExpired, ApiKeyIssued, ApiKeyRevoked, SubcloudCreated, CreditsDeposited, CreditsReserved, CreditsDebited,
-          CreditsRefunded, RCPAwarded],
+          JobExpired, ApiKeyIssued, ApiKeyRevoked, SubcloudCreated, CreditsDeposited,
+          CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded, NodeStrike, NodeSuspended],
     Field(discriminator="type"),
 ]
 

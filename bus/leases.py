@@ -18,20 +18,20 @@ from typing import Literal
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
-from bus.events import Contract
+from bus.events import Attempt, Contract, Id
 
 
 class Lease(Contract):
     """The claims entry of one job."""
 
-    node_id: str
-    attempt: int  # the delivery count of the message the holder runs
-    message: int  # that message's JOBS stream sequence: the one redelivered if the holder dies
+    node_id: Id
+    attempt: Attempt  # the holder's run: the delivery count, raised on every takeover
+    message: int = Field(ge=0)  # the JOBS stream sequence of the delivery the holder runs
     until: float  # unix time the lease runs out unless renewed
     done: bool = False  # sealed: the holder has an outcome and is publishing it
-    runs: int = 1  # nodes that started the job: deliveries a node passed on do not count
+    runs: int = Field(default=1, ge=0, le=1000)  # nodes that started the job (not passed on)
 
 
 @dataclass
@@ -54,7 +54,8 @@ class Skip:
 
 
 class Leases:
-    """Acquire, renew, seal and read job leases in the ``claims`` bucket."""
+    """Acquire, renew, seal, release and read job leases in the ``claims`` bucket
+    (the gate does, on nodes' behalf: ``gate/leasing.py``)."""
 
     def __init__(self, kv: KeyValue, lease_s: float, clock=time.time) -> None:
         self.kv, self.lease_s, self.clock = kv, lease_s, clock
@@ -72,7 +73,7 @@ class Leases:
             entry = await self.kv.get(job_id)
         except KeyNotFoundError:  # its entry aged out meanwhile: nothing holds it
             return Skip("wait", 0.5)
-        current = _parse(entry.value)
+        current = parse_lease(entry.value)
         if current is not None:
             if current.done:
                 return Skip("discard")  # ran (or is being published) already
@@ -84,7 +85,11 @@ class Leases:
                 if current.message != message:
                     return Skip("discard")
                 return Skip("wait", current.until - self.clock() + 0.5)
-        mine = mine.model_copy(update={"runs": current.runs + 1 if current is not None else 1})
+        # A takeover is a new attempt, whatever the delivery count of the copy it
+        # came on: live text and signatures of the old holder must not pass for it.
+        mine = mine.model_copy(update={
+            "runs": current.runs + 1 if current is not None else 1,
+            "attempt": max(attempt, current.attempt + 1) if current is not None else attempt})
         try:
             revision = await self.kv.update(job_id, mine.model_dump_json().encode(),
                                             last=entry.revision)
@@ -101,6 +106,10 @@ class Leases:
         """Mark the job done by this holder; False when the lease is no longer ours."""
         return await self._change(held, held.lease.model_copy(update={"done": True}))
 
+    async def release(self, held: HeldLease) -> bool:
+        """End the holder's lease now (it died), so the next node takes over at once."""
+        return await self._change(held, held.lease.model_copy(update={"until": 0.0}))
+
     async def _change(self, held: HeldLease, lease: Lease) -> bool:
         try:
             held.revision = await self.kv.update(held.job_id, lease.model_dump_json().encode(),
@@ -115,10 +124,10 @@ class Leases:
             entry = await self.kv.get(job_id)
         except KeyNotFoundError:
             return None
-        return _parse(entry.value)
+        return parse_lease(entry.value)
 
 
-def _parse(value: bytes | None) -> Lease | None:
+def parse_lease(value: bytes | None) -> Lease | None:
     try:
         return Lease.model_validate_json(value or b"")
     except ValidationError:

@@ -3,28 +3,28 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bus.events import Contract
+from bus.events import MAX_TOKENS, Contract, Id, Name
 
 
 class ModelInfo(Contract):
-    name: str
-    context_length: int
-    kind: str = "chat"
+    name: Name
+    context_length: int = Field(ge=1, le=MAX_TOKENS)
+    kind: Name = "chat"
 
 
 class NodeRecord(Contract):
-    node_id: str
-    zone: str
-    operator: str
+    node_id: Id
+    zone: Name
+    operator: Id
     tier: int = Field(default=1, ge=1, le=6)
-    lat: float | None = None
-    lon: float | None = None
-    gpu: str = "cpu"
-    vram_total_gb: float = 0.0
-    vram_free_gb: float = 0.0
-    gpu_util: float | None = None  # percent busy, when the driver tells
-    models: tuple[ModelInfo, ...] = ()
-    queue_depth: int = 0
-    busy: int = 0
-    subcloud: str | None = None  # a private pool's node
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    gpu: Name = "cpu"
+    vram_total_gb: float = Field(default=0.0, ge=0, le=1e5)
+    vram_free_gb: float = Field(default=0.0, ge=0, le=1e5)
+    gpu_util: float | None = Field(default=None, ge=0, le=100)  # percent busy, when told
+    models: tuple[ModelInfo, ...] = Field(default=(), max_length=64)
+    queue_depth: int = Field(default=0, ge=0, le=10**7)
+    busy: int = Field(default=0, ge=0, le=10**5)
+    subcloud: Name | None = None  # a private pool's node
     public: bool = True  # serves public zone/global jobs too

@@ -71,15 +71,19 @@ async def publish_batch(js: JetStreamContext, items: list[tuple[Event, str, dict
 
 
 async def enqueue_job(js: JetStreamContext, job: JobSubmitted, queue: str | None = None,
-                      timeout: float = 5.0) -> PubAck:
+                      timeout: float = 5.0, copy: str = "") -> PubAck:
     """Queue a submitted job on ``queue`` (default: its first queue).
 
-    The msg id is derived from the event id and the queue, so a retried enqueue
-    is deduplicated, while the same job put on another queue (an escalation)
-    is a copy of its own; the ``claims`` bucket lets only one copy run."""
+    The msg id is derived from the event id, the queue and ``copy``, so a retried
+    enqueue is deduplicated, while the same job put on another queue (an
+    escalation), or again on the same one after its node died (``copy`` names
+    the attempt it replaces), is a copy of its own; the ``claims`` bucket lets
+    only one copy run. The copy a node sees names no consumer: the account and
+    key stay with the network (the log's ``JobSubmitted`` keeps them)."""
     queue = queue or job.first_queue()
-    return await js.publish(subjects.jobs(queue, job.model), job.model_dump_json().encode(),
-                            timeout=timeout, headers={MSG_ID: f"q-{queue}-{job.event_id}"})
+    seen = job.model_copy(update={"account": "-", "key_id": "-"})
+    return await js.publish(subjects.jobs(queue, job.model), seen.model_dump_json().encode(),
+                            timeout=timeout, headers={MSG_ID: f"q-{queue}-{job.event_id}{copy}"})
 
 
 async def dead_letter(js: JetStreamContext, consumer: str, subject: str, stream_seq: int | None,

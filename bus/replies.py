@@ -11,14 +11,16 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
-from bus.events import Contract, JobCancelled, JobCompleted, JobExpired, JobFailed
+from bus.events import (MAX_TEXT, Attempt, Contract, Id, JobCancelled, JobCompleted, JobExpired,
+                        JobFailed, Name, Text)
 
 
 class Started(Contract):
     kind: Literal["started"] = "started"
-    job_id: str
-    zone: str
-    attempt: int
+    job_id: Id
+    zone: Name
+    attempt: Attempt
+    node_id: Id | None = None  # the lease holder the network granted it to (sent by the gate)
 
 
 class Delta(Contract):
@@ -26,10 +28,10 @@ class Delta(Contract):
     so a receiver can drop text it already has (e.g. after a redelivery)."""
 
     kind: Literal["delta"] = "delta"
-    job_id: str
-    offset: int
-    text: str
-    attempt: int = 1  # the delivery that made it: text of a superseded attempt is dropped
+    job_id: Id
+    offset: int = Field(ge=0, le=MAX_TEXT)
+    text: Text
+    attempt: Attempt = 1  # the delivery that made it: text of a superseded attempt is dropped
 
 
 class Finished(Contract):
@@ -44,14 +46,14 @@ class Resume(Contract):
     from then on, text of earlier attempts is dropped."""
 
     kind: Literal["resume"] = "resume"
-    job_id: str
-    attempt: int
+    job_id: Id
+    attempt: Attempt
 
 
 class Resumed(Contract):
     kind: Literal["resumed"] = "resumed"
-    job_id: str
-    text: str
+    job_id: Id
+    text: Text
 
 
 Reply = Annotated[Union[Started, Delta, Finished, Resume], Field(discriminator="kind")]

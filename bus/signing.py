@@ -1,8 +1,11 @@
 """Node identity and result signatures (ed25519 via pynacl).
 
-A node's id is its hex public key. A signature binds the node, its operator and
-tier, the job, the attempt, the input and output hashes and the token counts, so
-a result cannot be replayed onto another job, attempt, output or payee.
+A node's id is its hex public key. A node signs what it vouches for: the job,
+the attempt, the model, and the hashes of the input and of its output, so a
+result cannot be replayed onto another job, attempt or output
+(:func:`sign_output`). Usage, operator and tier are not the node's to claim:
+the gate recounts and looks them up before it logs the ``JobCompleted``. Older
+events carry the earlier form, which also signed those claims (``sign_result``).
 """
 from __future__ import annotations
 
@@ -45,12 +48,32 @@ def sign_result(key: SigningKey, job_id: str, operator: str, tier: int, attempt:
     return key.sign(payload).signature.hex()
 
 
-def verify_result(event: JobCompleted) -> bool:
-    """True when ``event.signature`` is the node's signature over the event's fields."""
-    payload = result_payload(event.job_id, event.node_id, event.operator, event.tier,
-                             event.attempt, event.input_hash, event.output_hash, event.usage)
+def output_payload(job_id: str, node: str, attempt: int, model: str, input_hash: str,
+                   output_hash: str) -> bytes:
+    return "|".join(["inferbus-output-v3", job_id, node, str(attempt), model, input_hash,
+                     output_hash]).encode()
+
+
+def sign_output(key: SigningKey, job_id: str, attempt: int, model: str, input_hash: str,
+                output_hash: str) -> str:
+    """The node's signature over its output of one attempt of one job."""
+    payload = output_payload(job_id, node_id(key), attempt, model, input_hash, output_hash)
+    return key.sign(payload).signature.hex()
+
+
+def verify_signature(node: str, payload: bytes, signature: str) -> bool:
     try:
-        VerifyKey(bytes.fromhex(event.node_id)).verify(payload, bytes.fromhex(event.signature))
+        VerifyKey(bytes.fromhex(node)).verify(payload, bytes.fromhex(signature))
     except (BadSignatureError, ValueError):
         return False
     return True
+
+
+def verify_result(event: JobCompleted) -> bool:
+    """True when ``event.signature`` is its node's signature over its output (or,
+    for an event of the earlier form, over the event's fields)."""
+    return verify_signature(event.node_id, output_payload(
+        event.job_id, event.node_id, event.attempt, event.model, event.input_hash,
+        event.output_hash), event.signature) or verify_signature(event.node_id, result_payload(
+            event.job_id, event.node_id, event.operator, event.tier, event.attempt,
+            event.input_hash, event.output_hash, event.usage), event.signature)

@@ -127,6 +127,11 @@ async def claims_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) -
     return await _bucket(js, subjects.CLAIMS_BUCKET, ttl_s, replicas)
 
 
+async def grants_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """Each node's grant (``bus.grants``), kept until the admin removes it."""
+    return await _bucket(js, subjects.GRANTS_BUCKET, 0, replicas)
+
+
 async def ensure_work_consumer(js: JetStreamContext, zone: str, model: str,
                                ack_wait_s: float) -> str:
     """The durable pull consumer shared by every worker of (zone, model).
@@ -148,8 +153,7 @@ async def ensure_work_consumer(js: JetStreamContext, zone: str, model: str,
 # Streams (and buckets' streams) a worker needs but never makes: services (API,
 # projector, `inferbus up`) create them, and a worker's credentials may not.
 WORKER_STREAMS = (subjects.JOBS_STREAM, subjects.EVENTS_STREAM, subjects.DEAD_LETTER_STREAM,
-                  *(subjects.kv_stream(b) for b in (subjects.NODES_BUCKET, subjects.CLAIMS_BUCKET,
-                                                    subjects.CANCELS_BUCKET)))
+                  *(subjects.kv_stream(b) for b in (subjects.NODES_BUCKET, subjects.CANCELS_BUCKET)))
 
 
 async def wait_for_streams(js: JetStreamContext, poll_s: float = 0.5) -> None:

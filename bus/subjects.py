@@ -11,9 +11,15 @@ Layout:
 - ``deadletter.<consumer>``: messages a consumer could not read, with the
   reason (stream ``DEADLETTER``).
 - ``control.cancel.<job>``: core-NATS stop signal to the worker running a job.
+- ``node.<node id>.<kind>[.<instance>]``: everything a node says. Its NATS user
+  may publish only under its own id, so the subject, not the body, names the
+  sender. ``lease`` and ``outcome`` are requests the gate answers (``gate/``),
+  ``alive`` its liveness pings, ``live.<instance>`` its deltas and resume
+  requests to the API instance waiting on a job.
 - KV bucket ``nodes``: live node heartbeats; ``cancels``: jobs asked to stop;
   ``claims``: which node runs a job (one copy of a job runs, however many
-  queues it was put on).
+  queues it was put on; only the gate writes it); ``grants``: each node's
+  grant, written by the network's admin.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ DEAD_LETTER_STREAM = "DEADLETTER"
 NODES_BUCKET = "nodes"
 CANCELS_BUCKET = "cancels"
 CLAIMS_BUCKET = "claims"
+GRANTS_BUCKET = "grants"
+GATE_QUEUE = "gate"  # queue group of the gate processes: each node request is answered once
 GLOBAL = "global"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -107,6 +115,45 @@ def cancel(job_id: str) -> str:
 
 def replies(instance: str) -> str:
     return f"replies.{check_token(instance, 'instance')}"
+
+
+_NODE = "node"
+NODE_LEASE, NODE_OUTCOME, NODE_ALIVE, NODE_LIVE = "lease", "outcome", "alive", "live"
+
+
+def node_says(node_id: str, kind: str) -> str:
+    """Where node ``node_id`` sends ``kind`` (``NODE_LEASE``, ``NODE_OUTCOME``,
+    ``NODE_ALIVE``): its own id is in the subject, which its permissions pin."""
+    return f"{_NODE}.{check_token(node_id, 'node id')}.{kind}"
+
+
+def all_nodes_say(kind: str) -> str:
+    """What every node sends of ``kind``: the gate's subscription."""
+    return f"{_NODE}.*.{kind}"
+
+
+def node_live(node_id: str, reply_to: str) -> str:
+    """Where node ``node_id`` sends the live replies of a job whose API instance
+    waits on ``reply_to`` (``replies.<instance>``)."""
+    instance = reply_to.rsplit(".", 1)[-1]
+    return f"{_NODE}.{check_token(node_id, 'node id')}.{NODE_LIVE}.{check_token(instance, 'instance')}"
+
+
+def live_from_any_node(instance: str) -> str:
+    """The API instance's subscription to every node's live replies for it."""
+    return f"{_NODE}.*.{NODE_LIVE}.{check_token(instance, 'instance')}"
+
+
+def own_node_subjects(node_id: str) -> str:
+    """Every subject node ``node_id`` may publish on."""
+    return f"{_NODE}.{check_token(node_id, 'node id')}.>"
+
+
+def sender_node(subject: str) -> str | None:
+    """The node id a ``node.<id>.…`` subject names (its sender, as the server
+    enforces); None for any other subject."""
+    tokens = subject.split(".")
+    return tokens[1] if len(tokens) >= 3 and tokens[0] == _NODE else None
 
 
 def consumer_name(zone: str, model: str) -> str:

@@ -37,6 +37,15 @@ async def _log(js, event: Event) -> None:
     await patiently(lambda: publish_event(js, event), f"log {type(event).__name__}")
 
 
+async def log_event(settings: Settings, event: Event, zone: str = subjects.GLOBAL) -> None:
+    """Log one admin fact (e.g. ``NodeSuspended``) on ``zone``'s subject."""
+    nc, js = await _connect(settings)
+    try:
+        await patiently(lambda: publish_event(js, event, zone), f"log {type(event).__name__}")
+    finally:
+        await nc.close()
+
+
 def parse_credits(text: str) -> int:
     """'12.5' credits -> micro-credits; a clear error for anything else."""
     try:

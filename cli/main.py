@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--subcloud", help="serve this subcloud's private pool")
     w.add_argument("--public", action="store_true",
                    help="with --subcloud: serve public zone and global jobs too")
-    sub.add_parser("projector", help="the read-model projector")
+    sub.add_parser("projector", help="the read models and the money service")
+    sub.add_parser("gate", help="the trust boundary: checks what nodes say (leases, outcomes)")
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
     kc = keys.add_parser("create", help="issue a key; printed once on the last line")
     kc.add_argument("--account", required=True)
@@ -59,15 +60,21 @@ def _parser() -> argparse.ArgumentParser:
     models.add_parser("pull", help="download and convert a model").add_argument("name")
     models.add_parser("list", help="models in the data dir")
     sub.add_parser("status", help="live nodes")
-    na = sub.add_parser("nodes", help="worker credentials").add_subparsers(
-        dest="nodes_cmd", required=True).add_parser(
-        "add", help="grant a node its own NATS user; prints its seed file")
+    nodes = sub.add_parser("nodes", help="node grants").add_subparsers(
+        dest="nodes_cmd", required=True)
+    na = nodes.add_parser("add", help="grant a node its own NATS user; prints its seed file")
     na.add_argument("--zone", required=True)
     na.add_argument("--model", required=True, help="the model name the worker serves")
+    na.add_argument("--operator", default="operator", help="the account that earns its RCP")
+    na.add_argument("--tier", type=int, default=1, choices=range(1, 7))
     na.add_argument("--node-name", help="the worker's --node-name; default ZONE-MODEL")
     na.add_argument("--node-id", help="the node's public id (hex) when its key lives elsewhere")
     na.add_argument("--subcloud", help="the worker's --subcloud")
     na.add_argument("--public", action="store_true", help="the worker's --public")
+    nodes.add_parser("list", help="every granted node and its status")
+    for verb, what in (("suspend", "take a node out: no jobs, no NATS user"),
+                       ("remove", "forget a node's grant and NATS user")):
+        nodes.add_parser(verb, help=what).add_argument("node", help="node name or id (prefix)")
     return p
 
 
@@ -107,6 +114,18 @@ async def _projector(settings: Settings, stop: asyncio.Event) -> None:
         await asyncio.to_thread(store.close)
 
 
+async def _gate(settings: Settings, stop: asyncio.Event) -> None:
+    """``inferbus gate``: the trust boundary between nodes and the network (leases,
+    outcomes, liveness; see ``gate/``). Several may run: they share the work."""
+    from bus.guard import connect_service
+    from gate import node_requests as gate
+    nc = await connect_service(settings, "inferbus-gate")
+    try:
+        await gate.serve(settings, nc, stop)
+    finally:
+        await nc.drain()
+
+
 def _dispatch(args, settings: Settings) -> int:
     if args.command == "up":
         from cli import up
@@ -123,6 +142,8 @@ def _dispatch(args, settings: Settings) -> int:
         return _run_until_signal(lambda stop: run(settings, opts, stop))
     if args.command == "projector":
         return _run_until_signal(lambda stop: _projector(settings, stop))
+    if args.command == "gate":
+        return _run_until_signal(lambda stop: _gate(settings, stop))
     if args.command == "keys":
         from cli import admin
         micro = admin.parse_credits(args.credits) if args.credits not in ("0", "") else 0
@@ -165,9 +186,16 @@ def _dispatch(args, settings: Settings) -> int:
         return 0
     if args.command == "nodes":
         from cli import node_grants
-        print(node_grants.describe(node_grants.add(settings, args.zone, args.model,
-                                                   args.node_name, args.subcloud, args.public,
-                                                   args.node_id)))
+        if args.nodes_cmd == "add":
+            print(node_grants.describe(node_grants.add(
+                settings, args.zone, args.model, args.node_name, args.subcloud, args.public,
+                args.node_id, args.operator, args.tier)))
+        elif args.nodes_cmd == "list":
+            print(node_grants.table(settings))
+        else:
+            done = getattr(node_grants, args.nodes_cmd)(settings, args.node)
+            print(f"node {done.node_name} ({done.node_id[:16]}) "
+                  f"{'suspended' if args.nodes_cmd == 'suspend' else 'removed'}")
         return 0
     raise AssertionError(args.command)
 

@@ -1,6 +1,6 @@
 """``inferbus up``: the whole network on one machine, as child processes.
 
-Order: NATS (embedded unless ``INFERBUS_NATS_URL``), the demo key, projector,
+Order: NATS (embedded unless ``INFERBUS_NATS_URL``), the demo key, projector, gate,
 workers, API. The embedded server runs with nkey auth on (bus/credentials.py): the
 API, projector and admin commands use the service user, and each worker its own
 user, which may only pull its queues and log its jobs' outcomes. Children run in their own sessions so Ctrl-C reaches only this
@@ -103,11 +103,14 @@ class Network:
         self.settings = self.settings.model_copy(update={"nats_url": url})
         key = self._demo_key()
         store = CredentialStore(self.settings.data_dir)
+        if self.nats is not None:  # the network's gate and API read grants from the bus
+            admin.run(node_grants.file_grants(self.settings, store.grants()))
         auth = self.nats is not None  # our server: each child gets its own user
 
         def seed(path: Path) -> dict[str, str]:
             return {"INFERBUS_NATS_NKEY_SEED": str(path)} if auth else {}
-        self.children = [Child("projector", ["projector"], seed(store.service_seed))]
+        self.children = [Child("projector", ["projector"], seed(store.service_seed)),
+                         Child("gate", ["gate"], seed(store.service_seed))]
         self.children += [Child(f"worker-{z}", ["worker", "--zone", z, "--model", self.model,
                                                 "--node-name", n], seed(store.worker_seed(n)))
                           for z, n in node_names.items()]

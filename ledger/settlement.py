@@ -9,9 +9,14 @@ unverifiable one, a failure, an expiry or a cancel before any output is
 refunded in full; a cancel charges what was produced. What no outcome ever
 resolves, :mod:`ledger.expiry` refunds.
 
-Only the node holding a job's sealed lease (``bus.leases``) speaks for it: an
-outcome from a node whose lease was taken over, or from a node that never held
-the job, is set aside and changes nothing, however well signed.
+Only services write the log: a node's outcome is there because the gate
+(``gate/``) checked it against the job's lease and the node's grant, sealed the
+lease and recounted its usage. So a logged node outcome settles whenever
+settlement gets to it, however long after (the lease may have aged out of the
+``claims`` bucket by then: completed work is never forfeited). An outcome
+without a node (the API's cancel of a queued job) counts only while no node
+holds the job. An outcome settlement cannot apply at all is dead-lettered,
+and the others go on.
 """
 from __future__ import annotations
 
@@ -45,30 +50,22 @@ BATCH = 256  # outcomes per pull at most: one ledger save settles them all (bigg
 POLL_S = 1.0  # how long an idle pull waits before looking at `stop` again
 
 
-class NotYetSealed(Exception):
-    """The outcome's node holds the lease but its seal is not visible yet: retry."""
+class Poison(Exception):
+    """An outcome that can never settle (settlement raised on it): set aside."""
+
+
+def needs_lease(event: Event) -> bool:
+    """Whether settling ``event`` depends on the job's lease: only an outcome
+    without a node does (the gate checked every node's outcome before logging it)."""
+    return not isinstance(event, JobExpired) and getattr(event, "node_id", None) is None
 
 
 def admits(event: Event, lease: Lease | None) -> bool:
-    """Whether ``event`` may settle its job, given the job's lease.
-
-    An expiry is a matter of time, anyone's to tell. An outcome without a node (the
-    API's cancel of a queued job, a failed enqueue) counts only while no node holds
-    the job; a node's outcome counts only under its own sealed lease, for the
-    attempt it holds. Raises ``NotYetSealed`` for the holder's outcome seen before
-    its seal."""
-    if isinstance(event, JobExpired):
-        return True
-    node = getattr(event, "node_id", None)
-    if lease is None or node is None:
-        return lease is None and node is None
-    if lease.node_id != node:
-        return False
-    if isinstance(event, JobCompleted) and event.attempt != lease.attempt:
-        return False
-    if not lease.done:
-        raise NotYetSealed(event.job_id)
-    return True
+    """Whether ``event`` may settle its job, given the job's lease (read only when
+    :func:`needs_lease`). An expiry comes from the network's own sweep or the gate's
+    clock; a node's outcome was checked by the gate against its lease before it
+    was logged; an outcome without a node counts only while no node holds the job."""
+    return not needs_lease(event) or lease is None
 
 
 class Settlement:
@@ -87,19 +84,19 @@ class Settlement:
 
     def apply_many(self, outcomes: Sequence[tuple[Event, Lease | None]]) -> list:
         """Resolve each outcome as :meth:`apply` would, in order, in ONE ledger save.
-        Per outcome: its Resolution, None, or the exception (NotYetSealed) that
-        holds it back alone; a ledger error (an outage) raises for all."""
+        Per outcome: its Resolution, None, or a :class:`Poison` that sets it aside
+        alone; a ledger error (an outage) raises for all."""
         results: list = [None] * len(outcomes)
         commands: dict[int, Resolve] = {}
         for i, (event, lease) in enumerate(outcomes):
+            if not admits(event, lease):
+                log.warning("%s for %s while a node holds the job set aside",
+                            type(event).__name__, event.job_id)
+                continue
             try:
-                if admits(event, lease):
-                    commands[i] = self._command(event)
-                else:
-                    log.warning("%s for %s from a node not holding its lease set aside",
-                                type(event).__name__, event.job_id)
-            except NotYetSealed as exc:
-                results[i] = exc
+                commands[i] = self._command(event)
+            except Exception as exc:  # noqa: BLE001 - this one can never settle
+                results[i] = Poison(f"{type(exc).__name__}: {exc}")
         resolved = self.ledger.resolve_many(list(commands.values())) if commands else []
         for i, outcome in zip(commands, resolved, strict=True):
             if isinstance(outcome, UnknownReservation):  # a job that was never billed
@@ -164,17 +161,11 @@ async def settle_batch(js: JetStreamContext, settlement: Settlement, leases: Lea
         try:
             parsed.append((msg, parse_event(msg.data)))
         except ValidationError as exc:  # a malformed outcome can never settle: set it aside
-            log.error("malformed outcome at %s set aside: %s", msg.subject, exc)
-            try:
-                await dead_letter(js, DURABLE, msg.subject, msg.metadata.sequence.stream,
-                                  str(exc), msg.data)
-            except Exception:  # noqa: BLE001 - keep it until it is set aside
-                log.warning("dead-lettering %s failed; retrying", msg.subject, exc_info=True)
-                await msg.nak(delay=RETRY_DELAY_S)
-            else:
-                await msg.ack()
-    read = await asyncio.gather(*(leases.read(e.job_id) for _, e in parsed),
-                                return_exceptions=True)
+            await _set_aside(js, msg, f"malformed: {exc}")
+
+    async def lease_of(event: Event) -> Lease | None:
+        return await leases.read(event.job_id) if needs_lease(event) else None
+    read = await asyncio.gather(*(lease_of(e) for _, e in parsed), return_exceptions=True)
     later: list[tuple[Msg, Event, BaseException]] = []
     ready: list[tuple[Msg, Event, Lease | None]] = []
     for (msg, event), lease in zip(parsed, read, strict=True):
@@ -188,7 +179,9 @@ async def settle_batch(js: JetStreamContext, settlement: Settlement, leases: Lea
     except Exception as exc:  # noqa: BLE001 - a ledger outage: every one comes again
         outcomes = [exc] * len(ready)
     for (msg, event, _), outcome in zip(ready, outcomes, strict=True):
-        if isinstance(outcome, Exception):
+        if isinstance(outcome, Poison):
+            await _set_aside(js, msg, str(outcome))
+        elif isinstance(outcome, Exception):
             later.append((msg, event, outcome))
         else:
             await msg.ack()
@@ -198,3 +191,16 @@ async def settle_batch(js: JetStreamContext, settlement: Settlement, leases: Lea
         log.warning("settling %s %s deferred: %s", type(event).__name__, event.job_id,
                     type(exc).__name__)
         await msg.nak(delay=RETRY_DELAY_S)
+
+
+async def _set_aside(js: JetStreamContext, msg: Msg, reason: str) -> None:
+    """Dead-letter an outcome that can never settle, then ack it: the consumer goes on."""
+    log.error("outcome at %s set aside: %s", msg.subject, reason[:500])
+    try:
+        await dead_letter(js, DURABLE, msg.subject, msg.metadata.sequence.stream, reason,
+                          msg.data)
+    except Exception:  # noqa: BLE001 - keep it until it is set aside
+        log.warning("dead-lettering %s failed; retrying", msg.subject, exc_info=True)
+        await msg.nak(delay=RETRY_DELAY_S)
+    else:
+        await msg.ack()

@@ -43,6 +43,10 @@ class Stack:
                               capture_output=True, text=True, check=check, timeout=120)
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
+        """Start ``python -m cli *args`` as ``name``. The projector comes with its
+        companion service, the gate (started once; it outlives a killed projector)."""
+        if args == ("projector",) and "gate" not in self.procs:
+            self.start("gate", "gate")
         log = open(self.data_dir / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "cli", *args], env=self.env(),
                                 stdout=log, stderr=subprocess.STDOUT)

@@ -17,13 +17,15 @@ from bus import signing, subjects
 from bus.config import Settings
 from bus.connection import connect
 from bus.guard import refuse_unsafe_bus
-from bus.leases import Leases
+from bus.connection import nkey_seed
+from bus.grants import NodeGrant, put_grant
 from bus.node_record import ModelInfo, NodeRecord
-from bus.streams import (cancels_bucket, claims_bucket, ensure_work_consumer, nodes_bucket,
+from bus.streams import (cancels_bucket, ensure_work_consumer, grants_bucket, nodes_bucket,
                          wait_for_streams)
 from workers.batching import Batcher
 from workers.echo import EchoEngine, is_echo_model
 from workers.engine import Engine
+from workers.gate_client import GateClient
 from workers.generation import Generator
 from workers.heartbeat import heartbeat
 from workers.models import resolve
@@ -75,6 +77,19 @@ def load_generator(settings: Settings, path, name: str) -> Generator:
                    settings.kv_budget_mb * 2**20)
 
 
+async def grant_itself(settings: Settings, js, options: WorkerOptions, node: str,
+                       model: str) -> None:
+    """On an open network (no NATS auth, so no admin grants anyone: a development
+    setup), the node files its own grant from its flags. Where auth is on, the
+    admin's ``inferbus nodes add`` writes it, and a worker's user may not."""
+    log.warning("no NATS credentials: an open network, where this node grants itself "
+                "zone %s, operator %s, tier %d", options.zone, options.operator, options.tier)
+    grant = NodeGrant(node_id=node, node_name=options.node_name or f"{options.zone}-{model}",
+                      operator=options.operator, zone=options.zone, models=(model,),
+                      tier=options.tier, subcloud=options.subcloud, public=options.public)
+    await put_grant(await grants_bucket(js, settings.stream_replicas), grant)
+
+
 async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -> None:
     subjects.check_token(options.zone, "zone")
     name, path = resolve(options.model, settings.models_dir)
@@ -106,10 +121,11 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     bell = await Doorbell(nc, [subjects.jobs(q, name) for q in queues(options, node)]).start()
     job_life_s = settings.job_timeout_s + settings.expiry_grace_s
     cancels = await cancels_bucket(js, job_life_s, settings.stream_replicas)
-    claims = await claims_bucket(js, job_life_s, settings.stream_replicas)
-    runner = JobRunner(nc, js, generator, key, options.zone, options.operator, options.tier,
-                       settings.job_ack_wait_s, settings.job_max_attempts, cancels,
-                       Leases(claims, lease_s=settings.job_ack_wait_s))
+    if nkey_seed(settings) is None:
+        await grant_itself(settings, js, options, node, name)
+    gate = GateClient(nc, node)
+    runner = JobRunner(nc, generator, key, settings.job_ack_wait_s, settings.job_max_attempts,
+                       cancels, gate)
     facts = gpu_facts()
 
     def record() -> NodeRecord:
@@ -120,11 +136,13 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
                           subcloud=options.subcloud, public=options.public)
 
     beats = asyncio.create_task(heartbeat(kv, record, stop, refresh))
+    pings = asyncio.create_task(gate.ping(stop))
     log.info("worker %s… serving %s in zone %s on %s", runner.node_id[:12], name, options.zone,
              generator.device)
     try:
         await pull_loop(sources, bell, runner.run, stop, settings.max_batch)
     finally:
         await beats
+        await pings
         await asyncio.to_thread(generator.close)
         await nc.drain()

@@ -81,10 +81,10 @@ def a_job(job_id: str, route: str = "zone") -> JobSubmitted:
                         deadline=datetime.now(timezone.utc) + timedelta(minutes=5))
 
 
-async def test_worker_user_pulls_its_zone_and_global_and_logs_its_result(network):
-    server, service, worker, refusals, key, _ = network
+async def test_worker_user_pulls_its_queues_and_speaks_only_through_the_gate(network):
+    server, service, worker, refusals, key, other = network
     node = signing.node_id(key)
-    sjs, wjs = service.jetstream(), worker.jetstream(timeout=2)
+    sjs, wjs = service.jetstream(), worker.jetstream(timeout=REFUSED_WAIT_S)
     await wait_for_streams(wjs)
     sources = {}
     for queue in subjects.worker_queues("eu", node):
@@ -94,27 +94,35 @@ async def test_worker_user_pulls_its_zone_and_global_and_logs_its_result(network
     await enqueue_job(sjs, a_job("job-zone"))
     await enqueue_job(sjs, a_job("job-global", route="global"))
     await bell.wait(2)
-
-    claims, cancels, nodes = [await wjs.key_value(b) for b in (
-        subjects.CLAIMS_BUCKET, subjects.CANCELS_BUCKET, subjects.NODES_BUCKET)]
+    cancels, nodes = [await wjs.key_value(b) for b in (subjects.CANCELS_BUCKET,
+                                                       subjects.NODES_BUCKET)]
     for queue, job_id in (("eu", "job-zone"), (subjects.GLOBAL, "job-global")):
         msg = (await sources[queue].take(1))[0]
-        assert JobSubmitted.model_validate_json(msg.data).job_id == job_id
-        await claims.create(job_id, f"{node}:1".encode())
+        job = JobSubmitted.model_validate_json(msg.data)
+        assert job.job_id == job_id and (job.account, job.key_id) == ("-", "-")  # anonymous
         with pytest.raises(KeyNotFoundError):
             await cancels.get(job_id)
         await msg.in_progress()
         await msg.ack()
-    completed = next(e for _, e in signed_job(key, "job-zone", "alice", "op")
-                     if isinstance(e, JobCompleted))
-    await publish_event(wjs, completed, "eu")
+    for kind in (subjects.NODE_LEASE, subjects.NODE_OUTCOME, subjects.NODE_ALIVE):
+        await worker.publish(subjects.node_says(node, kind), b"{}")
+    await worker.publish(subjects.node_live(node, "replies.api1"), b"{}")
     await nodes.put(node, b"{}")
     await worker.flush()
-
     assert refusals.seen == []
     assert (await sjs.stream_info(subjects.JOBS_STREAM)).state.messages == 0  # both acked
-    logged = await sjs.get_last_msg(subjects.EVENTS_STREAM, subjects.event("eu", "JobCompleted"))
-    assert JobCompleted.model_validate_json(logged.data).node_id == node
+
+    # The log, the claims, the API's inboxes and other nodes' subjects are not its own.
+    completed = next(e for _, e in signed_job(key, "job-zone", "alice", "op")
+                     if isinstance(e, JobCompleted))
+    claims = subjects.kv_key(subjects.CLAIMS_BUCKET, "job-zone")
+    await refused_all(refusals, {
+        subjects.event("eu", "JobCompleted"): publish_event(wjs, completed, "eu",
+                                                            timeout=REFUSED_WAIT_S),
+        claims: worker.request(claims, b"{}", timeout=REFUSED_WAIT_S)})
+    for subject in ("replies.api1", subjects.node_says(other, subjects.NODE_OUTCOME)):
+        await worker.publish(subject, b"{}")
+        await refusals.expect(subject)
 
 
 async def test_worker_user_cannot_log_money_keys_submissions_or_queue_jobs(network):

@@ -2,6 +2,7 @@
 import openai
 import pytest
 
+from tests.natsd import NatsServer
 from tests.stack import Stack
 
 MODEL = "smollm2-135m-instruct"
@@ -9,8 +10,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smol_stack(nats_server, tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("smol"), nats_server.url)
+def smol_stack(tmp_path_factory):
+    # A network of its own: one NATS server is one network (its gates share the work).
+    tmp = tmp_path_factory.mktemp("smol")
+    server = NatsServer(tmp / "nats").start()
+    s = Stack(tmp, server.url)
     pulled = s.cli("models", "pull", MODEL)
     assert pulled.returncode == 0, pulled.stderr
     assert MODEL in s.cli("models", "list").stdout
@@ -23,6 +27,7 @@ def smol_stack(nats_server, tmp_path_factory):
         yield s
     finally:
         s.stop()
+        server.stop()
 
 
 def test_smollm2_knows_the_capital_of_france(smol_stack):

@@ -26,8 +26,9 @@ def completed(key, job_id: str, **kw) -> JobCompleted:
     """``key``'s node's validly signed result (``kw`` overrides fields before signing)."""
     fields = {**dict(job_id=job_id, operator="op", tier=1, attempt=1, input_hash="i",
                      output_hash=output_hash("x")), **kw}
+    model = fields.pop("model", "m")
     sig = signing.sign_result(key, usage=USAGE, **fields)
-    return JobCompleted(model="m", node_id=signing.node_id(key), zone="eu", text="x",
+    return JobCompleted(model=model, node_id=signing.node_id(key), zone="eu", text="x",
                         finish_reason="stop", usage=USAGE, signature=sig, **fields)
 
 

@@ -27,3 +27,41 @@ def test_crashed_nodes_are_forgotten_so_the_view_stays_small():
     view.update(node("alive"))
     view.live()
     assert list(view._nodes) == ["alive"]
+
+
+def _grants(*grants):
+    from bus.grants import GrantBook
+    book = GrantBook()
+    for g in grants:
+        book.apply(g.node_id, g.model_dump_json().encode())
+    return book
+
+
+def test_a_heartbeat_is_believed_only_under_its_own_key_and_within_its_grant():
+    from bus.grants import NodeGrant
+    from bus.node_record import ModelInfo, NodeRecord
+    mine, other = "a" * 64, "b" * 64
+    grant = NodeGrant(node_id=mine, node_name="n", operator="op", zone="eu", models=("m",),
+                      tier=2)
+    nodes = LiveNodes(grants=_grants(grant))
+    boast = NodeRecord(node_id=other, zone="na", operator="thief", tier=6,
+                       models=(ModelInfo(name="m", context_length=8),
+                               ModelInfo(name="big", context_length=8)))
+    believed = nodes.narrowed(mine, boast)  # put under its own key, claiming another's id
+    assert (believed.node_id, believed.zone, believed.operator, believed.tier) == (
+        mine, "eu", "op", 2)
+    assert [m.name for m in believed.models] == ["m"]  # what it reports and was granted
+    assert nodes.narrowed(other, boast) is None  # no grant: not a node of the network
+
+
+def test_a_suspended_node_leaves_the_live_view_at_once():
+    from bus.grants import NodeGrant
+    from bus.node_record import NodeRecord
+    grant = NodeGrant(node_id="a" * 64, node_name="n", operator="op", zone="eu", models=("m",))
+    book = _grants(grant)
+    nodes = LiveNodes(grants=book)
+    nodes.update(NodeRecord(node_id=grant.node_id, zone="eu", operator="op"))
+    assert len(nodes.live()) == 1
+    book.apply(grant.node_id, grant.model_copy(update={"status": "suspended"})
+               .model_dump_json().encode())
+    assert nodes.live() == []

@@ -1,11 +1,18 @@
-"""What an API instance keeps of a job's live text, and what a node taking the
-job over mid-stream is told to continue from."""
+"""What an API instance keeps of a job's live text, whose text it takes (the
+lease holder the gate named, for its attempt), and what a node taking the job
+over mid-stream is told to continue from."""
 from api.reply_router import Watch
-from bus.replies import Delta, Resume
+from bus.replies import Delta, Resume, Started
+
+A, B = "a" * 64, "b" * 64
 
 
 def delta(offset: int, text: str, attempt: int = 1) -> Delta:
     return Delta(job_id="j", offset=offset, text=text, attempt=attempt)
+
+
+def leased(watch: Watch, node: str, attempt: int) -> bool:
+    return watch.leased(Started(job_id="j", zone="eu", attempt=attempt, node_id=node))
 
 
 def test_text_grows_by_contiguous_deltas_and_repeats_are_trimmed():
@@ -16,19 +23,37 @@ def test_text_grows_by_contiguous_deltas_and_repeats_are_trimmed():
     assert watch.text == "Hello, wor"
 
 
-def test_resume_answers_the_text_so_far_and_silences_the_old_attempt():
+def test_only_the_holder_the_gate_named_speaks_for_its_attempt():
     watch = Watch()
+    assert not watch.holds(A, 1)  # nobody holds it before the gate says so
+    assert leased(watch, A, 1)
+    assert watch.holds(A, 1)
+    assert not watch.holds(B, 1) and not watch.holds(A, 2) and not watch.holds(None, 1)
+
+
+def test_a_takeover_silences_the_old_holder_and_resumes_from_the_text_so_far():
+    watch = Watch()
+    leased(watch, A, 1)
     watch.accept(delta(0, "Once upon"))
+    assert leased(watch, B, 2)
+    assert not watch.holds(A, 1)  # the paused node woke up: it is no longer heard
     assert watch.resume(Resume(job_id="j", attempt=2)).text == "Once upon"
-    assert watch.accept(delta(9, " a time", attempt=1)) is None  # the paused node woke up
     fresh = watch.accept(delta(9, " a midnight", attempt=2))
     assert (fresh.offset, fresh.text, watch.text) == (9, " a midnight", "Once upon a midnight")
 
 
-def test_a_gap_stops_live_text_until_a_resume_restarts_it_from_what_is_here():
+def test_a_late_lease_notice_of_an_older_attempt_changes_nothing():
+    watch = Watch()
+    leased(watch, B, 2)
+    assert not leased(watch, A, 1)
+    assert watch.holds(B, 2)
+
+
+def test_a_gap_stops_live_text_until_a_takeover_restarts_it_from_what_is_here():
     watch = Watch()
     watch.accept(delta(0, "abc"))
     assert watch.accept(delta(5, "fg")) is None and watch.gapped
     assert watch.accept(delta(3, "de")) is None  # late: the outcome fills it in
+    leased(watch, B, 2)
     assert watch.resume(Resume(job_id="j", attempt=2)).text == "abc"
     assert watch.accept(delta(3, "xyz", attempt=2)).text == "xyz"

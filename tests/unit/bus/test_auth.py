@@ -50,7 +50,7 @@ def test_a_seed_is_a_private_nkey_user_that_stays_the_same(tmp_path):
     assert load_or_create_seed(path) == public
 
 
-def test_a_worker_may_pull_its_own_zone_global_and_node_queues_and_log_outcomes(eu_worker):
+def test_a_worker_may_pull_its_own_queues_and_speak_only_on_its_own_node_subjects(eu_worker):
     pub = eu_worker.publish
     for queue in ("eu", "global", subjects.node_queue(NODE)):
         consumer = subjects.consumer_name(queue, "m")
@@ -58,17 +58,25 @@ def test_a_worker_may_pull_its_own_zone_global_and_node_queues_and_log_outcomes(
         assert may(pub, f"$JS.ACK.JOBS.{consumer}.1.2.3.4.5")
         assert may(pub, subjects.consumer_create("JOBS", consumer, subjects.jobs(queue, "m")))
         assert may(eu_worker.subscribe, subjects.jobs(queue, "m"))
-    for outcome in ("JobStarted", "JobCompleted", "JobFailed", "JobCancelled", "JobExpired"):
-        assert may(pub, subjects.event("na", outcome))  # a job logs on its submitter's zone
+    for kind in (subjects.NODE_LEASE, subjects.NODE_OUTCOME, subjects.NODE_ALIVE):
+        assert may(pub, subjects.node_says(NODE, kind))
+        assert not may(pub, subjects.node_says(OTHER, kind))
+    assert may(pub, subjects.node_live(NODE, "replies.api1"))
+    assert not may(pub, subjects.node_live(OTHER, "replies.api1"))
     assert may(pub, subjects.kv_key("nodes", NODE))
-    assert may(pub, "$KV.claims.job1") and may(pub, "$JS.API.DIRECT.GET.KV_cancels.$KV.cancels.j")
-    assert may(pub, "replies.api-1") and may(eu_worker.subscribe, "control.cancel.job1")
+    assert may(pub, "$JS.API.DIRECT.GET.KV_cancels.$KV.cancels.j")
+    assert may(eu_worker.subscribe, "control.cancel.job1")
     assert may(eu_worker.subscribe, f"_INBOX.{USER}.abc")
 
 
 def test_a_worker_may_not_log_money_keys_or_submissions_or_touch_others(eu_worker):
     pub = eu_worker.publish
     refused = [subjects.event(z, e.__name__) for z in ("eu", "global") for e in CREDIT_EVENTS]
+    # The log, the claims and the API's inboxes are the network's: the gate writes them.
+    refused += [subjects.event("eu", e) for e in ("JobStarted", "JobCompleted", "JobFailed",
+                                                  "JobCancelled", "JobExpired", "NodeStrike")]
+    refused += ["$KV.claims.job1", "$JS.API.DIRECT.GET.KV_claims.$KV.claims.j", "replies.api-1",
+                "$KV.grants." + NODE, "deadletter.worker"]
     refused += [subjects.event("eu", "JobSubmitted"), subjects.event("eu", "JobEscalated"),
                 subjects.key_issued("h"), subjects.key_revoked("h"), subjects.subcloud_created("s"),
                 subjects.jobs("eu", "m"),  # queueing a job

@@ -1,0 +1,175 @@
+"""Leases as the gate grants them: a node runs a job only under a lease the
+gate took for it, after checking the job is the node's to run.
+
+A node asks on ``node.<its id>.lease`` (:class:`~bus.node_messages.LeaseAsk`)
+with the JOBS stream sequence of the delivery it holds. The gate reads that
+message itself: its subject names the queue and model, which must be in the
+node's grant, and its job id must be the one asked for. Only then does it take
+the lease in the ``claims`` bucket (``bus.leases``: compare-and-set, one holder
+at a time), tell the API instance waiting on the job who holds it (``Started``
+with the node id, so the API takes live text from that node only), log
+``JobStarted`` and answer. The attempt is the network's count, taken from the
+delivery's ack subject, and grows with every takeover.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from pydantic import ValidationError
+
+from bus import subjects
+from bus.events import JobStarted, JobSubmitted
+from bus.grants import NodeGrant
+from bus.leases import HeldLease, Leases, Skip, parse_lease
+from bus.node_messages import LeaseAnswer, LeaseAsk
+from bus.publish import publish_event
+from bus.replies import Started
+
+log = logging.getLogger("inferbus.gate")
+
+
+class NotTheirs(Exception):
+    """A lease asked for a job the node may not run (or that does not exist)."""
+
+
+@dataclass
+class Held:
+    """A lease the gate holds for a node, with what it needs to check the outcome."""
+
+    node_id: str
+    lease: HeldLease
+    job: JobSubmitted
+    queue: str  # the queue of the delivery the node runs
+    ack: str | None  # that delivery's ack subject
+    since: float = field(default_factory=time.monotonic)
+    started: asyncio.Future | None = None  # the JobStarted publish
+
+
+class Leasing:
+    """Takes, renews and seals leases on nodes' behalf; remembers what it holds."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, leases: Leases) -> None:
+        self.nc, self.js, self.leases = nc, js, leases
+        self.held: dict[str, Held] = {}  # by job id
+
+    async def job_at(self, message: int) -> tuple[str, str, JobSubmitted]:
+        """(queue, model, job) of JOBS stream message ``message``."""
+        try:
+            raw = await self.js.get_msg(subjects.JOBS_STREAM, message, direct=True)
+        except Exception as exc:  # noqa: BLE001 - gone, or never there
+            raise NotTheirs(f"no queued job at {message}") from exc
+        tokens = (raw.subject or "").split(".")
+        if len(tokens) != 3:
+            raise NotTheirs(f"message {message} is not a job")
+        try:
+            job = JobSubmitted.model_validate_json(raw.data or b"")
+        except ValidationError as exc:
+            raise NotTheirs(f"message {message} is not a readable job") from exc
+        return tokens[1], tokens[2], job
+
+    async def acquire(self, grant: NodeGrant, ask: LeaseAsk) -> LeaseAnswer:
+        queue, model, job = await self.job_at(ask.message)
+        if job.job_id != ask.job_id or not grant.may_take(queue, model):
+            raise NotTheirs(f"job {ask.job_id} on {queue} ({model}) is not this node's")
+        ack = ask.ack if _ack_of(ask.ack, queue, model, ask.message) else None
+        attempt = _delivered(ack) or ask.attempt
+        got = await self.leases.acquire(job.job_id, grant.node_id, attempt, ask.message)
+        if isinstance(got, Skip):
+            return LeaseAnswer(action=got.action, delay_s=got.delay_s)
+        held = self.held[job.job_id] = Held(grant.node_id, got, job, queue, ack)
+        notice = Started(job_id=job.job_id, zone=grant.zone, attempt=got.lease.attempt,
+                         node_id=grant.node_id)
+        if job.reply_to:
+            await self.nc.publish(job.reply_to, notice.model_dump_json().encode())
+        held.started = asyncio.ensure_future(publish_event(self.js, JobStarted(
+            job_id=job.job_id, node_id=grant.node_id, zone=grant.zone,
+            attempt=got.lease.attempt), job.zone))
+        return LeaseAnswer(action="run", took_over=got.took_over, runs=got.lease.runs,
+                           attempt=got.lease.attempt)
+
+    async def renew(self, grant: NodeGrant, ask: LeaseAsk) -> LeaseAnswer:
+        held = await self.find(ask.job_id)
+        if held is None or held.node_id != grant.node_id or \
+                held.lease.lease.message != ask.message or held.lease.lease.done:
+            return LeaseAnswer(action="stop", reason="not this node's lease")
+        if not await self.leases.renew(held.lease) and not (
+                await self._current(held) and await self.leases.renew(held.lease)):
+            self.held.pop(ask.job_id, None)
+            return LeaseAnswer(action="stop", reason="taken over")
+        return LeaseAnswer(action="run", attempt=held.lease.lease.attempt)
+
+    async def find(self, job_id: str) -> Held | None:
+        """The lease of ``job_id`` as the gate holds it; read back from the bucket
+        (and the job from its queue) when this gate did not take it (a restart)."""
+        if (held := self.held.get(job_id)) is not None:
+            return held
+        try:
+            entry = await self.leases.kv.get(job_id)
+        except KeyNotFoundError:
+            return None
+        lease = parse_lease(entry.value)
+        if lease is None:
+            return None
+        try:
+            queue, _, job = await self.job_at(lease.message)
+        except NotTheirs:
+            return None
+        held = Held(lease.node_id, HeldLease(job_id, lease, entry.revision, lease.runs > 1),
+                    job, queue, None)
+        return self.held.setdefault(job_id, held)
+
+    async def seal(self, held: Held) -> bool:
+        """Seal the lease for its holder's outcome; False when it is no longer theirs."""
+        return await self.leases.seal(held.lease) or (
+            await self._current(held) and await self.leases.seal(held.lease))
+
+    async def release(self, held: Held) -> bool:
+        """End the lease of a dead holder; False when it is sealed or taken over."""
+        return await self.leases.release(held.lease) or (
+            await self._current(held) and await self.leases.release(held.lease))
+
+    async def _current(self, held: Held) -> bool:
+        """Catch up with a change another gate made to the same lease (gates share
+        the work): True when it is still the same holder's, same run, unsealed."""
+        try:
+            entry = await self.leases.kv.get(held.lease.job_id)
+        except KeyNotFoundError:
+            return False
+        lease, mine = parse_lease(entry.value), held.lease.lease
+        if lease is None or lease.done or (lease.node_id, lease.attempt, lease.message) != (
+                mine.node_id, mine.attempt, mine.message) or lease.until <= 0:
+            return False
+        held.lease.lease, held.lease.revision = lease, entry.revision
+        return True
+
+    def forget(self, job_id: str) -> None:
+        self.held.pop(job_id, None)
+
+    def of_node(self, node_id: str) -> list[Held]:
+        return [h for h in self.held.values() if h.node_id == node_id and not h.lease.lease.done]
+
+
+def _ack_of(ack: str | None, queue: str, model: str, message: int) -> bool:
+    """Whether ``ack`` is the ack subject of JOBS message ``message`` delivered by
+    the consumer of (``queue``, ``model``)."""
+    if not ack:
+        return False
+    tokens = ack.split(".")
+    consumer = tokens[3] if len(tokens) == 9 else tokens[5] if len(tokens) in (11, 12) else None
+    stream = tokens[2] if len(tokens) == 9 else tokens[4] if len(tokens) in (11, 12) else None
+    return (stream == subjects.JOBS_STREAM and consumer == subjects.consumer_name(queue, model)
+            and subjects.acked_stream_sequence(ack) == message)
+
+
+def _delivered(ack: str | None) -> int | None:
+    """The delivery count an ack subject names (how often the job was handed out)."""
+    if not ack:
+        return None
+    tokens = ack.split(".")
+    return int(tokens[4] if len(tokens) == 9 else tokens[6])

@@ -1,0 +1,135 @@
+"""A node's outcome, checked before it is logged or paid.
+
+The node reports on ``node.<its id>.outcome`` (``bus.node_messages``). The
+gate logs the outcome only for the node that holds the job's lease, for the
+attempt it holds, and builds the event itself:
+
+- ``JobCompleted``: the node's signature must verify over the job's input hash
+  and the hash of the text it returned; usage is recounted from the job's
+  prompt and that text with the model's tokenizer (``gate.usage``) and capped
+  at the job's ``max_tokens``; operator and tier come from the node's grant.
+- ``JobCancelled`` only when a cancel was asked for (the ``cancels`` bucket),
+  charged for the text produced, recounted; otherwise it is a failure.
+- ``JobExpired`` only when the job's deadline has passed by the gate's clock.
+
+The gate seals the lease, logs the event (its id derived from the job and
+attempt, so a repeated report is deduplicated), sends the caller's API instance
+the final reply, and answers. A refused result (a bad signature, a model whose
+usage cannot be recounted) costs the node a strike and moves the job on.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timezone
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from bus.events import (Event, JobCancelled, JobCompleted, JobExpired, JobFailed, Usage,
+                        output_hash)
+from bus.grants import NodeGrant
+from bus.node_messages import Cancelled, Completed, Expired, Failed, OutcomeAnswer
+from bus.publish import publish_event
+from bus.replies import Finished
+from bus.signing import output_payload, verify_signature
+from gate.leasing import Held, Leasing
+from gate.usage import Counters
+
+log = logging.getLogger("inferbus.gate")
+
+
+class Refused(Exception):
+    """An outcome the gate will not log; ``strike``: the node is at fault."""
+
+    def __init__(self, reason: str, strike: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.strike = reason, strike
+
+
+def outcome_id(job_id: str, attempt: int) -> str:
+    """The event id of a job attempt's outcome: a repeat of the report logs nothing new."""
+    return hashlib.sha256(f"outcome|{job_id}|{attempt}".encode()).hexdigest()[:32]
+
+
+class Outcomes:
+    def __init__(self, nc: Client, js: JetStreamContext, leasing: Leasing, counters: Counters,
+                 cancels: KeyValue) -> None:
+        self.nc, self.js, self.leasing = nc, js, leasing
+        self.counters, self.cancels = counters, cancels
+
+    async def report(self, grant: NodeGrant,
+                     said: Completed | Failed | Cancelled | Expired) -> OutcomeAnswer:
+        """Check, seal, log and forward one outcome; raises :class:`Refused`."""
+        held = await self.leasing.find(said.job_id)
+        if held is None or held.node_id != grant.node_id:
+            raise Refused("this node does not hold the job's lease")
+        if said.attempt != held.lease.lease.attempt:
+            raise Refused(f"attempt {said.attempt} is not the one held "
+                          f"({held.lease.lease.attempt})")
+        await self.counters.ready(held.job.model)  # loaded off the event loop
+        event = await self._event(grant, held, said)
+        if held.lease.lease.done:
+            pass  # sealed by an earlier report of this outcome: log it again (deduplicated)
+        elif not await self.leasing.seal(held):
+            self.leasing.forget(said.job_id)
+            raise Refused("the lease was taken over")
+        if held.started is not None:
+            await held.started  # the start is on the log before the outcome
+        await publish_event(self.js, event, held.job.zone)
+        if held.job.reply_to:
+            await self.nc.publish(held.job.reply_to,
+                                  Finished(event=event).model_dump_json().encode())
+        self.leasing.forget(said.job_id)
+        return OutcomeAnswer(logged=True)
+
+    async def _event(self, grant: NodeGrant, held: Held,
+                     said: Completed | Failed | Cancelled | Expired) -> Event:
+        job, node, attempt = held.job, grant.node_id, said.attempt
+        event_id = outcome_id(job.job_id, attempt)
+        if isinstance(said, Completed):
+            in_hash, out_hash = job.input_hash(), output_hash(said.text)
+            payload = output_payload(job.job_id, node, attempt, job.model, in_hash, out_hash)
+            if not verify_signature(node, payload, said.signature):
+                raise Refused("result signature does not verify", strike=True)
+            if (usage := self._usage(held, said.text)) is None:
+                return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,
+                                 zone=job.zone, code="usage_unverifiable",
+                                 message=f"the network cannot count {job.model}'s tokens")
+            return JobCompleted(
+                event_id=event_id, job_id=job.job_id, model=job.model, node_id=node,
+                operator=grant.operator, tier=grant.tier, zone=grant.zone, attempt=attempt,
+                text=said.text, finish_reason=said.finish_reason,
+                usage=usage, input_hash=in_hash, output_hash=out_hash,
+                signature=said.signature)
+        if isinstance(said, Cancelled):
+            if not await self._cancel_asked(job.job_id):
+                return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,
+                                 zone=job.zone, code="worker_error",
+                                 message="the node stopped the job though no cancel was asked")
+            usage = None if said.text is None else self._usage(held, said.text)
+            return JobCancelled(event_id=event_id, job_id=job.job_id, zone=job.zone,
+                                reason="cancelled", model=job.model, node_id=node, usage=usage)
+        if isinstance(said, Expired):
+            if job.deadline > datetime.now(timezone.utc):
+                raise Refused("the job's deadline has not passed", strike=True)
+            return JobExpired(event_id=event_id, job_id=job.job_id, zone=job.zone)
+        return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node, zone=job.zone,
+                         code=said.code, message=said.message)
+
+    def _usage(self, held: Held, text: str) -> Usage | None:
+        """The job's usage as the network counts it; None when it cannot count it."""
+        counter = self.counters.get(held.job.model)
+        if counter is None:
+            return None
+        completion = min(counter.output(text), held.job.sampling.max_tokens)
+        return Usage(prompt_tokens=counter.prompt(held.job), completion_tokens=completion)
+
+    async def _cancel_asked(self, job_id: str) -> bool:
+        try:
+            await self.cancels.get(job_id)
+        except KeyNotFoundError:
+            return False
+        return True
