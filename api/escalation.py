@@ -14,12 +14,12 @@ import logging
 import uuid
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from bus import subjects
 from bus.events import JobEscalated, JobSubmitted
 from bus.publish import enqueue_job, publish_event
+from bus.streams import has_key
 
 log = logging.getLogger("inferbus.api")
 _NS = uuid.UUID("0b8f4f57-3f4e-4e55-a3f6-5b1d1a7f2c10")
@@ -43,19 +43,12 @@ class Escalator:
     def _wait(self, queue: str) -> float:
         return self._node_wait if subjects.is_node_queue(queue) else self._zone_wait
 
-    async def _claimed(self, job_id: str) -> bool:
-        try:
-            await self._claims.get(job_id)
-        except KeyNotFoundError:
-            return False
-        return True
-
     async def _run(self, job: JobSubmitted, chain: list[str]) -> None:
         current = job.first_queue()
         try:
             for target in chain:
                 await asyncio.sleep(self._wait(current))
-                if await self._claimed(job.job_id):
+                if await has_key(self._claims, job.job_id):
                     return
                 reason = "no node started it in time" if subjects.is_node_queue(current) else \
                     f"no {current} worker started it within {self._zone_wait:g} s"

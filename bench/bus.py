@@ -153,7 +153,7 @@ def run(n: int, seconds: float, inflight: int) -> dict:
     try:
         write_echo_model(tmp / "data" / "models" / MODEL)
         raw_1, raw_n = asyncio.run(raw_trips(server.url, n, inflight, seconds))
-        stack.start("projector", "projector")
+        stack.start_projector()
         stack.start_worker("eu", MODEL)
         stack.start_api()
         key = stack.new_key("bench", credits="1000000")

@@ -171,7 +171,7 @@ def main() -> None:
     try:
         build_tiny_model(tmp / "data" / "models" / MODEL)
         raw = asyncio.run(raw_load(cluster.url, args.lanes, args.phase_s))
-        stack.start("projector", "projector")
+        stack.start_projector()
         stack.start_worker("eu", MODEL, "worker-eu-a")
         stack.start_worker("eu", MODEL, "worker-eu-b")
         stack.start_api()

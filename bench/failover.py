@@ -124,7 +124,7 @@ def run_stack(root: Path, url: str, kills: int, ack_wait: float) -> list[float]:
     stack = Stack(root, url, env_extra={"INFERBUS_JOB_ACK_WAIT_S": str(ack_wait)})
     names: dict[str, str] = {}
     try:
-        stack.start("projector", "projector")
+        stack.start_projector()
         stack.start_api()  # services make the streams and buckets workers wait for
         for n in range(WORKERS):
             add_worker(stack, names, n)

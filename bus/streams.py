@@ -22,8 +22,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, KeyValueConfig,
                          RetentionPolicy, StorageType, StreamConfig)
-from nats.js.errors import (BadRequestError, NoStreamResponseError, NotFoundError,
-                            ServiceUnavailableError)
+from nats.js.errors import (BadRequestError, KeyNotFoundError, NoStreamResponseError,
+                            NotFoundError, ServiceUnavailableError)
 from nats.js.kv import KeyValue
 
 from bus import subjects
@@ -125,6 +125,15 @@ async def cancels_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) 
 async def claims_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) -> KeyValue:
     """Which node runs each job: created once per job, taken over only on redelivery."""
     return await _bucket(js, subjects.CLAIMS_BUCKET, ttl_s, replicas)
+
+
+async def has_key(kv: KeyValue, key: str) -> bool:
+    """Whether ``key`` is set in ``kv`` now (a job claimed, a cancel asked)."""
+    try:
+        await kv.get(key)
+    except KeyNotFoundError:
+        return False
+    return True
 
 
 async def grants_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:

@@ -229,19 +229,11 @@ def kv_key(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{check_token(key, 'key')}"
 
 
-def kv_any_key(bucket: str) -> str:
-    return f"$KV.{bucket}.*"
-
-
 def kv_reads(bucket: str) -> list[str]:
     """The requests that read a bucket's keys (direct get, or message get)."""
     stream = kv_stream(bucket)
     return [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>",
             f"$JS.API.STREAM.MSG.GET.{stream}"]
-
-
-def any_replies() -> str:
-    return "replies.*"
 
 
 def any_cancel() -> str:

@@ -20,7 +20,8 @@ from projections.audit import audit
 from projections.readmodels import open_store
 
 
-async def _connect(settings: Settings):
+async def connect_admin(settings: Settings):
+    """The admin CLI's connection to the running network (fails fast, one line)."""
     url = settings.resolved_nats_url()
     try:
         nc = await connect(settings, "inferbus-cli", retry=False, connect_timeout=3)
@@ -39,7 +40,7 @@ async def _log(js, event: Event) -> None:
 
 async def log_event(settings: Settings, event: Event, zone: str = subjects.GLOBAL) -> None:
     """Log one admin fact (e.g. ``NodeSuspended``) on ``zone``'s subject."""
-    nc, js = await _connect(settings)
+    nc, js = await connect_admin(settings)
     try:
         await patiently(lambda: publish_event(js, event, zone), f"log {type(event).__name__}")
     finally:
@@ -71,7 +72,7 @@ async def create_key(settings: Settings, account: str, subcloud: str | None = No
     """Issue a key for ``account`` (optionally with a deposit); only its hash is published."""
     key = new_key()
     digest = hash_key(key)
-    nc, js = await _connect(settings)
+    nc, js = await connect_admin(settings)
     try:
         if subcloud and await Subclouds(js).get(subcloud) is None:
             raise ValueError(f"no subcloud {subcloud!r}: `inferbus subclouds create` it first")
@@ -89,7 +90,7 @@ async def create_subcloud(settings: Settings, name: str, zones: list[str], stric
     unknown = [z for z in zones if not is_zone(z) or z == subjects.GLOBAL]
     if not zones or unknown:
         raise ValueError(f"unknown zones {unknown or zones}: choose from {', '.join(ZONES)}")
-    nc, js = await _connect(settings)
+    nc, js = await connect_admin(settings)
     try:
         if await Subclouds(js).get(name) is not None:
             raise ValueError(f"subcloud {name!r} exists already")
@@ -102,7 +103,7 @@ async def create_subcloud(settings: Settings, name: str, zones: list[str], stric
 
 async def run_audit(settings: Settings):
     """Replay the log and check it against the live read models and the ledger."""
-    nc, js = await _connect(settings)
+    nc, js = await connect_admin(settings)
     store = await asyncio.to_thread(open_store, settings)
     ledger = await asyncio.to_thread(Ledger.open, settings)
     try:
@@ -114,7 +115,7 @@ async def run_audit(settings: Settings):
 
 
 async def live_nodes(settings: Settings) -> list[NodeRecord]:
-    nc, js = await _connect(settings)
+    nc, js = await connect_admin(settings)
     try:
         kv = await nodes_bucket(js)
         try:

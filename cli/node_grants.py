@@ -67,9 +67,9 @@ async def file_grants(settings: Settings, grants: list[WorkerGrant],
                       removed: list[str] = ()) -> bool:
     """Put ``grants`` (and drop the ``removed`` node ids) in the running network's
     grants bucket; False when no network is reachable (it reads them at start)."""
-    from cli.admin import _connect  # the admin CLI's one way to reach the network
+    from cli.admin import connect_admin  # imports the API's key code: only when filing
     try:
-        nc, js = await _connect(settings)
+        nc, js = await connect_admin(settings)
     except RuntimeError:
         return False
     try:

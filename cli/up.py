@@ -103,8 +103,6 @@ class Network:
         self.settings = self.settings.model_copy(update={"nats_url": url})
         key = self._demo_key()
         store = CredentialStore(self.settings.data_dir)
-        if self.nats is not None:  # the network's gate and API read grants from the bus
-            admin.run(node_grants.file_grants(self.settings, store.grants()))
         auth = self.nats is not None  # our server: each child gets its own user
 
         def seed(path: Path) -> dict[str, str]:

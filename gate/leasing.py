@@ -151,9 +151,6 @@ class Leasing:
     def forget(self, job_id: str) -> None:
         self.held.pop(job_id, None)
 
-    def of_node(self, node_id: str) -> list[Held]:
-        return [h for h in self.held.values() if h.node_id == node_id and not h.lease.lease.done]
-
 
 def _ack_of(ack: str | None, queue: str, model: str, message: int) -> bool:
     """Whether ``ack`` is the ack subject of JOBS message ``message`` delivered by

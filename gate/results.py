@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from bus.events import (Event, JobCancelled, JobCompleted, JobExpired, JobFailed, Usage,
@@ -35,6 +34,7 @@ from bus.node_messages import Cancelled, Completed, Expired, Failed, OutcomeAnsw
 from bus.publish import publish_event
 from bus.replies import Finished
 from bus.signing import output_payload, verify_signature
+from bus.streams import has_key
 from gate.leasing import Held, Leasing
 from gate.usage import Counters
 
@@ -105,7 +105,7 @@ class Outcomes:
                 usage=usage, input_hash=in_hash, output_hash=out_hash,
                 signature=said.signature)
         if isinstance(said, Cancelled):
-            if not await self._cancel_asked(job.job_id):
+            if not await has_key(self.cancels, job.job_id):
                 return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,
                                  zone=job.zone, code="worker_error",
                                  message="the node stopped the job though no cancel was asked")
@@ -126,10 +126,3 @@ class Outcomes:
             return None
         completion = min(counter.output(text), held.job.sampling.max_tokens)
         return Usage(prompt_tokens=counter.prompt(held.job), completion_tokens=completion)
-
-    async def _cancel_asked(self, job_id: str) -> bool:
-        try:
-            await self.cancels.get(job_id)
-        except KeyNotFoundError:
-            return False
-        return True

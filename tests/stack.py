@@ -43,15 +43,18 @@ class Stack:
                               capture_output=True, text=True, check=check, timeout=120)
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
-        """Start ``python -m cli *args`` as ``name``. The projector comes with its
-        companion service, the gate (started once; it outlives a killed projector)."""
-        if args == ("projector",) and "gate" not in self.procs:
-            self.start("gate", "gate")
         log = open(self.data_dir / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "cli", *args], env=self.env(),
                                 stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
+
+    def start_projector(self) -> None:
+        """The network's services besides the API: the projector and the gate (the
+        gate once: a test that kills the projector leaves it running)."""
+        if "gate" not in self.procs:
+            self.start("gate", "gate")
+        self.start("projector", "projector")
 
     def start_worker(self, zone: str, model: str, name: str | None = None) -> subprocess.Popen:
         name = name or f"worker-{zone}"
@@ -121,7 +124,7 @@ def isolated_stack(tmp: Path, models_dir: Path, env: dict[str, str] | None = Non
     shutil.copytree(models_dir, tmp / "models")
     stack = Stack(tmp, server.url, env_extra=env or {})
     try:
-        stack.start("projector", "projector")
+        stack.start_projector()
         yield stack
     finally:
         stack.stop()

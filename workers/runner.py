@@ -21,7 +21,6 @@ from nacl.signing import SigningKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -29,6 +28,7 @@ from bus import signing, subjects
 from bus.events import JobSubmitted, output_hash
 from bus.node_messages import Cancelled, Completed, Expired, Failed, LeaseAnswer
 from bus.replies import Delta, Resume, Resumed
+from bus.streams import has_key
 from workers.gate_client import GateClient
 from workers.generation import ContextLengthExceeded, GenerationRequest, Generator, Step
 
@@ -75,7 +75,7 @@ class JobRunner:
         sub = await self.nc.subscribe(subjects.cancel(job.job_id), cb=on_cancel)
         try:
             held, cancelled = await asyncio.gather(
-                self.gate.lease("acquire", msg, job.job_id), self._cancelled(job.job_id),
+                self.gate.lease("acquire", msg, job.job_id), has_key(self.cancels, job.job_id),
                 return_exceptions=True)
             if isinstance(held, BaseException):
                 raise held
@@ -153,13 +153,6 @@ class JobRunner:
             return Resumed.model_validate_json(answer.data).text
         except (NatsError, asyncio.TimeoutError, ValidationError):
             return ""
-
-    async def _cancelled(self, job_id: str) -> bool:
-        try:
-            await self.cancels.get(job_id)
-        except KeyNotFoundError:
-            return False
-        return True
 
     async def _generate(self, job: JobSubmitted, attempt: int, delivered: str,
                         stop: asyncio.Event) -> tuple[str, Step]:

@@ -132,6 +132,6 @@ class Injector:
         elif fault.kind == PROJECTOR_KILL:
             self.stack.kill("projector")
             time.sleep(fault.hold_s)
-            self.stack.start("projector", "projector")
+            self.stack.start_projector()
         else:
             raise ValueError(f"unknown fault kind {fault.kind!r}")

@@ -71,7 +71,7 @@ def make_stack(cfg: Config, bus: Bus) -> Stack:
 
 def boot(stack: Stack) -> None:
     """Every part up, a funded key, the model served in both zones."""
-    stack.start("projector", "projector")
+    stack.start_projector()
     for name in WORKERS:
         stack.start_worker(name.split("-")[1], MODEL, name)
     stack.start_api()

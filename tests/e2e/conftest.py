@@ -14,7 +14,7 @@ def stack(nats_server, models_dir, geoip_db, tmp_path_factory):
     s = Stack(data_dir, nats_server.url, env_extra={
         "INFERBUS_GEOIP_DB": str(geoip_db), "INFERBUS_JOB_ACK_WAIT_S": "3",
         "INFERBUS_TRUSTED_PROXIES": '["127.0.0.0/8"]'})
-    s.start("projector", "projector")
+    s.start_projector()
     s.start_worker("eu", TINY_MODEL)
     s.start_worker("na", TINY_MODEL)
     s.start_worker("eu", LONG_MODEL, "worker-eu-long")

@@ -37,7 +37,7 @@ def network(tmp_path, models_dir):
               "--operator", operator, "--tier", str(tier))
     server.start()
     try:
-        s.start("projector", "projector")
+        s.start_projector()
         s.start_api()
         start_with_seed(s, "worker-eu", s.data_dir / "nats-auth/workers/worker-eu.seed",
                         "worker", "--zone", "eu", "--model", MODEL, "--node-name", "worker-eu")

@@ -42,7 +42,7 @@ def cluster_stack(cluster, models_dir, tmp_path):
         "INFERBUS_STREAM_REPLICAS": "3", "INFERBUS_JOB_ACK_WAIT_S": "3",
         "INFERBUS_JOB_TIMEOUT_S": "30", "INFERBUS_EXPIRY_GRACE_S": "2",
         "INFERBUS_PRODUCTION": "1", "INFERBUS_NATS_MONITOR_URL": cluster.monitor_url})
-    s.start("projector", "projector")
+    s.start_projector()
     s.start_worker("eu", TINY_MODEL, "worker-eu-a")
     s.start_worker("eu", TINY_MODEL, "worker-eu-b")
     s.start_api()

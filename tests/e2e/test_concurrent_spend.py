@@ -24,7 +24,7 @@ BODY = {"model": LONG_MODEL, "max_tokens": 3000,
 def two_apis(fresh_nats, models_dir, tmp_path):
     shutil.copytree(models_dir, tmp_path / "models")
     s = Stack(tmp_path, fresh_nats.url)
-    s.start("projector", "projector")
+    s.start_projector()
     s.start_worker("eu", LONG_MODEL)
     s.port2 = free_port()
     s.start_api()

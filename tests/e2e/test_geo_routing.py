@@ -19,7 +19,7 @@ def make_stack(fresh_nats, models_dir, tmp_path, **env) -> Stack:
     # One job per node, so a node with a job has no room for the next (escalation).
     s = Stack(tmp_path, fresh_nats.url, env_extra={"INFERBUS_ZONE_WAIT_S": "1",
                                                    "INFERBUS_MAX_BATCH": "1", **env})
-    s.start("projector", "projector")
+    s.start_projector()
     return s
 
 

@@ -235,7 +235,7 @@ def auth_stack(tmp_path, models_dir):
     assert "worker-eu.seed" in added.stdout, added.stdout
     server.start()
     try:
-        stack.start("projector", "projector")
+        stack.start_projector()
         stack.start_api()
         yield stack
     finally:

@@ -21,7 +21,7 @@ def pg_stack(postgres_url, fresh_nats, models_dir, tmp_path):
     url = f"{postgres_url}{sep}options={quote(f'-csearch_path={schema}')}"
     shutil.copytree(models_dir, tmp_path / "models")
     s = Stack(tmp_path, fresh_nats.url, env_extra={"INFERBUS_DATABASE_URL": url})
-    s.start("projector", "projector")
+    s.start_projector()
     s.start_worker("eu", TINY_MODEL)
     s.start_api()
     try:

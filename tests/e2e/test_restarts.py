@@ -45,7 +45,7 @@ HANG_S = 25.0  # an answer slower than this is a hang (the 2 s waits add up on a
 def start_stack(tmp_path, nats_url: str, models_dir, env: dict[str, str] | None = None) -> Stack:
     shutil.copytree(models_dir, tmp_path / "models")
     s = Stack(tmp_path, nats_url, env_extra={**TIMEOUTS, **(env or {})})
-    s.start("projector", "projector")
+    s.start_projector()
     s.start_worker("eu", LONG_MODEL)
     s.start_api()
     s.key = s.new_key("rita", credits="1000")
@@ -225,7 +225,7 @@ def test_projector_killed_mid_flight_settles_every_reservation_once(stack):
         for _ in range(3):  # three crashes: more chances to land between commit and ack
             s.kill("projector")
             left |= wait_unsettled_outcomes(s, 3)  # jobs go on completing; nobody settles
-            s.start("projector", "projector")
+            s.start_projector()
             traffic.wait_accepted(traffic.count("accepted") + 3)
     assert traffic.count("error") == 0, traffic.summary()
     money = assert_every_reservation_settled_once(s)

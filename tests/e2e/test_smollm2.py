@@ -18,7 +18,7 @@ def smol_stack(tmp_path_factory):
     pulled = s.cli("models", "pull", MODEL)
     assert pulled.returncode == 0, pulled.stderr
     assert MODEL in s.cli("models", "list").stdout
-    s.start("projector", "projector")
+    s.start_projector()
     s.start_worker("oc", MODEL)
     s.start_api()
     try:

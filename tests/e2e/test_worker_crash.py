@@ -24,7 +24,7 @@ LONG = dict(model=TINY_MODEL, max_tokens=400, temperature=0,
 def crash_stack(fresh_nats, models_dir, tmp_path):
     shutil.copytree(models_dir, tmp_path / "models")
     s = Stack(tmp_path, fresh_nats.url, env_extra={"INFERBUS_JOB_ACK_WAIT_S": "2"})
-    s.start("projector", "projector")
+    s.start_projector()
     s.start_worker("eu", TINY_MODEL, "worker-eu-a")
     s.start_api()
     try:
