@@ -20,7 +20,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import Field, ValidationError
 
-from bus.events import Attempt, Contract, Id
+from bus.events import Attempt, Contract, Hash, Id
 
 
 class Lease(Contract):
@@ -32,6 +32,8 @@ class Lease(Contract):
     until: float  # unix time the lease runs out unless renewed
     done: bool = False  # sealed: the holder has an outcome and is publishing it
     runs: int = Field(default=1, ge=0, le=1000)  # nodes that started the job (not passed on)
+    outcome: Hash = ""  # sealed: the digest of the holder's report, the one outcome it may log
+    sealed_at: float = 0.0
 
 
 @dataclass
@@ -102,9 +104,11 @@ class Leases:
         lease = held.lease.model_copy(update={"until": self.clock() + self.lease_s})
         return await self._change(held, lease)
 
-    async def seal(self, held: HeldLease) -> bool:
-        """Mark the job done by this holder; False when the lease is no longer ours."""
-        return await self._change(held, held.lease.model_copy(update={"done": True}))
+    async def seal(self, held: HeldLease, outcome: str = "") -> bool:
+        """Mark the job done by this holder, with the digest of its ``outcome``; False
+        when the lease is no longer ours."""
+        return await self._change(held, held.lease.model_copy(update={
+            "done": True, "outcome": outcome, "sealed_at": self.clock()}))
 
     async def release(self, held: HeldLease) -> bool:
         """End the holder's lease now (it died), so the next node takes over at once."""

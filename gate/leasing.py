@@ -124,10 +124,11 @@ class Leasing:
                     job, queue, None)
         return self.held.setdefault(job_id, held)
 
-    async def seal(self, held: Held) -> bool:
-        """Seal the lease for its holder's outcome; False when it is no longer theirs."""
-        return await self.leases.seal(held.lease) or (
-            await self._current(held) and await self.leases.seal(held.lease))
+    async def seal(self, held: Held, outcome: str) -> bool:
+        """Seal the lease for its holder's ``outcome`` (a digest); False when it is no
+        longer theirs."""
+        return await self.leases.seal(held.lease, outcome) or (
+            await self._current(held) and await self.leases.seal(held.lease, outcome))
 
     async def release(self, held: Held) -> bool:
         """End the lease of a dead holder; False when it is sealed or taken over."""

@@ -12,15 +12,19 @@ attempt it holds, and builds the event itself:
   charged for the text produced, recounted; otherwise it is a failure.
 - ``JobExpired`` only when the job's deadline has passed by the gate's clock.
 
-The gate seals the lease, logs the event (its id derived from the job and
-attempt, so a repeated report is deduplicated), sends the caller's API instance
-the final reply, and answers. A refused result (a bad signature, a model whose
+The gate seals the lease with the digest of the report, logs the event (its id
+derived from the job and attempt), sends the caller's API instance the final
+reply, and answers. One attempt has one outcome: a repeat of the sealed report
+(its answer was lost) is logged again within the stream's duplicate window,
+where JetStream drops it, and only answered after it; any other report for a
+sealed attempt is refused. A refused result (a bad signature, a model whose
 usage cannot be recounted) costs the node a strike and moves the job on.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from datetime import datetime, timezone
 
 from nats.aio.client import Client
@@ -34,11 +38,13 @@ from bus.node_messages import Cancelled, Completed, Expired, Failed, OutcomeAnsw
 from bus.publish import publish_event
 from bus.replies import Finished
 from bus.signing import output_payload, verify_signature
-from bus.streams import has_key
+from bus.streams import DUPLICATE_WINDOW_S, has_key
 from gate.leasing import Held, Leasing
 from gate.usage import Counters
 
 log = logging.getLogger("inferbus.gate")
+# A repeat of a sealed report is logged again only while JetStream still drops it.
+REPEAT_WINDOW_S = DUPLICATE_WINDOW_S / 2
 
 
 class Refused(Exception):
@@ -69,11 +75,16 @@ class Outcomes:
         if said.attempt != held.lease.lease.attempt:
             raise Refused(f"attempt {said.attempt} is not the one held "
                           f"({held.lease.lease.attempt})")
+        digest = hashlib.sha256(said.model_dump_json().encode()).hexdigest()
+        sealed = held.lease.lease
+        if sealed.done and sealed.outcome != digest:
+            raise Refused("another outcome of this attempt was sealed", strike=True)
+        if sealed.done and time.time() - sealed.sealed_at > REPEAT_WINDOW_S:
+            self.leasing.forget(said.job_id)
+            return OutcomeAnswer(logged=True)  # logged long ago: JetStream would not drop it now
         await self.counters.ready(held.job.model)  # loaded off the event loop
         event = await self._event(grant, held, said)
-        if held.lease.lease.done:
-            pass  # sealed by an earlier report of this outcome: log it again (deduplicated)
-        elif not await self.leasing.seal(held):
+        if not sealed.done and not await self.leasing.seal(held, digest):
             self.leasing.forget(said.job_id)
             raise Refused("the lease was taken over")
         if held.started is not None:

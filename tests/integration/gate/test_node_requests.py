@@ -119,3 +119,22 @@ async def test_a_cancel_no_one_asked_for_is_a_failure_not_a_charge(gate_world):
     assert (await w.gate["B"].report(Cancelled(job_id="j7", attempt=1, text="one"))).logged
     (failed,) = await events_of(w, JobFailed, "j7")  # nobody asked: not a paid cancel
     assert failed.code == "worker_error"
+
+
+async def test_one_attempt_has_one_outcome_whatever_the_node_reports_after(gate_world,
+                                                                           monkeypatch):
+    from bus.node_messages import Failed
+    from gate import results
+    w = gate_world
+    job = a_job("j8")
+    await w.queue(job)
+    await w.gate["A"].lease("acquire", await w.take("eu"), "j8")
+    done = signed(w, "A", job, "one two")
+    assert (await w.gate["A"].report(done)).logged
+    failed = Failed(job_id="j8", attempt=1, code="worker_error", message="changed my mind")
+    assert not (await w.gate["A"].report(failed)).logged  # refused, and struck
+    monkeypatch.setattr(results, "REPEAT_WINDOW_S", 0.0)  # as if minutes had passed
+    assert (await w.gate["A"].report(done)).logged  # answered, not logged again
+    assert len(await events_of(w, JobCompleted, "j8")) == 1
+    assert await events_of(w, JobFailed, "j8") == []
+    assert [s.job_id for s in await events_of(w, NodeStrike)] == ["j8"]
