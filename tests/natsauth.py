@@ -6,6 +6,7 @@ as ``inferbus up`` writes them.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,10 @@ class AuthNatsServer(NatsServer):
             stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port)
         return self
+
+    def reload(self) -> None:
+        """Re-read the users file, as an admin's ``nats-server --signal reload`` does."""
+        self.proc.send_signal(signal.SIGHUP)
 
 
 class Refusals:

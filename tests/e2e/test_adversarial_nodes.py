@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import time
 
 import httpx
@@ -147,3 +148,115 @@ def test_a_granted_node_cannot_steal_void_or_stall_anything(network):
     assert audit.returncode == 0, audit.stdout + audit.stderr
     status = httpx.get(f"{s.base_url}/status.json", timeout=10).json()
     assert "mal" not in str(status.get("rcp", ""))
+
+
+async def hold_and_forge(s, server) -> dict:
+    """Mallory, holding a real lease on a job sent to its own queue, reports a result
+    it did not sign, renews a lease that is not its own, and boasts in its heartbeat."""
+    from datetime import datetime, timedelta, timezone
+
+    from bus.events import ChatMessage, JobSubmitted, Sampling
+    from bus.node_record import ModelInfo, NodeRecord
+    from bus.publish import enqueue_job
+    from bus.streams import ensure_work_consumer
+    from workers.gate_client import GateClient
+    from workers.pull_loop import JobSource
+    me = signing.node_id(signing.load_or_create_key(s.data_dir / "node" / "mallory.key"))
+    honest = signing.node_id(signing.load_or_create_key(s.data_dir / "node" / "worker-eu.key"))
+    service = await nats.connect(server.url, nkeys_seed=str(s.data_dir / "nats-auth/service.seed"))
+    nc, refusals = await connect_as(server.url, s.data_dir,
+                                    s.data_dir / "nats-auth/workers/mallory.seed")
+    got = {}
+    try:
+        job = JobSubmitted(job_id="mine-now", account="carol", key_id="k", model=MODEL,
+                           kind="chat", messages=(ChatMessage(role="user", content="x y z"),),
+                           sampling=Sampling(max_tokens=3), zone="eu", route="zone",
+                           deadline=datetime.now(timezone.utc) + timedelta(minutes=5),
+                           queue=subjects.node_queue(me))
+        await enqueue_job(service.jetstream(), job)
+        js = nc.jetstream(timeout=2)
+        consumer = await ensure_work_consumer(js, subjects.node_queue(me), MODEL, 30)
+        source = await JobSource(nc, subjects.JOBS_STREAM, consumer).start()
+        (msg,) = await source.take(1)
+        gate = GateClient(nc, me)
+        got["lease"] = (await gate.lease("acquire", msg, job.job_id)).action
+        key = signing.load_or_create_key(s.data_dir / "node" / "worker-eu.key")  # not its own
+        sig = signing.sign_output(key, job.job_id, 1, MODEL, job.input_hash(), output_hash("x"))
+        got["forged"] = (await gate.report(Completed(
+            job_id=job.job_id, attempt=1, text="x", finish_reason="stop", signature=sig))).logged
+        other = LeaseAsk(op="renew", job_id="someone-elses", attempt=1, message=1)
+        reply = await nc.request(subjects.node_says(me, subjects.NODE_LEASE),
+                                 other.model_dump_json().encode(), timeout=3)
+        got["renew"] = LeaseAnswer.model_validate_json(reply.data).action
+        boast = NodeRecord(node_id=honest, zone="na", operator="mal", tier=6,
+                           models=(ModelInfo(name=MODEL, context_length=8192),))
+        await nc.request(subjects.kv_key(subjects.NODES_BUCKET, me),
+                         boast.model_dump_json().encode(), timeout=3)
+        got["refused"] = list(refusals.seen)
+        # The job it was given moves on: the honest node completes it.
+        got["done_by"] = None
+        for _ in range(100):
+            done = [e for _, e in await read_log(service.jetstream())
+                    if getattr(e, "job_id", None) == job.job_id and e.type == "JobCompleted"]
+            if done:
+                got["done_by"] = done[0].node_id
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+        await service.close()
+    got["me"], got["honest"] = me, honest
+    return got
+
+
+def test_a_node_holding_a_job_cannot_forge_its_result_or_boast_its_way_up(network):
+    s, server = network
+    got = asyncio.run(hold_and_forge(s, server))
+    assert got["lease"] == "run" and got["forged"] is False and got["renew"] == "stop"
+    assert got["refused"] == [] and got["done_by"] == got["honest"]
+    time.sleep(1.5)  # the boast is the latest heartbeat the API has seen
+    tier6 = httpx.get(f"{s.base_url}/v1/network/candidates", params={"model": MODEL, "tier": "6"},
+                      headers={"Authorization": f"Bearer {s.key}"}, timeout=10).json()["data"]
+    assert tier6 == []  # the grant says tier 1, whatever it reports
+
+
+def test_a_suspended_node_is_out_of_the_network_within_a_second(network):
+    """``nodes suspend`` on a running network: the gate refuses the node at once (it
+    follows the grants bucket), and a server that reloads its users file closes the
+    node's connection (``inferbus up`` reloads its own; here the test is the admin)."""
+    s, server = network
+
+    async def suspend_and_watch() -> tuple[float, float, str]:
+        nc, _ = await connect_as(server.url, s.data_dir,
+                                 s.data_dir / "nats-auth/workers/mallory.seed")
+        me = signing.node_id(signing.load_or_create_key(s.data_dir / "node" / "mallory.key"))
+        ask = LeaseAsk(op="acquire", job_id="any", attempt=1, message=1).model_dump_json()
+
+        async def refused_by_gate() -> bool:
+            reply = await nc.request(subjects.node_says(me, subjects.NODE_LEASE),
+                                     ask.encode(), timeout=2)
+            return "no active grant" in LeaseAnswer.model_validate_json(reply.data).reason
+        assert not await refused_by_gate()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "nodes", "suspend", "mallory", env=s.env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out = (await proc.communicate())[0].decode()
+        done = time.monotonic()
+        while not await refused_by_gate():
+            assert time.monotonic() - done < 5
+        by_gate = time.monotonic() - done
+        server.reload()
+        reloaded = time.monotonic()
+        while nc.is_connected and time.monotonic() - reloaded < 5:
+            await asyncio.sleep(0.02)
+        by_server = time.monotonic() - reloaded
+        await nc.close()
+        return by_gate, by_server, out
+
+    by_gate, by_server, out = asyncio.run(suspend_and_watch())
+    assert "suspended" in out, out
+    assert by_gate < 1.0 and by_server < 1.0, (by_gate, by_server)
+    listed = [line for line in s.cli("nodes", "list").stdout.splitlines()
+              if line.startswith("mallory")]
+    assert listed and listed[0].endswith("suspended")
+    assert chat(s, "still served").status_code == 200
