@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bus.credits import credits
-from bus.events import MAX_TOKENS, ChatMessage, Sampling, Usage
+from bus.bounds import MAX_TOKENS
+from bus.events import ChatMessage, Sampling, Usage
 from bus.node_record import ModelInfo
 from projections.lifecycle import QUEUED
 

@@ -13,8 +13,7 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from bus.bounds import (MAX_MICRO, MAX_TEXT, MAX_TOKENS, Attempt, Hash, Id, Micro, Name,  # noqa: F401
-                        Text, Tokens)
+from bus.bounds import MAX_MICRO, MAX_TOKENS, Attempt, Hash, Id, Micro, Name, Text, Tokens
 from bus.subjects import GLOBAL
 
 

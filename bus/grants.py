@@ -18,7 +18,8 @@ from nats.js.kv import KeyValue
 from pydantic import Field, ValidationError
 
 from bus import subjects
-from bus.events import Contract, Id, Name
+from bus.bounds import Id, Name
+from bus.events import Contract
 
 log = logging.getLogger("inferbus.grants")
 Status = Literal["unverified", "suspended"]

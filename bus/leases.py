@@ -20,7 +20,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import Field, ValidationError
 
-from bus.events import Attempt, Contract, Hash, Id
+from bus.bounds import Attempt, Hash, Id
+from bus.events import Contract
 
 
 class Lease(Contract):

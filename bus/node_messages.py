@@ -12,7 +12,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
-from bus.events import Attempt, Contract, Hash, Id, Text
+from bus.bounds import Attempt, Hash, Id, Text
+from bus.events import Contract
 
 AckSubject = Annotated[str, Field(max_length=256)]
 

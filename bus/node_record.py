@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bus.events import MAX_TOKENS, Contract, Id, Name
+from bus.bounds import MAX_TOKENS, Id, Name
+from bus.events import Contract
 
 
 class ModelInfo(Contract):

@@ -11,8 +11,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
-from bus.events import (MAX_TEXT, Attempt, Contract, Id, JobCancelled, JobCompleted, JobExpired,
-                        JobFailed, Name, Text)
+from bus.bounds import MAX_TEXT, Attempt, Id, Name, Text
+from bus.events import Contract, JobCancelled, JobCompleted, JobExpired, JobFailed
 
 
 class Started(Contract):
