@@ -97,7 +97,7 @@ class Admission:
             event_id=event_id, job_id=job_id, account=who.account, key_id=who.key_id,
             model=model, kind="chat" if is_chat else "completion", sampling=req.sampling(),
             messages=messages, prompt=prompt, zone=route.zone, route=route.route,
-            queue=route.queue, subcloud=route.subcloud, strict=route.strict,
+            queue=route.queue, then=route.chain, subcloud=route.subcloud, strict=route.strict,
             deadline=datetime.now(timezone.utc) + timedelta(seconds=self._timeout_s),
             reply_to=reply_to)
         return Prepared(job, request_hash, route.chain, idempotency_key is not None)

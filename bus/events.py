@@ -55,10 +55,10 @@ class JobSubmitted(Event):
     """A consumer's job, accepted by the API and queued on a jobs subject.
 
     ``kind`` is ``chat`` (``messages`` set) or ``completion`` (``prompt`` set).
-    ``zone`` is the consumer's resolved zone, ``route`` whether the job was
-    queued on that zone's subject or on the global one. ``reply_to`` is the
-    core-NATS subject of the API instance waiting for tokens (None for jobs
-    nobody waits on live).
+    ``zone`` is the consumer's resolved zone, ``route`` whether it was queued on
+    that zone's subject or the global one, ``then`` the queues its route allows
+    after the first, in order (escalation and failover go no further). ``reply_to``
+    is the core-NATS subject of the API instance waiting for tokens, if any.
     """
 
     type: Literal["JobSubmitted"] = "JobSubmitted"
@@ -75,6 +75,7 @@ class JobSubmitted(Event):
     deadline: datetime
     reply_to: Name | None = None
     queue: Name | None = None  # the first queue it was put on; None: its zone or global
+    then: tuple[Name, ...] = Field(default=(), max_length=16)
     subcloud: Name | None = None
     strict: bool = False  # subcloud residency: never leaves its zones
 

@@ -3,12 +3,15 @@
 Every worker pings ``node.<its id>.alive`` every ``PING_S``. A node that holds
 leases and has been silent for ``LAPSE_S`` is dead to the network (it was
 SIGKILLed, lost its link, or stalled): the gate ends its leases and puts a
-copy of each of its jobs on the next queue the job's route allows, where a
-live node can take it at once:
+copy of each of its jobs where a live node can take it at once, as far as
+the job's route allows (``JobSubmitted.then``: the API's chain of queues, so a
+strict job stays in its zones and a job sent to chosen nodes goes only to the
+next of them, or global where the route says so):
 
-- the job's own pool (its subcloud's, else its zone's) when another live node
-  there serves the model, else ``global`` (never for strict residency);
-- with no live taker anywhere, back on its own pool, to wait for one.
+- the queue it was on, unless that was the dead node's own, when another live
+  node takes from it; else the first queue further along its route that a live
+  node takes from;
+- with no live taker, the first of those, to wait for one.
 
 A copy is a publish, so it rings the idle workers' doorbells (a redelivery
 would not), and the dead node's delivery is terminated once the copy is
@@ -85,16 +88,13 @@ class Liveness:
 
     def next_queue(self, held: Held) -> str:
         job = held.job
-        own = [subjects.subcloud_queue(job.subcloud)] if job.subcloud else []
-        if not (job.subcloud and job.strict and own):
-            own.append(job.zone)
-        if job.strict:
-            own = [q for q in own if q != subjects.GLOBAL]
-        choices = own + ([] if job.strict else [subjects.GLOBAL])
+        route = [job.first_queue(), *job.then]
+        later = route[route.index(held.queue) + 1:] if held.queue in route else []
+        choices = ([] if subjects.is_node_queue(held.queue) else [held.queue]) + later
         for queue in choices:
             if self._taker(queue, job.model, held.node_id):
                 return queue
-        return own[0]
+        return choices[0] if choices else held.queue
 
     def _taker(self, queue: str, model: str, dead: str) -> bool:
         """Whether a live node other than ``dead`` may take ``model`` jobs from ``queue``."""

@@ -42,7 +42,7 @@ async def test_a_silent_nodes_job_goes_to_a_live_node_of_its_zone_within_a_secon
 async def test_the_only_node_of_a_zone_dying_sends_its_job_to_global(gate_world):
     w = gate_world
     stop = await pinging(w, "A")  # eu is alive; C (na's only node) never pings
-    await w.queue(a_job("k2", queue="na", zone="na"))
+    await w.queue(a_job("k2", queue="na", zone="na", then=(subjects.GLOBAL,)))
     assert (await w.gate["C"].lease("acquire", await w.take("na"), "k2")).action == "run"
     await moved_to(w, subjects.GLOBAL, "k2", "A")
     escalations = [e for _, e in await w.log() if isinstance(e, JobEscalated)]
@@ -50,13 +50,27 @@ async def test_the_only_node_of_a_zone_dying_sends_its_job_to_global(gate_world)
     stop.set()
 
 
-async def test_a_job_sent_to_a_dead_nodes_own_queue_goes_to_its_zone(gate_world):
+async def test_a_job_sent_to_a_dead_nodes_own_queue_goes_to_the_next_node_of_its_route(
+        gate_world):
     w = gate_world
     stop = await pinging(w, "B")
-    own = subjects.node_queue(w.ids["A"])
-    await w.queue(a_job("k3", queue=own))
+    own, next_node = subjects.node_queue(w.ids["A"]), subjects.node_queue(w.ids["B"])
+    await w.queue(a_job("k3", queue=own, then=(next_node, subjects.GLOBAL)))
     assert (await w.gate["A"].lease("acquire", await w.take(own), "k3")).action == "run"
-    await moved_to(w, "eu", "k3", "B")
+    await moved_to(w, next_node, "k3", "B")
+    stop.set()
+
+
+async def test_a_strict_job_never_leaves_its_route_however_its_node_dies(gate_world):
+    w = gate_world
+    stop = await pinging(w, "A")  # a live eu node, which takes global jobs
+    await w.queue(a_job("k5", queue="na", zone="na"))  # strict: its route is na alone
+    assert (await w.gate["C"].lease("acquire", await w.take("na"), "k5")).action == "run"
+    await asyncio.sleep(1.0)  # C is silent: dead
+    copy = await w.take("na")  # back on na, waiting for a live na node
+    assert copy.metadata.sequence.stream > 1
+    escalations = [e for _, e in await w.log() if isinstance(e, JobEscalated)]
+    assert escalations == []
     stop.set()
 
 
