@@ -5,7 +5,11 @@ its zone, then global (:class:`JobSource`, one per queue), asking each for as
 many jobs as the node has room for. An idle worker sleeps on a
 :class:`Doorbell` that rings when a job is queued on any of them, so it
 answers a new job at once; ``SAFETY_POLL_S`` bounds the wait for
-redeliveries. Each job runs as a task of its own (``JobRunner.run``: lease,
+redeliveries. A ring can come before JetStream has stored the job it announces
+(the plain subscription hears the publish as the stream does), so a ring whose
+probe finds nothing is followed by a few quick probes (``RING_RETRIES_S``)
+before the worker sleeps again: a queue with one worker (a node's own) would
+otherwise wait out the safety poll. Each job runs as a task of its own (``JobRunner.run``: lease,
 replies, outcome, ack).
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ from bus.pull import Pull
 
 log = logging.getLogger("inferbus.worker")
 SAFETY_POLL_S = 1.0
+RING_RETRIES_S = (0.005, 0.02, 0.05)
 PULL_TIMEOUT_S = 2.0  # a no_wait request is answered at once; this covers the trip
 # 404 no messages, 408 request expired, 409 e.g. consumer deleted / leadership change,
 # 503 no responders: on a cluster the consumer has no leader while one is elected.
@@ -78,11 +83,13 @@ class Doorbell:
         """Call before probing the queues, so a job queued meanwhile still rings."""
         self._rung.clear()
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, timeout: float) -> bool:
+        """Until a ring or ``timeout``; whether it rang."""
         try:
             await asyncio.wait_for(self._rung.wait(), timeout)
         except asyncio.TimeoutError:
-            pass
+            return False
+        return True
 
 
 async def next_jobs(sources: list[JobSource], room: int) -> list[Msg]:
@@ -113,6 +120,7 @@ async def pull_loop(sources: list[JobSource], bell: Doorbell,
         finally:
             free.release()
 
+    rang, retries = False, list(RING_RETRIES_S)
     try:
         while not stop.is_set():
             await free.acquire()
@@ -128,8 +136,14 @@ async def pull_loop(sources: list[JobSource], bell: Doorbell,
                 task = asyncio.create_task(run_one(msg))
                 running.add(task)
                 task.add_done_callback(running.discard)
-            if not msgs and not stop.is_set():
-                await bell.wait(SAFETY_POLL_S)
+            if msgs:
+                rang, retries = False, list(RING_RETRIES_S)
+            elif not stop.is_set():
+                if rang and retries:  # rung for a job the stream may not hold yet
+                    await asyncio.sleep(retries.pop(0))
+                    continue
+                retries = list(RING_RETRIES_S)
+                rang = await bell.wait(SAFETY_POLL_S)
     finally:
         if running:
             await asyncio.gather(*running, return_exceptions=True)

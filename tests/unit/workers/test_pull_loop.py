@@ -1,0 +1,55 @@
+"""The pull loop's timing around the doorbell, with a queue and a bell of its own."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from workers.pull_loop import SAFETY_POLL_S, pull_loop
+
+
+class LateQueue:
+    """A queue whose job is announced (rung) before it can be pulled: the first
+    probe after the ring finds nothing, as when JetStream has not stored it yet."""
+
+    def __init__(self) -> None:
+        self.probes, self.job = 0, None
+
+    async def take(self, n: int) -> list:
+        self.probes += 1
+        found, self.job = ([self.job] if self.job else []), None
+        return found
+
+
+class Bell:
+    def __init__(self) -> None:
+        self._rung = asyncio.Event()
+
+    def ring(self) -> None:
+        self._rung.set()
+
+    def clear(self) -> None:
+        self._rung.clear()
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._rung.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+async def test_a_job_rung_before_it_can_be_pulled_is_taken_at_once_not_at_the_safety_poll():
+    queue, bell, stop, taken = LateQueue(), Bell(), asyncio.Event(), []
+
+    async def run(msg) -> None:
+        taken.append(time.monotonic())
+        stop.set()
+
+    loop = asyncio.create_task(pull_loop([queue], bell, run, stop))
+    await asyncio.sleep(0.05)  # idle, asleep on the bell
+    rung = time.monotonic()
+    bell.ring()
+    await asyncio.sleep(0.002)  # the probe the ring woke finds nothing yet...
+    queue.job = "job"  # ...then the stream holds it
+    await asyncio.wait_for(loop, 5)
+    assert taken and taken[0] - rung < SAFETY_POLL_S / 4
