@@ -6,7 +6,10 @@ job to, and the verified ``Finished``), and ``node.*.live.<instance>``, where
 each node publishes under its own id (its ``Delta`` text and ``Resume``
 requests). A node's text or resume request counts only while that node holds
 the job's lease, for the attempt it holds: another node, whatever it sends,
-reaches no caller and learns no caller's text.
+reaches no caller and learns no caller's text. Live text is the holder's word
+until its result is checked: a holder whose signed, logged text does not begin
+with what it streamed has lied to the caller, and the API logs a
+``NodeStrike`` against it.
 
 Each waiting request opens a :class:`JobReplies` for its job *before* the job
 is queued, so no reply can arrive unrouted, and closes it when it stops
@@ -28,7 +31,8 @@ from pydantic import ValidationError
 
 from api.errors import APIError
 from bus import subjects
-from bus.events import new_id
+from bus.events import JobCompleted, NodeStrike, new_id, output_hash
+from bus.publish import publish_event
 from bus.replies import Delta, Finished, Resume, Resumed, Started, parse_reply
 
 log = logging.getLogger("inferbus.api")
@@ -44,6 +48,8 @@ class Watch:
     attempt: int = 1
     gapped: bool = False  # a live delta was lost: the outcome's full text fills the gap
     holder: str | None = None  # the node the gate leased the job to, for ``attempt``
+    since: int = 0  # how much of ``text`` was there when the holder took the job
+    resumed: bool = False  # the holder continues from ``text`` (it asked, it was told)
 
     def holds(self, node: str | None, attempt: int) -> bool:
         """Whether ``node`` holds the job's lease for ``attempt`` (as the gate said)."""
@@ -56,8 +62,18 @@ class Watch:
             return False
         if started.attempt > self.attempt:
             self.gapped = False  # the new holder resumes from the text here
+        if (started.node_id, started.attempt) != (self.holder, self.attempt):
+            self.since, self.resumed = len(self.text), False
         self.attempt, self.holder = started.attempt, started.node_id
         return True
+
+    def strayed(self, event) -> bool:
+        """Whether ``event`` (the checked outcome) shows that its node streamed text
+        it did not return: all of the text here is the holder's own (it streamed it,
+        or resumed from it), yet its result does not begin with it."""
+        return (isinstance(event, JobCompleted) and event.node_id == self.holder
+                and event.attempt == self.attempt and (self.since == 0 or self.resumed)
+                and not event.text.startswith(self.text))
 
     def accept(self, delta: Delta) -> Delta | None:
         """The part of ``delta`` that extends the text, or None (stale, repeated, gap)."""
@@ -76,7 +92,7 @@ class Watch:
 
     def resume(self, request: Resume) -> Resumed:
         """The new holder continues from the text here."""
-        self.gapped = False
+        self.gapped, self.resumed = False, True
         return Resumed(job_id=request.job_id, text=self.text)
 
 
@@ -113,6 +129,7 @@ class ReplyRouter:
         self.subject = subjects.replies(new_id()[:16])
         self._waiting: dict[str, Watch] = {}
         self._subs: list = []
+        self._strikes: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         instance = self.subject.rsplit(".", 1)[-1]
@@ -150,6 +167,22 @@ class ReplyRouter:
         watch = self._waiting.get(job_id)
         if watch is not None and (isinstance(reply, Finished) or watch.leased(reply)):
             watch.queue.put_nowait(reply)
+            if isinstance(reply, Finished) and watch.strayed(reply.event):
+                self._strike(reply.event, watch.text)
+
+    def _strike(self, event: JobCompleted, streamed: str) -> None:
+        """Log that ``event``'s node streamed text it did not return (in the background:
+        the caller's answer does not wait for it)."""
+        log.warning("node %s streamed text it did not return for job %s", event.node_id[:12],
+                    event.job_id)
+        strike = NodeStrike(
+            node_id=event.node_id, job_id=event.job_id,
+            reason="streamed text its checked result does not begin with",
+            evidence=f"streamed sha256 {output_hash(streamed)}, {len(streamed)} characters; "
+                     f"returned sha256 {event.output_hash}")
+        task = asyncio.create_task(publish_event(self._nc.jetstream(), strike, event.zone))
+        self._strikes.add(task)
+        task.add_done_callback(self._strikes.discard)
 
     async def _route_live(self, msg: Msg) -> None:
         """A node's live text or resume request: only the lease holder's counts."""

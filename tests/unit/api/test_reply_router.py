@@ -57,3 +57,32 @@ def test_a_gap_stops_live_text_until_a_takeover_restarts_it_from_what_is_here():
     leased(watch, B, 2)
     assert watch.resume(Resume(job_id="j", attempt=2)).text == "abc"
     assert watch.accept(delta(3, "xyz", attempt=2)).text == "xyz"
+
+
+def completed(node: str, attempt: int, text: str):
+    from bus.events import JobCompleted, Usage, output_hash
+    return JobCompleted(job_id="j", model="m", node_id=node, operator="op", zone="eu",
+                        attempt=attempt, text=text, finish_reason="stop",
+                        usage=Usage(prompt_tokens=1, completion_tokens=1), input_hash="i",
+                        output_hash=output_hash(text), signature="s")
+
+
+def test_a_holder_whose_result_does_not_begin_with_what_it_streamed_has_strayed():
+    watch = Watch()
+    leased(watch, A, 1)
+    watch.accept(delta(0, "The answer is 4"))
+    assert not watch.strayed(completed(A, 1, "The answer is 4, of course"))
+    assert watch.strayed(completed(A, 1, "The answer is 5"))
+
+
+def test_after_a_takeover_only_a_holder_that_resumed_answers_for_the_whole_text():
+    watch = Watch()
+    leased(watch, A, 1)
+    watch.accept(delta(0, "Once upon"))
+    leased(watch, B, 2)
+    assert not watch.strayed(completed(B, 2, "A fresh start"))  # B never saw A's text
+    watch.resume(Resume(job_id="j", attempt=2))
+    watch.accept(delta(9, " a time", attempt=2))
+    assert not watch.strayed(completed(B, 2, "Once upon a time."))
+    assert watch.strayed(completed(B, 2, "Once upon a midnight"))
+    assert not watch.strayed(completed(A, 1, "anything"))  # not the holder: not its text
