@@ -7,33 +7,22 @@ JetStream ``Nats-Msg-Id``, so a republish is deduplicated) and
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Literal, Union
-from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
 
-from bus.bounds import MAX_MICRO, MAX_TOKENS, Attempt, Hash, Id, Micro, Name, Text, Tokens
+from bus.bounds import MAX_TOKENS, Attempt, Hash, Id, Name, Text, Tokens
+from bus.contracts import Contract, Event, new_id
+from bus.credit_events import (CreditsDebited, CreditsDeposited, CreditsRefunded,
+                               CreditsReimbursed, CreditsReserved, RCPAwarded, RCPRevoked)
+from bus.node_events import NodeStrike, NodeSuspended, NodeVerified, SpotChecked
 from bus.subjects import GLOBAL
 
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def new_id() -> str:
-    return uuid4().hex
-
-
-class Contract(BaseModel):
-    """A frozen, strict message shape shared between processes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Event(Contract):
-    event_id: Id = Field(default_factory=new_id)
-    occurred_at: datetime = Field(default_factory=_now)
+__all__ = [  # the node and money events live in their own modules; all are named here
+    "Contract", "Event", "new_id", "NodeStrike", "NodeSuspended", "NodeVerified", "SpotChecked",
+    "CreditsDebited", "CreditsDeposited", "CreditsRefunded", "CreditsReimbursed",
+    "CreditsReserved", "RCPAwarded", "RCPRevoked"]
 
 
 class ChatMessage(Contract):
@@ -135,6 +124,7 @@ class JobCompleted(Event):
     input_hash: Hash
     output_hash: Hash
     signature: Hash
+    probation: bool = False  # its node was on probation: checked, and earns no RCP yet
 
 
 class JobFailed(Event):
@@ -191,26 +181,6 @@ class ApiKeyRevoked(Event):
     key_hash: Id
 
 
-class NodeStrike(Event):
-    """Something a node sent that the network refused: a forged, malformed or
-    wrong result, or a request outside its grant. ``evidence`` holds what it sent
-    (truncated) so the audit can judge the strike."""
-
-    type: Literal["NodeStrike"] = "NodeStrike"
-    node_id: Id
-    reason: Text
-    job_id: Id | None = None
-    evidence: Annotated[str, Field(max_length=4096)] = ""
-
-
-class NodeSuspended(Event):
-    """A node taken out of the network: no leases, no routing, grant suspended."""
-
-    type: Literal["NodeSuspended"] = "NodeSuspended"
-    node_id: Id
-    reason: Text
-
-
 class DeadLetter(Contract):
     """A message a consumer could not read: kept, with why, instead of blocking it."""
 
@@ -221,70 +191,16 @@ class DeadLetter(Contract):
     data: str  # the message as it came, base64
 
 
-# --- credits: amounts are integer micro-credits (``bus.credits.MICRO``) --------
-
-
-class CreditsDeposited(Event):
-    type: Literal["CreditsDeposited"] = "CreditsDeposited"
-    account: Id
-    amount: int = Field(gt=0, le=MAX_MICRO)
-    zone: Name = GLOBAL
-
-
-class CreditsReserved(Event):
-    """The worst-case cost of a job, held before the job is published."""
-
-    type: Literal["CreditsReserved"] = "CreditsReserved"
-    account: Id
-    job_id: Id
-    key_id: Id
-    amount: Micro
-    zone: Name
-    deadline: datetime
-    request_hash: Hash = ""
-
-
-class CreditsDebited(Event):
-    """The job's actual cost, taken from the reservation (at most once per job)."""
-
-    type: Literal["CreditsDebited"] = "CreditsDebited"
-    account: Id
-    job_id: Id
-    amount: Micro
-    zone: Name
-
-
-class CreditsRefunded(Event):
-    """What a reservation returns: the rest after a debit, or all of it.
-    Exactly one per reservation; it is what closes the reservation."""
-
-    type: Literal["CreditsRefunded"] = "CreditsRefunded"
-    account: Id
-    job_id: Id
-    amount: Micro
-    zone: Name
-    reason: Text
-
-
-class RCPAwarded(Event):
-    """Contribution points for the operator of the node that completed a job."""
-
-    type: Literal["RCPAwarded"] = "RCPAwarded"
-    operator: Id
-    job_id: Id
-    node_id: Id
-    points: Micro
-    zone: Name
-
-
-CREDIT_EVENTS = (CreditsDeposited, CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded)
+CREDIT_EVENTS = (CreditsDeposited, CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded,
+                 CreditsReimbursed, RCPRevoked)
 # The events that end a job: its outcome, which settlement resolves its reservation by.
 TERMINAL_JOB_EVENTS = (JobCompleted, JobFailed, JobCancelled, JobExpired)
 
 AnyEvent = Annotated[
     Union[JobSubmitted, JobStarted, JobEscalated, JobCompleted, JobFailed, JobCancelled,
           JobExpired, ApiKeyIssued, ApiKeyRevoked, SubcloudCreated, CreditsDeposited,
-          CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded, NodeStrike, NodeSuspended],
+          CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded, CreditsReimbursed,
+          RCPRevoked, NodeStrike, NodeSuspended, NodeVerified, SpotChecked],
     Field(discriminator="type"),
 ]
 

@@ -28,7 +28,7 @@ from eventsourcing.utils import get_topic
 from bus.events import Event
 from ledger.bookkeeping import Bookkeeping
 from ledger.bulk_load import select_many
-from ledger.commands import Refund, Reserve, Resolve, Settle
+from ledger.commands import Refund, Reserve, Resolve, Revoke, Settle
 from ledger.domain import (Account, Deposit, InsufficientCredits, Reservation, deposit_receipt_id,
                            replay, reservation_id)
 from ledger.log_events import MONEY_TOPICS, to_bus_event
@@ -92,6 +92,12 @@ class Ledger(Bookkeeping):
     def refund(self, job_id: str, reason: str) -> Resolution:
         """Return the whole reservation. At most once per job, like :meth:`settle`."""
         return returned_or_raised(self._resolve_group([Refund(job_id, reason)])[0])
+
+    @guarded
+    def revoke(self, job_id: str, node_id: str, reason: str) -> Resolution:
+        """Compensate ``node_id``'s work on a job that failed its check (see
+        :class:`~ledger.commands.Revoke`). At most once per job."""
+        return returned_or_raised(self._resolve_group([Revoke(job_id, node_id, reason)])[0])
 
     @guarded
     def reserve_many(self, requests: Sequence[Reserve]) -> list[Reserved]:
@@ -181,9 +187,10 @@ class Ledger(Bookkeeping):
     def _resolve_group(self, commands: Sequence[Resolve]) -> list[Resolved]:
         def attempt(_: int) -> list[Resolved]:
             held = self._reservations(list(dict.fromkeys(c.job_id for c in commands)))
-            names = {res.account for res in held.values() if res is not None
-                     and res.status == "pending"}
-            names.update(a for c in commands for a in c.accounts)
+            names = set()
+            for c in commands:
+                if (res := held[c.job_id]) is not None and c.applies(res):
+                    names.update((res.account, *c.accounts(res)))
             # A reservation read above may be resolved by another thread before
             # we hold the locks: its save then conflicts on the reservation's
             # version (or the account refuses: LedgerConflict) and the retry
@@ -194,7 +201,7 @@ class Ledger(Bookkeeping):
                     res = held[c.job_id]
                     if res is None:
                         outcomes.append(UnknownReservation(c.job_id))
-                    elif res.status != "pending":
+                    elif not c.applies(res):
                         outcomes.append(resolution(res, already=True))
                     else:
                         c.apply(res, accounts(res.account), accounts)

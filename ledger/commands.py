@@ -55,8 +55,10 @@ class Settle:
         if self.actual < 0 or self.points < 0:
             raise ValueError("actual cost and points cannot be negative")
 
-    @property
-    def accounts(self) -> tuple[str, ...]:
+    def applies(self, res: Reservation) -> bool:
+        return res.status == "pending"
+
+    def accounts(self, res: Reservation) -> tuple[str, ...]:
         """Accounts this command may change besides the job's own."""
         return (self.operator,) if self.operator is not None else ()
 
@@ -82,8 +84,10 @@ class Refund:
     job_id: str
     reason: str
 
-    @property
-    def accounts(self) -> tuple[str, ...]:
+    def applies(self, res: Reservation) -> bool:
+        return res.status == "pending"
+
+    def accounts(self, res: Reservation) -> tuple[str, ...]:
         return ()  # changes only the job's own account
 
     def apply(self, res: Reservation, acct: Account, account: Callable[[str], Account]) -> None:
@@ -91,4 +95,34 @@ class Refund:
         acct.release(self.job_id, res.amount, res.zone, reason=self.reason)
 
 
-Resolve = Union[Settle, Refund]
+@dataclass(frozen=True)
+class Revoke:
+    """Compensate a job whose work failed its spot check: a settled reservation
+    gives its debit back and its RCP is revoked (status ``revoked``); a pending one
+    is refunded in full (its completion, if it comes later, then changes nothing).
+    Only the work of ``node_id`` is revoked: another node's settlement stands."""
+
+    job_id: str
+    node_id: str
+    reason: str
+
+    def applies(self, res: Reservation) -> bool:
+        return res.status == "pending" or (
+            res.status == "settled" and getattr(res, "node_id", None) == self.node_id)
+
+    def accounts(self, res: Reservation) -> tuple[str, ...]:
+        operator = getattr(res, "operator", None) if res.status == "settled" else None
+        return (operator,) if operator else ()
+
+    def apply(self, res: Reservation, acct: Account, account: Callable[[str], Account]) -> None:
+        if res.status == "pending":
+            return Refund(self.job_id, self.reason).apply(res, acct, account)
+        res.revoke(self.reason)
+        if res.debited:
+            acct.reimburse(self.job_id, res.debited, res.zone, self.reason)
+        if res.rcp and res.operator:
+            account(res.operator).revoke_rcp(self.job_id, res.node_id or "", res.rcp, res.zone,
+                                             self.reason)
+
+
+Resolve = Union[Settle, Refund, Revoke]

@@ -155,6 +155,29 @@ class Account(Aggregate):
                      zone: str) -> None:
         self.rcp += points
 
+    def reimburse(self, job_id: str, amount: int, zone: str, reason: str) -> None:
+        """Give back a debit (compensation for work that failed its check)."""
+        if not 0 < amount <= self.spent:
+            raise LedgerConflict(f"cannot reimburse {amount} with {self.spent} spent")
+        self._reimbursed(account=self.name, job_id=job_id, amount=amount, zone=zone,
+                         reason=reason)
+
+    @event("Reimbursed")
+    def _reimbursed(self, account: str, job_id: str, amount: int, zone: str,
+                    reason: str) -> None:
+        self.spent -= amount
+
+    def revoke_rcp(self, job_id: str, node_id: str, points: int, zone: str, reason: str) -> None:
+        if points <= 0:
+            raise ValueError(f"revoked RCP must be positive, got {points}")
+        self._rcp_revoked(account=self.name, job_id=job_id, node_id=node_id, points=points,
+                          zone=zone, reason=reason)
+
+    @event("RCPRevoked")
+    def _rcp_revoked(self, account: str, job_id: str, node_id: str, points: int, zone: str,
+                     reason: str) -> None:
+        self.rcp -= points
+
 
 class Reservation(Aggregate):
     """One job's hold: ``pending`` until settled or refunded, exactly once."""
@@ -189,6 +212,19 @@ class Reservation(Aggregate):
                  node_id: str | None, rcp: int) -> None:
         self.status = "settled"
         self.debited, self.refunded, self.rcp = debited, refunded, rcp
+        self.operator, self.node_id = operator, node_id
+
+    def revoke(self, reason: str) -> None:
+        """Undo a settlement whose work failed its check: the debit goes back to the
+        job's account and the RCP leaves the operator's (the caller moves both)."""
+        if self.status != "settled":
+            raise LedgerConflict(f"reservation for job {self.job_id} is {self.status}, "
+                                 "not settled")
+        self._revoked(reason=reason)
+
+    @event("Revoked")
+    def _revoked(self, reason: str) -> None:
+        self.status = "revoked"
 
     def refund(self, reason: str) -> None:
         self._check_pending()

@@ -12,8 +12,8 @@ from uuid import uuid5
 
 from eventsourcing.utils import get_topic
 
-from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReserved, Event,
-                        RCPAwarded)
+from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReimbursed,
+                        CreditsReserved, Event, RCPAwarded, RCPRevoked)
 from bus.subjects import GLOBAL
 from ledger.domain import Account
 
@@ -54,6 +54,16 @@ def _rcp_awarded(e: Any) -> tuple[Event, str]:
                       points=e.points, zone=e.zone), e.zone
 
 
+def _reimbursed(e: Any) -> tuple[Event, str]:
+    return CreditsReimbursed(**_base(e), account=e.account, job_id=e.job_id, amount=e.amount,
+                             zone=e.zone, reason=e.reason), e.zone
+
+
+def _rcp_revoked(e: Any) -> tuple[Event, str]:
+    return RCPRevoked(**_base(e), operator=e.account, job_id=e.job_id, node_id=e.node_id,
+                      points=e.points, zone=e.zone, reason=e.reason), e.zone
+
+
 # Stored topic -> mapper. Topics name classes in ledger.domain: renaming one
 # would orphan its stored history.
 MAPPERS: dict[str, Callable[[Any], tuple[Event, str]]] = {
@@ -62,6 +72,8 @@ MAPPERS: dict[str, Callable[[Any], tuple[Event, str]]] = {
     get_topic(Account.Debited): _debited,
     get_topic(Account.Refunded): _refunded,
     get_topic(Account.RCPAwarded): _rcp_awarded,
+    get_topic(Account.Reimbursed): _reimbursed,
+    get_topic(Account.RCPRevoked): _rcp_revoked,
 }
 MONEY_TOPICS: tuple[str, ...] = tuple(MAPPERS)
 

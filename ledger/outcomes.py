@@ -40,7 +40,7 @@ class ReservationView:
     zone: str
     deadline: datetime
     request_hash: str
-    status: Literal["pending", "settled", "refunded"]
+    status: Literal["pending", "settled", "refunded", "revoked"]
     debited: int
     refunded: int
 
@@ -52,7 +52,7 @@ class Resolution:
     had been resolved before; the rest then describes that earlier outcome."""
 
     job_id: str
-    status: Literal["settled", "refunded"]
+    status: Literal["settled", "refunded", "revoked"]
     debited: int
     refunded: int
     rcp: int

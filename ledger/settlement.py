@@ -7,7 +7,9 @@ outcome changes nothing. A verified ``JobCompleted``
 is charged its counted usage and earns its node's operator RCP; an
 unverifiable one, a failure, an expiry or a cancel before any output is
 refunded in full; a cancel charges what was produced. What no outcome ever
-resolves, :mod:`ledger.expiry` refunds.
+resolves, :mod:`ledger.expiry` refunds. A completion of a node on probation
+earns no RCP. A failed spot check (``SpotChecked``, from ``verifier/``) is
+compensated: the consumer's debit reimbursed, the operator's RCP revoked.
 
 Only services write the log: a node's outcome is there because the gate
 (``gate/``) checked it against the job's lease and the node's grant, sealed the
@@ -33,18 +35,18 @@ from pydantic import ValidationError
 
 from bus import subjects
 from bus.events import (TERMINAL_JOB_EVENTS, Event, JobCancelled, JobCompleted, JobExpired,
-                        JobFailed, parse_event)
+                        JobFailed, SpotChecked, parse_event)
 from bus.leases import Lease, Leases
 from bus.pricing import Pricing
 from bus.publish import dead_letter
 from bus.signing import verify_result
 from bus.streams import patiently
-from ledger.commands import Refund, Resolve, Settle
+from ledger.commands import Refund, Resolve, Revoke, Settle
 from ledger.outcomes import UnknownReservation
 
 log = logging.getLogger("inferbus.settlement")
 DURABLE = "settlement"
-OUTCOMES = TERMINAL_JOB_EVENTS
+OUTCOMES = (*TERMINAL_JOB_EVENTS, SpotChecked)
 RETRY_DELAY_S = 1.0
 BATCH = 256  # outcomes per pull at most: one ledger save settles them all (bigger when behind)
 POLL_S = 1.0  # how long an idle pull waits before looking at `stop` again
@@ -93,6 +95,8 @@ class Settlement:
                 log.warning("%s for %s while a node holds the job set aside",
                             type(event).__name__, event.job_id)
                 continue
+            if isinstance(event, SpotChecked) and event.passed:
+                continue  # nothing to settle: the job's own outcome did
             try:
                 commands[i] = self._command(event)
             except Exception as exc:  # noqa: BLE001 - this one can never settle
@@ -107,12 +111,15 @@ class Settlement:
         return results
 
     def _command(self, event: Event) -> Resolve:
+        if isinstance(event, SpotChecked):
+            return Revoke(event.job_id, event.node_id, f"spot check failed: {event.reason}"[:500])
         if isinstance(event, JobCompleted):
             if not verify_result(event):
                 return Refund(event.job_id, "result signature invalid")
             return Settle(event.job_id, self.pricing.cost(event.model, event.usage),
                           operator=event.operator, node_id=event.node_id,
-                          points=self.pricing.points(event.usage.completion_tokens, event.tier))
+                          points=0 if event.probation else
+                          self.pricing.points(event.usage.completion_tokens, event.tier))
         if isinstance(event, JobCancelled) and event.usage and event.model:
             return Settle(event.job_id, self.pricing.cost(event.model, event.usage))
         reason = {JobFailed: "failed", JobExpired: "expired"}.get(type(event), "cancelled")
@@ -124,7 +131,11 @@ async def consume(js: JetStreamContext, settlement: Settlement, leases: Leases,
     """Settle outcomes from the durable consumer until ``stop`` is set, a pull's
     worth at a time (see :func:`settle_batch`)."""
     config = ConsumerConfig(filter_subjects=subjects.events_of(*(e.__name__ for e in OUTCOMES)),
-                            ack_wait=ack_wait_s)
+                            ack_wait=ack_wait_s, durable_name=DURABLE)
+    # Create or update: a consumer made by an older version keeps its position and
+    # takes today's filter (pull_subscribe alone would reuse the old one as is).
+    await patiently(lambda: js.add_consumer(subjects.EVENTS_STREAM, config),
+                    "settlement consumer")
     # Patient: a cluster may be electing the stream's leader just now.
     sub = await patiently(lambda: js.pull_subscribe(
         "", durable=DURABLE, stream=subjects.EVENTS_STREAM, config=config), "settlement consumer")

@@ -16,13 +16,15 @@ Tables (amounts in integer micro-credits):
 - ``reservations``: one row per job's hold. ``status`` mirrors the ledger's:
   ``pending``, then ``settled`` from its debit (the ledger settles with one
   debit and one refund of the rest, possibly 0) or ``refunded`` from a refund
-  with no debit before it.
+  with no debit before it; ``revoked`` once its work failed a spot check and
+  its debit was reimbursed.
 - ``key_usage``: per API key, jobs reserved, tokens of their outcomes and
   credits debited. Tokens come from the usage of a job's first terminal
   event (``JobCompleted``, or ``JobCancelled`` with usage), the one settlement
   charges; the key is the reservation's, else the ``jobs`` row's, since the
   ledger relay may log a reservation after the job's own events.
-- ``operator_rcp``: per operator account, points and jobs awarded.
+- ``operator_rcp``: per operator account, points and jobs awarded (a revoked
+  award takes its points and its job back).
 
 The projection records facts, it does not judge them: a debit or refund with
 no reservation still moves the account and creates a reservation row (amount
@@ -33,8 +35,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReserved, Event,
-                        JobCancelled, JobCompleted, RCPAwarded, Usage)
+from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReimbursed,
+                        CreditsReserved, Event, JobCancelled, JobCompleted, RCPAwarded,
+                        RCPRevoked, Usage)
 from projections.lifecycle import ACTIVE, CANCELLED, COMPLETED, sql_set
 from projections.store import Store, Table, Tx, utc
 
@@ -146,6 +149,22 @@ def _rcp(tx: Tx, e: RCPAwarded) -> None:
         "jobs = operator_rcp.jobs + 1", (e.operator, e.points))
 
 
+def _reimbursed(tx: Tx, e: CreditsReimbursed) -> None:
+    tx.execute("UPDATE reservations SET status = 'revoked' WHERE job_id = ?", (e.job_id,))
+    _account(tx, e.account, spent=-e.amount)
+    tx.execute("UPDATE key_usage SET spent = spent - ? "
+               "WHERE key_id = (SELECT key_id FROM reservations WHERE job_id = ?)",
+               (e.amount, e.job_id))
+
+
+def _rcp_revoked(tx: Tx, e: RCPRevoked) -> None:
+    _account(tx, e.operator, rcp=-e.points)
+    tx.execute(
+        "INSERT INTO operator_rcp (operator, points, jobs) VALUES (?, ?, -1) "
+        "ON CONFLICT (operator) DO UPDATE SET points = operator_rcp.points + excluded.points, "
+        "jobs = operator_rcp.jobs - 1", (e.operator, -e.points))
+
+
 def _usage(tx: Tx, job_id: str, usage: Usage) -> None:
     # Runs before the jobs read model sees this event (see readmodels.PROJECTIONS):
     # a job row still active (or absent) means this is the job's first outcome.
@@ -172,6 +191,10 @@ def apply(tx: Tx, event: Event, log_zone: str | None = None) -> bool:
         _refunded(tx, event)
     elif isinstance(event, RCPAwarded):
         _rcp(tx, event)
+    elif isinstance(event, CreditsReimbursed):
+        _reimbursed(tx, event)
+    elif isinstance(event, RCPRevoked):
+        _rcp_revoked(tx, event)
     elif isinstance(event, JobCompleted):
         _usage(tx, event.job_id, event.usage)
     elif isinstance(event, JobCancelled) and event.usage is not None:

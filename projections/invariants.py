@@ -14,7 +14,12 @@ judged at once; :meth:`Checker.finish` judges what needs the whole log.
   its ``JobCompleted``; none on a self-job (operator == the job's account),
   none for a job that did not complete.
 - I5 a paid ``JobCompleted`` (debit > 0 or an RCP award) carries a valid
-  node signature (:func:`bus.signing.verify_result`).
+  node signature (:func:`bus.signing.verify_result`); a completion of a node
+  on probation earns no RCP.
+- I6 no job whose paid work failed its spot check stays paid or rewarded: its
+  debit is reimbursed and its RCP revoked (``CreditsReimbursed``,
+  ``RCPRevoked``) within ``grace_s`` of the failed check; and nothing is
+  reimbursed or revoked without a failed check of the node that was paid.
 
 A job's outcome is its first terminal event, as in the jobs read model and
 as settlement resolves it. Checks that an in-flight job could fail wait for
@@ -25,69 +30,21 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from bus.credits import available
-from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReserved, Event,
-                        JobCancelled, JobCompleted, JobExpired, JobFailed, JobSubmitted, RCPAwarded,
-                        parse_event)
+from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReimbursed,
+                        CreditsReserved, Event, JobCancelled, JobCompleted, JobExpired, JobFailed,
+                        JobSubmitted, RCPAwarded, RCPRevoked, SpotChecked, parse_event)
 from bus.signing import verify_result
+from projections.audit_state import Balance, Job, Violations
 from projections.lifecycle import COMPLETED, ending
 from projections.replay import Delivery
 from projections.store import utc
-
-MAX_LINES_PER_RULE = 200  # a broken log can break millions of rules: count the rest
-
-
-class Violations:
-    """Readable violation lines, at most ``MAX_LINES_PER_RULE`` per invariant."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.counts: dict[str, int] = {}
-
-    def add(self, rule: str, text: str) -> None:
-        n = self.counts[rule] = self.counts.get(rule, 0) + 1
-        if n <= MAX_LINES_PER_RULE:
-            self.lines.append(f"{rule} {text}")
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
-class Balance:
-    __slots__ = ("deposited", "held", "spent", "refunded", "rcp", "flagged")
-
-    def __init__(self) -> None:
-        self.deposited = self.held = self.spent = self.refunded = self.rcp = 0
-        self.flagged = False  # one I2 line per account, not one per later event
-
-    @property
-    def balance(self) -> int:
-        return available(self.deposited, self.held, self.spent)
-
-
-class _Job:
-    __slots__ = ("account", "submitted_account", "reserved", "reserves", "deadline", "debited",
-                 "debits", "refunded", "refunds", "closed_at", "outcome", "node_id", "operator",
-                 "completion_tokens", "completed_seq", "signature_ok", "awards", "later")
-
-    def __init__(self) -> None:
-        self.account = self.submitted_account = self.outcome = None
-        self.node_id = self.operator = None
-        self.deadline = self.closed_at = None
-        self.reserved = self.reserves = self.debited = self.debits = 0
-        self.refunded = self.refunds = self.completion_tokens = self.completed_seq = 0
-        self.signature_ok = True
-        self.awards: list[tuple[str, str, int]] = []  # (operator, node_id, seq)
-        self.later: list[tuple] = []  # completions after the first (see Checker._paid)
-
 
 class Checker:
     """Replayed accounts (``accounts``), per-job facts and the violations found.
     Feed it every delivery in stream order, then call :meth:`finish` once."""
 
     def __init__(self) -> None:
-        self.jobs: dict[str, _Job] = {}
+        self.jobs: dict[str, Job] = {}
         self.accounts: dict[str, Balance] = {}
         self.v = Violations()
         self.events = self.malformed = self.open_reservations = 0
@@ -95,7 +52,9 @@ class Checker:
             CreditsDeposited: self._deposited, CreditsReserved: self._reserved,
             CreditsDebited: self._debited, CreditsRefunded: self._refunded,
             RCPAwarded: self._rcp, JobSubmitted: self._submitted, JobCompleted: self._completed,
-            JobFailed: self._ended, JobCancelled: self._ended, JobExpired: self._ended}
+            JobFailed: self._ended, JobCancelled: self._ended, JobExpired: self._ended,
+            SpotChecked: self._checked, CreditsReimbursed: self._reimbursed,
+            RCPRevoked: self._revoked}
 
     def observe(self, d: Delivery, event: Event | None) -> None:
         """Fold one delivery (``event`` None when malformed) into the state."""
@@ -115,10 +74,10 @@ class Checker:
                 event = None
             self.observe(d, event)
 
-    def _job(self, job_id: str) -> _Job:
+    def _job(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
-            job = self.jobs[job_id] = _Job()
+            job = self.jobs[job_id] = Job()
         return job
 
     def _account(self, account: str) -> Balance:
@@ -147,7 +106,7 @@ class Checker:
         acct.held += e.amount
         self._check_account(e.account, acct, seq, f"reserving {e.amount} for job {e.job_id}")
 
-    def _money_on_job(self, seq: int, e: CreditsDebited | CreditsRefunded, what: str) -> _Job:
+    def _money_on_job(self, seq: int, e: CreditsDebited | CreditsRefunded, what: str) -> Job:
         job = self._job(e.job_id)
         said = f"job {e.job_id}: {what} of {e.amount} at seq {seq}"
         if not job.reserves:
@@ -184,24 +143,45 @@ class Checker:
         self._account(e.operator).rcp += e.points
         self._job(e.job_id).awards.append((e.operator, e.node_id, seq))
 
+    def _checked(self, seq: int, e: SpotChecked) -> None:
+        if not e.passed:
+            self._job(e.job_id).failed_checks.setdefault(e.node_id, utc(e.occurred_at))
+
+    def _reimbursed(self, seq: int, e: CreditsReimbursed) -> None:
+        job = self._job(e.job_id)
+        if not job.debits or e.account != job.account:
+            self.v.add("I6", f"job {e.job_id}: {e.amount} reimbursed to {e.account} at seq {seq}, "
+                             f"which no debit of that job paid")
+        job.reimbursed += e.amount
+        job.compensated_at = utc(e.occurred_at)
+        acct = self._account(e.account)
+        acct.spent -= e.amount
+        self._check_account(e.account, acct, seq, f"reimbursing {e.amount} for job {e.job_id}")
+
+    def _revoked(self, seq: int, e: RCPRevoked) -> None:
+        job = self._job(e.job_id)
+        self._account(e.operator).rcp -= e.points
+        job.revoked += e.points
+        job.compensated_at = utc(e.occurred_at)
+
     def _submitted(self, seq: int, e: JobSubmitted) -> None:
         self._job(e.job_id).submitted_account = e.account
 
     def _completed(self, seq: int, e: JobCompleted) -> None:
         job = self._job(e.job_id)
         facts = (COMPLETED, e.node_id, e.operator, e.usage.completion_tokens, seq,
-                 verify_result(e))
+                 verify_result(e), e.probation)
         if job.outcome is None:
             self._set_outcome(job, facts)
         else:  # a late or foreign result, set aside by settlement's lease check
             job.later.append(facts)
 
     @staticmethod
-    def _set_outcome(job: _Job, facts: tuple) -> None:
+    def _set_outcome(job: Job, facts: tuple) -> None:
         (job.outcome, job.node_id, job.operator, job.completion_tokens, job.completed_seq,
-         job.signature_ok) = facts
+         job.signature_ok, job.probation) = facts
 
-    def _paid(self, job: _Job) -> None:
+    def _paid(self, job: Job) -> None:
         """Settlement pays only the lease holder's outcome, which need not be the
         first on the log (a fenced node's late result can come before it): the
         outcome judged is the completion of the node the RCP went to, if any."""
@@ -239,6 +219,7 @@ class Checker:
                     and not job.signature_ok:
                 self.v.add("I5", f"job {job_id}: paid JobCompleted at seq {job.completed_seq} "
                                  f"has no valid signature of node {job.node_id}")
+            self._check_compensation(job_id, job, now, grace)
         for name, acct in self.accounts.items():
             expected = open_hold.get(name, 0)
             if acct.held != expected:
@@ -246,7 +227,7 @@ class Checker:
                                  f"hold {expected} (deposited {acct.deposited} != balance "
                                  f"{acct.balance} + held {expected} + debited {acct.spent})")
 
-    def _check_rcp(self, job_id: str, job: _Job, now: datetime, grace: timedelta) -> None:
+    def _check_rcp(self, job_id: str, job: Job, now: datetime, grace: timedelta) -> None:
         account = job.account or job.submitted_account
         self_job = job.operator is not None and job.operator == account
         if len(job.awards) > 1:
@@ -263,9 +244,32 @@ class Checker:
                 self.v.add("I4", f"job {job_id}: RCP awarded to operator {operator} node "
                                  f"{node_id[:16]}, expected operator {job.operator} node "
                                  f"{(job.node_id or '')[:16]} (ran the job)")
-        # No award is due for zero points (no completion tokens) or a self-job.
+        if job.awards and job.probation:
+            self.v.add("I5", f"job {job_id}: RCP awarded for the work of node "
+                             f"{(job.node_id or '')[:16]}, on probation")
+        # No award is due for zero points, a self-job or a node on probation.
         if not job.awards and job.outcome == COMPLETED and job.debited > 0 and not self_job \
+                and not job.probation \
                 and job.completion_tokens > 0 and job.closed_at is not None \
                 and job.closed_at + grace < now:
             self.v.add("I4", f"job {job_id}: completed and paid {job.debited}, but no RCP award "
                              f"to operator {job.operator}")
+
+    def _check_compensation(self, job_id: str, job: Job, now: datetime,
+                            grace: timedelta) -> None:
+        """I6: the paid work of a node that failed the job's check is compensated."""
+        failed_at = job.failed_checks.get(job.node_id or "")
+        awarded = bool(job.awards) and job.awards[0][1] == job.node_id
+        if failed_at is None:
+            if job.reimbursed or job.revoked:
+                self.v.add("I6", f"job {job_id}: compensated (reimbursed {job.reimbursed}, "
+                                 f"revoked {job.revoked} RCP) without a failed check of node "
+                                 f"{(job.node_id or '')[:16]}, which ran it")
+            return
+        if failed_at + grace > now:
+            return  # settlement may not have got to it yet
+        if job.debited - job.reimbursed > 0 or (awarded and not job.revoked):
+            self.v.add("I6", f"job {job_id}: failed its spot check at {failed_at.isoformat()}, "
+                             f"yet {job.debited - job.reimbursed} stays debited and "
+                             f"{'its' if awarded and not job.revoked else 'no'} RCP stays "
+                             f"awarded")
