@@ -65,8 +65,17 @@ class LiveNodes:
             return None
         return record.model_copy(update={
             "node_id": key, "zone": grant.zone, "operator": grant.operator, "tier": grant.tier,
-            "subcloud": grant.subcloud, "public": grant.public,
+            "subcloud": grant.subcloud, "public": grant.public, "standing": grant.status,
             "models": tuple(m for m in record.models if m.name in grant.models)})
+
+    def standings(self) -> dict[str, int] | None:
+        """How many granted nodes stand where (probation, verified, ..., suspended)."""
+        if self._grants is None:
+            return None
+        counts: dict[str, int] = {}
+        for grant in self._grants.all():
+            counts[grant.status] = counts.get(grant.status, 0) + 1
+        return dict(sorted(counts.items()))
 
     def models(self) -> dict[str, ModelInfo]:
         """Models served by at least one live node."""

@@ -43,6 +43,7 @@ def _node(rec: NodeRecord) -> dict:
             # Not in every NodeRecord version: shown when workers report it.
             "gpu_util": getattr(rec, "gpu_util", None),
             "public": getattr(rec, "public", True),
+            "standing": getattr(rec, "standing", "unverified"),
             "busy": rec.busy, "queue_depth": rec.queue_depth,
             "models": sorted(m.name for m in rec.models)}
 
@@ -68,9 +69,13 @@ def _zone(zone: str, nodes: list[NodeRecord], stats: ZoneStats | None, window_s:
 
 
 def build_status(records: Iterable[NodeRecord], stats: dict[str, ZoneStats] | None,
-                 now: datetime, window_s: float = WINDOW_S) -> dict:
+                 now: datetime, window_s: float = WINDOW_S,
+                 standings: dict[str, int] | None = None) -> dict:
     """The ``/status.json`` body: ``zones`` by name (every zone with a live node
-    or a job in the window), and ``totals``. ``stats`` None: no read model."""
+    or a job in the window), and ``totals``. ``stats`` None: no read model.
+    ``standings``: granted nodes per standing, suspended ones included (default:
+    the live nodes')."""
+    records = list(records)
     by_zone: dict[str, list[NodeRecord]] = {}
     for rec in records:
         by_zone.setdefault(rec.zone, []).append(rec)
@@ -92,6 +97,8 @@ def build_status(records: Iterable[NodeRecord], stats: dict[str, ZoneStats] | No
         "vram_total_gb": round(sum(z["vram_total_gb"] for z in zones.values()), 1),
         "vram_free_gb": round(sum(z["vram_free_gb"] for z in zones.values()), 1),
         "fallback_rate": fallbacks / finished if finished else None,
+        "standing": standings if standings is not None else dict(sorted(Counter(
+            getattr(r, "standing", "unverified") for r in records).items())),
     }
     return {"generated_at": now.isoformat(), "window_s": window_s, "stats": known,
             "known_zones": list(ZONES), "zones": zones, "totals": totals}
@@ -115,7 +122,7 @@ class StatusBoard:
                 stats = await asyncio.to_thread(zone_stats, self._store, now, WINDOW_S)
             except Exception:  # noqa: BLE001 - a status page outlives a read-model hiccup
                 log.exception("zone stats unavailable")
-        body = build_status(self._nodes.live(), stats, now)
+        body = build_status(self._nodes.live(), stats, now, standings=self._nodes.standings())
         self._cached = (time.monotonic(), body)
         return body
 

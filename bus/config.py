@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     rate_per_minute: int = 600  # per key and API instance; 429 above
     max_jobs_in_flight: int = 64  # per key, unfinished jobs; 429 above
     max_tokens_limit: int = 8192  # the most a request may ask for, whatever the model
+    # Spot checks (verifier/): the share of completions re-checked (every one of a node
+    # on probation); probes a new node passes before it is verified; failed checks
+    # that suspend a verified node (one suspends a node on probation).
+    spot_check_share: float = Field(default=0.02, ge=0.0, le=1.0)
+    probation_checks: int = Field(default=3, ge=1)
+    suspend_after_failures: int = Field(default=2, ge=1)
     # A worker runs up to max_batch jobs at once, decoded together one token per step
     # (continuous batching, workers/batching.py); a job joins the batch only while its
     # KV cache, at its worst case, stays within kv_budget_mb (a lone job always runs).

@@ -72,6 +72,7 @@ class WorkerGrant:
     operator: str = "operator"  # the account its RCP goes to
     tier: int = 1
     suspended: bool = False  # no NATS user while suspended
+    verified: bool = False  # the admin vouches for it: no probation
 
     def queues(self) -> list[str]:
         return subjects.worker_queues(self.zone, self.node_id, self.subcloud, self.public)
@@ -81,7 +82,8 @@ class WorkerGrant:
         return NodeGrant(node_id=self.node_id, node_name=self.node_name, operator=self.operator,
                          zone=self.zone, models=(self.model,), tier=self.tier,
                          subcloud=self.subcloud, public=self.public,
-                         status="suspended" if self.suspended else "unverified")
+                         status="suspended" if self.suspended else
+                         "verified" if self.verified else "probation")
 
 
 class CredentialStore:

@@ -7,6 +7,12 @@ user it is bound to (``bus.credentials``). Services follow the bucket
 (:class:`GrantBook`), so a change reaches a running network within a watch
 update. What a node reports about itself (heartbeats) can only narrow its
 grant: zone, operator, tier, subcloud and models come from here.
+
+A grant also holds the node's standing, which the network's spot checks earn
+it (``verifier/``): a node the admin adds starts on ``probation`` (every
+result checked, no RCP) and becomes ``verified``; failed checks suspend it.
+``unverified`` is a node that granted itself on an open network (no NATS auth).
+Filing the admin's grant again keeps the standing (:func:`file_grant`).
 """
 from __future__ import annotations
 
@@ -14,6 +20,9 @@ import asyncio
 import logging
 from typing import Literal
 
+from typing import Callable
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import Field, ValidationError
 
@@ -22,7 +31,7 @@ from bus.bounds import Id, Name
 from bus.events import Contract
 
 log = logging.getLogger("inferbus.grants")
-Status = Literal["unverified", "suspended"]
+Status = Literal["probation", "verified", "unverified", "suspended"]
 
 
 class NodeGrant(Contract):
@@ -37,6 +46,8 @@ class NodeGrant(Contract):
     subcloud: Name | None = None
     public: bool = True
     status: Status = "unverified"
+    passed: int = Field(default=0, ge=0)  # spot checks passed
+    failed: int = Field(default=0, ge=0)  # spot checks failed
 
     @property
     def active(self) -> bool:
@@ -53,6 +64,52 @@ class NodeGrant(Contract):
 
 async def put_grant(kv: KeyValue, grant: NodeGrant) -> None:
     await kv.put(grant.node_id, grant.model_dump_json().encode())
+
+
+async def change_grant(kv: KeyValue, node_id: str,
+                       change: Callable[[NodeGrant | None], NodeGrant | None]) -> NodeGrant | None:
+    """Compare-and-set the node's grant: ``change`` gets the filed grant (None when
+    there is none, or it is unreadable) and returns the new one (None: leave it).
+    Retried when another writer got there first, so no update is lost."""
+    while True:
+        try:
+            entry = await kv.get(node_id)
+        except KeyNotFoundError:
+            entry = None
+        known = None
+        if entry is not None and entry.value:
+            try:
+                known = NodeGrant.model_validate_json(entry.value)
+            except ValidationError:
+                pass
+        new = change(known)
+        if new is None:
+            return known
+        body = new.model_dump_json().encode()
+        try:
+            if entry is None:
+                await kv.create(node_id, body)
+            else:
+                await kv.update(node_id, body, last=entry.revision)
+            return new
+        except KeyWrongLastSequenceError:  # another writer was first: read it again
+            continue
+
+
+async def file_grant(kv: KeyValue, grant: NodeGrant) -> NodeGrant | None:
+    """File the admin's ``grant``, keeping the standing the network gave the node:
+    its check counts, and its status unless the admin suspends or vouches for it
+    (``verified``). A node the network suspended stays suspended: ``nodes
+    remove`` and ``add`` start it over."""
+    def merged(known: NodeGrant | None) -> NodeGrant:
+        if known is None or known.status == "unverified":
+            return grant
+        status = grant.status if grant.status in ("suspended", "verified") else known.status
+        if known.status == "suspended":
+            status = "suspended"
+        return grant.model_copy(update={"status": status, "passed": known.passed,
+                                        "failed": known.failed})
+    return await change_grant(kv, grant.node_id, merged)
 
 
 class GrantBook:

@@ -29,3 +29,4 @@ class NodeRecord(Contract):
     busy: int = Field(default=0, ge=0, le=10**5)
     subcloud: Name | None = None  # a private pool's node
     public: bool = True  # serves public zone/global jobs too
+    standing: Name = "unverified"  # from its grant (bus.grants), never from the node

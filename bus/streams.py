@@ -96,10 +96,20 @@ def dead_letter_stream_config(replicas: int = 1) -> StreamConfig:
         max_age=30 * 24 * 3600.0, duplicate_window=DUPLICATE_WINDOW_S)
 
 
+def checks_stream_config(replicas: int = 1) -> StreamConfig:
+    """Completions waiting for their spot check: each judged once, by one verifier.
+    A check not taken within a day is dropped (the work is paid as unchecked)."""
+    return StreamConfig(
+        name=subjects.CHECKS_STREAM, subjects=[subjects.all_checks()],
+        retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE, num_replicas=replicas,
+        max_age=24 * 3600.0, duplicate_window=DUPLICATE_WINDOW_S)
+
+
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     await _ensure(js, jobs_stream_config(replicas))
     await _ensure(js, events_stream_config(replicas))
     await _ensure(js, dead_letter_stream_config(replicas))
+    await _ensure(js, checks_stream_config(replicas))
 
 
 async def _bucket(js: JetStreamContext, name: str, ttl_s: float, replicas: int) -> KeyValue:

@@ -11,6 +11,8 @@ Layout:
 - ``deadletter.<consumer>``: messages a consumer could not read, with the
   reason (stream ``DEADLETTER``).
 - ``control.cancel.<job>``: core-NATS stop signal to the worker running a job.
+- ``checks.<zone>``: completed jobs the gate sampled for a spot check, until
+  the verifier judges them (stream ``CHECKS``, work queue; ``verifier/``).
 - ``node.<node id>.<kind>[.<instance>]``: everything a node says. Its NATS user
   may publish only under its own id, so the subject, not the body, names the
   sender. ``lease`` and ``outcome`` are requests the gate answers (``gate/``),
@@ -28,6 +30,8 @@ import re
 JOBS_STREAM = "JOBS"
 EVENTS_STREAM = "EVENTS"
 DEAD_LETTER_STREAM = "DEADLETTER"
+CHECKS_STREAM = "CHECKS"
+VERIFIER_DURABLE = "verifier"
 NODES_BUCKET = "nodes"
 CANCELS_BUCKET = "cancels"
 CLAIMS_BUCKET = "claims"
@@ -49,6 +53,14 @@ def check_token(value: str, what: str) -> str:
 
 def jobs(zone: str, model: str) -> str:
     return f"jobs.{check_token(zone, 'zone')}.{check_token(model, 'model')}"
+
+
+def check(zone: str) -> str:
+    return f"checks.{check_token(zone, 'zone')}"
+
+
+def all_checks() -> str:
+    return "checks.>"
 
 
 def node_queue(node_id: str) -> str:

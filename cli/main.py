@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --subcloud: serve public zone and global jobs too")
     sub.add_parser("projector", help="the read models and the money service")
     sub.add_parser("gate", help="the trust boundary: checks what nodes say (leases, outcomes)")
+    sub.add_parser("verifier", help="spot checks: re-checks sampled results, probes new nodes")
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
     kc = keys.add_parser("create", help="issue a key; printed once on the last line")
     kc.add_argument("--account", required=True)
@@ -71,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     na.add_argument("--node-id", help="the node's public id (hex) when its key lives elsewhere")
     na.add_argument("--subcloud", help="the worker's --subcloud")
     na.add_argument("--public", action="store_true", help="the worker's --public")
+    na.add_argument("--verified", action="store_true",
+                    help="vouch for the node: no probation (your own hardware)")
     nodes.add_parser("list", help="every granted node and its status")
     for verb, what in (("suspend", "take a node out: no jobs, no NATS user"),
                        ("remove", "forget a node's grant and NATS user")):
@@ -114,6 +117,18 @@ async def _projector(settings: Settings, stop: asyncio.Event) -> None:
         await asyncio.to_thread(store.close)
 
 
+async def _verifier(settings: Settings, stop: asyncio.Event) -> None:
+    """``inferbus verifier``: spot checks of sampled results and probes of nodes on
+    probation (see ``verifier/``). Several may run: they share the checks."""
+    from bus.guard import connect_service
+    from verifier import spot_checks
+    nc = await connect_service(settings, "inferbus-verifier")
+    try:
+        await spot_checks.serve(settings, nc, stop)
+    finally:
+        await nc.drain()
+
+
 async def _gate(settings: Settings, stop: asyncio.Event) -> None:
     """``inferbus gate``: the trust boundary between nodes and the network (leases,
     outcomes, liveness; see ``gate/``). Several may run: they share the work."""
@@ -144,6 +159,8 @@ def _dispatch(args, settings: Settings) -> int:
         return _run_until_signal(lambda stop: _projector(settings, stop))
     if args.command == "gate":
         return _run_until_signal(lambda stop: _gate(settings, stop))
+    if args.command == "verifier":
+        return _run_until_signal(lambda stop: _verifier(settings, stop))
     if args.command == "keys":
         from cli import admin
         micro = admin.parse_credits(args.credits) if args.credits not in ("0", "") else 0
@@ -189,7 +206,7 @@ def _dispatch(args, settings: Settings) -> int:
         if args.nodes_cmd == "add":
             print(node_grants.describe(node_grants.add(
                 settings, args.zone, args.model, args.node_name, args.subcloud, args.public,
-                args.node_id, args.operator, args.tier)))
+                args.node_id, args.operator, args.tier, args.verified)))
         elif args.nodes_cmd == "list":
             print(node_grants.table(settings))
         else:

@@ -20,7 +20,7 @@ from bus import signing, subjects
 from bus.config import Settings
 from bus.credentials import CredentialStore, WorkerGrant
 from bus.events import NodeSuspended
-from bus.grants import put_grant
+from bus.grants import NodeGrant, file_grant
 from bus.streams import grants_bucket
 from cli import natsserver
 
@@ -44,7 +44,7 @@ def node_key_path(settings: Settings, node_name: str) -> Path:
 def grant_worker(settings: Settings, zone: str, model: str, node_name: str | None = None,
                  subcloud: str | None = None, public: bool = False,
                  node_id: str | None = None, operator: str = "operator",
-                 tier: int = 1) -> WorkerGrant:
+                 tier: int = 1, verified: bool = False) -> WorkerGrant:
     """Record a worker's grant and make its seed. Without ``node_id`` the node key is
     the local one of ``node_name`` (made if missing), as the worker will load it."""
     subjects.check_token(zone, "zone")
@@ -58,7 +58,7 @@ def grant_worker(settings: Settings, zone: str, model: str, node_name: str | Non
     elif not _NODE_ID.match(node_id):
         raise ValueError(f"node id {node_id!r} is not a 64-digit hex ed25519 public key")
     grant = WorkerGrant(node_name, zone, model, node_id, subcloud, public or not subcloud,
-                        operator, tier)
+                        operator, tier, verified=verified)
     CredentialStore(settings.data_dir).grant_worker(grant)
     return grant
 
@@ -75,7 +75,7 @@ async def file_grants(settings: Settings, grants: list[WorkerGrant],
     try:
         kv = await grants_bucket(js, settings.stream_replicas)
         for grant in grants:
-            await put_grant(kv, grant.network_grant())
+            await file_grant(kv, grant.network_grant())
         for node_id in removed:
             await kv.delete(node_id)
         return True
@@ -85,13 +85,15 @@ async def file_grants(settings: Settings, grants: list[WorkerGrant],
 
 def add(settings: Settings, zone: str, model: str, node_name: str | None = None,
         subcloud: str | None = None, public: bool = False,
-        node_id: str | None = None, operator: str = "operator", tier: int = 1) -> Granted:
+        node_id: str | None = None, operator: str = "operator", tier: int = 1,
+        verified: bool = False) -> Granted:
     """``inferbus nodes add``: grant, rewrite the users file, reload the embedded
-    server, file the grant with the running network."""
+    server, file the grant with the running network. The node starts on probation
+    unless ``verified`` (the admin vouches for it)."""
     store = CredentialStore(settings.data_dir)
     store.ensure_service()
     grant = grant_worker(settings, zone, model, node_name, subcloud, public, node_id,
-                         operator, tier)
+                         operator, tier, verified)
     config = store.write_config()
     reloaded = natsserver.reload(settings.data_dir)
     filed = asyncio.run(file_grants(settings, [grant])) if _network(settings) else False
@@ -164,10 +166,30 @@ def describe(done: Granted) -> str:
 
 
 def table(settings: Settings) -> str:
-    """``inferbus nodes list``: every grant and its status."""
-    rows = [f"{'node':24} {'id':16} {'zone':6} {'model':24} {'operator':16} tier status"]
+    """``inferbus nodes list``: every grant, with the standing the running network
+    gave it (probation, verified, suspended; spot checks passed/failed), or the
+    admin's record alone when no network answers."""
+    standing = asyncio.run(_standing(settings)) if _network(settings) else {}
+    rows = [f"{'node':24} {'id':16} {'zone':6} {'model':24} {'operator':16} tier "
+            f"{'status':10} checks"]
     for g in CredentialStore(settings.data_dir).grants():
-        status = "suspended" if g.suspended else "unverified"
+        filed = standing.get(g.node_id) or g.network_grant()
+        checks = f"{filed.passed} passed, {filed.failed} failed" if g.node_id in standing else "-"
         rows.append(f"{g.node_name:24} {g.node_id[:16]:16} {g.zone:6} {g.model:24} "
-                    f"{g.operator:16} {g.tier:4} {status}")
+                    f"{g.operator:16} {g.tier:4} {filed.status:10} {checks}")
     return "\n".join(rows)
+
+
+async def _standing(settings: Settings) -> dict[str, NodeGrant]:
+    from bus.grants import GrantBook
+    from cli.admin import connect_admin
+    try:
+        nc, js = await connect_admin(settings)
+    except RuntimeError:
+        return {}
+    try:
+        book = await GrantBook().follow(await grants_bucket(js, settings.stream_replicas))
+        await book.close()
+        return {g.node_id: g for g in book.all()}
+    finally:
+        await nc.close()

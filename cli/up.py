@@ -1,7 +1,7 @@
 """``inferbus up``: the whole network on one machine, as child processes.
 
 Order: NATS (embedded unless ``INFERBUS_NATS_URL``), the demo key, projector, gate,
-workers, API. The embedded server runs with nkey auth on (bus/credentials.py): the
+verifier, workers, API. The embedded server runs with nkey auth on (bus/credentials.py): the
 API, projector and admin commands use the service user, and each worker its own
 user, which may only pull its queues and log its jobs' outcomes. Children run in their own sessions so Ctrl-C reaches only this
 supervisor, which stops them in reverse order and NATS last. Everything
@@ -66,7 +66,8 @@ class Network:
         self.settings = self.settings.model_copy(
             update={"nats_nkey_seed": store.ensure_service()})  # for the demo key
         for zone, node_name in node_names.items():
-            node_grants.grant_worker(self.settings, zone, model_name, node_name)
+            # Our own workers on our own machine: vouched for, no probation.
+            node_grants.grant_worker(self.settings, zone, model_name, node_name, verified=True)
         return store.write_config()
 
     def _nats_url(self, model_name: str, node_names: dict[str, str]) -> str:
@@ -108,7 +109,8 @@ class Network:
         def seed(path: Path) -> dict[str, str]:
             return {"INFERBUS_NATS_NKEY_SEED": str(path)} if auth else {}
         self.children = [Child("projector", ["projector"], seed(store.service_seed)),
-                         Child("gate", ["gate"], seed(store.service_seed))]
+                         Child("gate", ["gate"], seed(store.service_seed)),
+                         Child("verifier", ["verifier"], seed(store.service_seed))]
         self.children += [Child(f"worker-{z}", ["worker", "--zone", z, "--model", self.model,
                                                 "--node-name", n], seed(store.worker_seed(n)))
                           for z, n in node_names.items()]

@@ -23,7 +23,8 @@ from bus import subjects
 from bus.config import Settings
 from bus.events import NodeStrike
 from bus.credentials import CredentialStore
-from bus.grants import GrantBook, NodeGrant, put_grant
+from bus.checks import Sampler
+from bus.grants import GrantBook, NodeGrant, file_grant
 from bus.leases import Leases
 from bus.node_messages import LeaseAnswer, LeaseAsk, OutcomeAnswer, parse_outcome
 from bus.publish import publish_event
@@ -155,12 +156,12 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
     kv = await grants_bucket(js, settings.stream_replicas)
     for granted in CredentialStore(settings.data_dir).grants():
         # The admin's record in this data dir (`nodes add` while no network ran).
-        await put_grant(kv, granted.network_grant())
+        await file_grant(kv, granted.network_grant())
     grants = await GrantBook().follow(kv)
     leasing = Leasing(nc, js, Leases(claims, settings.job_ack_wait_s))
     counters = counters or Counters(settings.models_dir)
     warming = asyncio.create_task(counters.warm())
-    outcomes = Outcomes(nc, js, leasing, counters, cancels)
+    outcomes = Outcomes(nc, js, leasing, counters, cancels, Sampler(settings.spot_check_share))
     gate = Gate(nc, grants, leasing, outcomes, Liveness(nc, js, leasing, grants))
     subs = await gate.start()
     log.info("gate serving")

@@ -13,8 +13,9 @@ attempt it holds, and builds the event itself:
 - ``JobExpired`` only when the job's deadline has passed by the gate's clock.
 
 The gate seals the lease with the digest of the report, logs the event (its id
-derived from the job and attempt), sends the caller's API instance the final
-reply, and answers. One attempt has one outcome: a repeat of the sealed report
+derived from the job and attempt), queues a sampled completion for its spot
+check (``bus.checks``; every one of a node on probation, which earns no RCP),
+sends the caller's API instance the final reply, and answers. One attempt has one outcome: a repeat of the sealed report
 (its answer was lost) is logged again within the stream's duplicate window,
 where JetStream drops it, and only answered after it; any other report for a
 sealed attempt is refused. A refused result (a bad signature, a model whose
@@ -31,6 +32,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from bus.checks import Sampler, request_check
 from bus.events import (Event, JobCancelled, JobCompleted, JobExpired, JobFailed, Usage,
                         output_hash)
 from bus.grants import NodeGrant
@@ -62,9 +64,10 @@ def outcome_id(job_id: str, attempt: int) -> str:
 
 class Outcomes:
     def __init__(self, nc: Client, js: JetStreamContext, leasing: Leasing, counters: Counters,
-                 cancels: KeyValue) -> None:
+                 cancels: KeyValue, sampler: Sampler | None = None) -> None:
         self.nc, self.js, self.leasing = nc, js, leasing
         self.counters, self.cancels = counters, cancels
+        self.sampler = sampler or Sampler()
 
     async def report(self, grant: NodeGrant,
                      said: Completed | Failed | Cancelled | Expired) -> OutcomeAnswer:
@@ -90,6 +93,8 @@ class Outcomes:
         if held.started is not None:
             await held.started  # the start is on the log before the outcome
         await publish_event(self.js, event, held.job.zone)
+        if isinstance(event, JobCompleted) and self.sampler.wanted(grant, event.job_id):
+            await request_check(self.js, held.job, event)
         if held.job.reply_to:
             await self.nc.publish(held.job.reply_to,
                                   Finished(event=event).model_dump_json().encode())
@@ -114,7 +119,7 @@ class Outcomes:
                 operator=grant.operator, tier=grant.tier, zone=grant.zone, attempt=attempt,
                 text=said.text, finish_reason=said.finish_reason,
                 usage=usage, input_hash=in_hash, output_hash=out_hash,
-                signature=said.signature)
+                signature=said.signature, probation=grant.status == "probation")
         if isinstance(said, Cancelled):
             if not await has_key(self.cancels, job.job_id):
                 return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,

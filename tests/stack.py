@@ -50,10 +50,11 @@ class Stack:
         return proc
 
     def start_projector(self) -> None:
-        """The network's services besides the API: the projector and the gate (the
-        gate once: a test that kills the projector leaves it running)."""
+        """The network's services besides the API: the projector, the gate and the
+        verifier (those two once: a test that kills the projector leaves them running)."""
         if "gate" not in self.procs:
             self.start("gate", "gate")
+            self.start("verifier", "verifier")
         self.start("projector", "projector")
 
     def start_worker(self, zone: str, model: str, name: str | None = None) -> subprocess.Popen:

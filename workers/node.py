@@ -18,7 +18,7 @@ from bus.config import Settings
 from bus.connection import connect
 from bus.guard import refuse_unsafe_bus
 from bus.connection import nkey_seed
-from bus.grants import NodeGrant, put_grant
+from bus.grants import NodeGrant, file_grant
 from bus.node_record import ModelInfo, NodeRecord
 from bus.streams import (cancels_bucket, ensure_work_consumer, grants_bucket, nodes_bucket,
                          wait_for_streams)
@@ -87,7 +87,7 @@ async def grant_itself(settings: Settings, js, options: WorkerOptions, node: str
     grant = NodeGrant(node_id=node, node_name=options.node_name or f"{options.zone}-{model}",
                       operator=options.operator, zone=options.zone, models=(model,),
                       tier=options.tier, subcloud=options.subcloud, public=options.public)
-    await put_grant(await grants_bucket(js, settings.stream_replicas), grant)
+    await file_grant(await grants_bucket(js, settings.stream_replicas), grant)
 
 
 async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -> None:

@@ -8,19 +8,21 @@ import collections
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
-PACKAGES = ("bus", "ledger", "projections", "api", "workers", "gate", "cli")
+PACKAGES = ("bus", "ledger", "projections", "api", "workers", "gate", "verifier", "cli")
 # Who may import whom (besides itself): bus is contracts and transport, the read
 # side knows no money, money knows the read side (the expiry sweep's query), the
 # node side never touches the ledger, the gate (the trust boundary) knows only
-# the contracts, and only the command line knows everything.
+# the contracts, the verifier runs models as workers do but never touches money,
+# and only the command line knows everything.
 MAY_IMPORT = {
     "bus": set(),
     "projections": {"bus"},
     "ledger": {"bus", "projections"},
     "workers": {"bus"},
     "gate": {"bus"},
+    "verifier": {"bus", "workers"},
     "api": {"bus", "ledger", "projections"},
-    "cli": {"bus", "ledger", "projections", "api", "workers", "gate"},
+    "cli": {"bus", "ledger", "projections", "api", "workers", "gate", "verifier"},
 }
 FORBIDDEN_LIBRARIES = {"bus": {"torch", "fastapi"}, "ledger": {"torch", "fastapi"},
                        "projections": {"torch", "fastapi"}, "gate": {"torch", "fastapi"}}

@@ -65,3 +65,15 @@ def test_a_suspended_node_leaves_the_live_view_at_once():
     book.apply(grant.node_id, grant.model_copy(update={"status": "suspended"})
                .model_dump_json().encode())
     assert nodes.live() == []
+
+
+def test_a_nodes_standing_comes_from_its_grant_and_suspended_ones_are_counted():
+    from bus.grants import NodeGrant
+    from bus.node_record import NodeRecord
+    on_probation = NodeGrant(node_id="a" * 64, node_name="n", operator="op", zone="eu",
+                             models=("m",), status="probation")
+    gone = on_probation.model_copy(update={"node_id": "b" * 64, "status": "suspended"})
+    nodes = LiveNodes(grants=_grants(on_probation, gone))
+    boast = NodeRecord(node_id="a" * 64, zone="eu", operator="op", standing="verified")
+    assert nodes.narrowed("a" * 64, boast).standing == "probation"
+    assert nodes.standings() == {"probation": 1, "suspended": 1}

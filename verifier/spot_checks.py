@@ -1,0 +1,152 @@
+"""The verifier service: judges the completions the gate sampled, logs each
+verdict, keeps each node's standing, and probes nodes on probation.
+
+Per check (``bus.checks``), one at a time (judging is CPU work, done in a
+thread): the model's judge (:mod:`verifier.judges`) gives a verdict; the
+verifier logs ``SpotChecked`` (and, when it failed, a ``NodeStrike`` with the
+evidence), counts it in the node's grant, and logs ``NodeVerified`` or
+``NodeSuspended`` when the standing rules (:mod:`verifier.standing`) say so.
+Settlement compensates a failed job from the log. Event ids derive from the
+job attempt, so a check judged twice (a redelivery) logs nothing new; it is
+acked only once everything is logged. Several verifiers may run: they share
+the checks.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from bus import subjects
+from bus.checks import CheckRequest
+from bus.config import Settings
+from bus.events import NodeStrike, SpotChecked
+from bus.grants import GrantBook, NodeGrant, change_grant
+from bus.publish import publish_event
+from bus.streams import grants_bucket, patiently
+from verifier.judges import Judges
+from verifier.probes import Prober
+from verifier.standing import after_check
+from verifier.verdict import Verdict
+
+log = logging.getLogger("inferbus.verifier")
+POLL_S = 1.0
+PROBE_EVERY_S = 1.0
+MAX_DELIVER = 5  # a check that keeps failing (no judge loads it) is given up, not retried forever
+NO_JUDGE_DELAY_S = 30.0
+
+
+def _id(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+class Verifier:
+    def __init__(self, js: JetStreamContext, grants: KeyValue, judges: Judges,
+                 settings: Settings, prober: Prober) -> None:
+        self.js, self.grants, self.judges = js, grants, judges
+        self.settings, self.prober = settings, prober
+        self.checked = self.failed = 0
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            request = CheckRequest.model_validate_json(msg.data)
+        except ValidationError as exc:  # only the gate writes checks: a bug, not an attack
+            log.error("unreadable check request dropped: %s", exc.errors()[:1])
+            return await msg.ack()
+        job, done = request.job, request.completed
+        judge = await self.judges.get(done.model)
+        if judge is None:
+            return await msg.nak(delay=NO_JUDGE_DELAY_S)
+        verdict = await asyncio.to_thread(judge.check, job, done.text, done.finish_reason)
+        await self.record(request, verdict)
+        await msg.ack()
+
+    async def record(self, request: CheckRequest, verdict: Verdict) -> None:
+        """Log the verdict and what it does to the node's standing."""
+        job, done = request.job, request.completed
+        probe = self.prober.is_probe(job.job_id)
+        self.prober.answered(done.node_id, job.job_id)
+        await publish_event(self.js, SpotChecked(
+            event_id=_id("check", job.job_id, done.attempt), job_id=job.job_id,
+            node_id=done.node_id, zone=job.zone, attempt=done.attempt, passed=verdict.passed,
+            probe=probe, reason=verdict.reason[:2000], evidence=verdict.evidence[:4096]), job.zone)
+        self.checked += 1
+        if not verdict.passed:
+            self.failed += 1
+            log.warning("node %s failed the check of job %s: %s", done.node_id[:12], job.job_id,
+                        verdict.reason)
+            await publish_event(self.js, NodeStrike(
+                event_id=_id("check-strike", job.job_id, done.attempt), node_id=done.node_id,
+                reason=f"spot check failed: {verdict.reason}"[:2000], job_id=job.job_id,
+                evidence=verdict.evidence[:4096]), job.zone)
+        changed = []
+
+        def count(grant: NodeGrant | None) -> NodeGrant | None:
+            changed.clear()
+            if grant is None:
+                return None  # removed meanwhile: nothing to count
+            new, event = after_check(grant, verdict.passed, self.settings)
+            changed.append(event)
+            return new
+        grant = await change_grant(self.grants, done.node_id, count)
+        if changed and changed[0] is not None and grant is not None:
+            event = changed[0].model_copy(update={"event_id": _id(
+                "standing", done.node_id, grant.status, grant.passed, grant.failed)})
+            log.warning("node %s is now %s", done.node_id[:12], grant.status)
+            await publish_event(self.js, event, grant.zone)
+
+
+async def _probe(prober: Prober, book: GrantBook, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await prober.tick(book.all())
+        except Exception:  # noqa: BLE001 - the bus is away: probe again later
+            log.warning("sending probes failed", exc_info=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), PROBE_EVERY_S)
+
+
+async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
+                judges: Judges | None = None) -> None:
+    """Judge checks from the ``CHECKS`` stream and probe nodes until ``stop``."""
+    js = nc.jetstream()
+    kv = await grants_bucket(js, settings.stream_replicas)
+    book = await GrantBook().follow(kv)
+    prober = Prober(js)
+    verifier = Verifier(js, kv, judges or Judges(settings.models_dir), settings, prober)
+    config = ConsumerConfig(durable_name=subjects.VERIFIER_DURABLE, ack_policy=AckPolicy.EXPLICIT,
+                            ack_wait=120.0, max_deliver=MAX_DELIVER)
+    sub = await patiently(lambda: js.pull_subscribe(
+        subjects.all_checks(), durable=subjects.VERIFIER_DURABLE, stream=subjects.CHECKS_STREAM,
+        config=config), "verifier consumer")
+    probing = asyncio.create_task(_probe(prober, book, stop))
+    log.info("verifier serving")
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(4, timeout=POLL_S)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception:  # noqa: BLE001 - the connection reconnects by itself
+                log.warning("verifier fetch failed; retrying", exc_info=True)
+                await asyncio.sleep(POLL_S)
+                continue
+            for msg in msgs:
+                try:
+                    await verifier.handle(msg)
+                except Exception:  # noqa: BLE001 - not acked: it comes again after ack_wait
+                    log.exception("checking %s failed", msg.subject)
+    finally:
+        probing.cancel()
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        await book.close()
