@@ -13,8 +13,9 @@ import pytest
 from nacl.signing import SigningKey
 
 from bus.credits import MICRO
-from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReserved, Event,
-                        JobCancelled, JobCompleted, JobFailed, RCPAwarded, Usage, output_hash)
+from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReimbursed,
+                        CreditsReserved, Event, JobCancelled, JobCompleted, JobFailed, RCPAwarded,
+                        RCPRevoked, SpotChecked, Usage, output_hash)
 from bus.leases import Lease
 from bus.pricing import Pricing, prompt_tokens_bound
 from bus.publish import publish_event
@@ -279,3 +280,53 @@ async def test_history_written_by_the_ledger_and_settlement_passes(js, stores, k
 
     assert report.ok, report.render()
     assert report.reservations == 30 and report.ledger_accounts == 4
+
+
+def failed_check(key: SigningKey, job: str, *, minutes_ago: float = 10) -> tuple[str, Event]:
+    return ("eu", SpotChecked(job_id=job, node_id=node_id(key), zone="eu", attempt=1,
+                              passed=False, reason="not the model's output",
+                              occurred_at=NOW - timedelta(minutes=minutes_ago)))
+
+
+def compensation(key: SigningKey, job: str, account: str) -> list[tuple[str, Event]]:
+    return [("eu", CreditsReimbursed(account=account, job_id=job, amount=250_000, zone="eu",
+                                     reason="spot check failed")),
+            ("eu", RCPRevoked(operator="op-0", job_id=job, node_id=node_id(key), points=20,
+                              zone="eu", reason="spot check failed"))]
+
+
+async def test_a_job_that_failed_its_check_and_stays_paid_is_reported(world: World) -> None:
+    key = world.keys[0]
+    report = await world.audit(*signed_job(key, "wrong", "acme", "op-0",
+                                           award_to=("op-0", node_id(key))),
+                               failed_check(key, "wrong"))
+    assert any(v.startswith("I6 job wrong: failed its spot check")
+               and v.endswith("250000 stays debited and its RCP stays awarded")
+               for v in violations(report, "I6"))
+
+
+async def test_a_failed_check_compensated_by_reimbursement_and_revocation_passes(
+        world: World) -> None:
+    key = world.keys[0]
+    report = await world.audit(*signed_job(key, "wrong", "acme", "op-0",
+                                           award_to=("op-0", node_id(key))),
+                               failed_check(key, "wrong"), *compensation(key, "wrong", "acme"))
+    assert report.ok, report.render()
+
+
+async def test_a_compensation_without_a_failed_check_is_reported(world: World) -> None:
+    key = world.keys[0]
+    report = await world.audit(*signed_job(key, "fine", "acme", "op-0",
+                                           award_to=("op-0", node_id(key))),
+                               *compensation(key, "fine", "acme"))
+    assert any(v.startswith("I6 job fine: compensated") for v in violations(report, "I6"))
+
+
+async def test_rcp_for_work_on_probation_is_reported(world: World) -> None:
+    key = world.keys[0]
+    events = signed_job(key, "newbie", "acme", "op-0", award_to=("op-0", node_id(key)))
+    events = [(z, e.model_copy(update={"probation": True}) if isinstance(e, JobCompleted) else e)
+              for z, e in events]
+    report = await world.audit(*events)
+    assert any(v.startswith("I5 job newbie: RCP awarded for the work of node")
+               for v in violations(report, "I5"))
