@@ -5,7 +5,9 @@ Per check (``bus.checks``), one at a time (judging is CPU work, done in a
 thread): the model's judge (:mod:`verifier.judges`) gives a verdict; the
 verifier logs ``SpotChecked`` (and, when it failed, a ``NodeStrike`` with the
 evidence), counts it in the node's grant, and logs ``NodeVerified`` or
-``NodeSuspended`` when the standing rules (:mod:`verifier.standing`) say so.
+``NodeSuspended`` when the standing rules (:mod:`verifier.standing`) say so;
+a suspended node's recent unchecked work is queued for checks too
+(:mod:`verifier.rechecks`).
 Settlement compensates a failed job from the log. Event ids derive from the
 job attempt, so a check judged twice (a redelivery) logs nothing new; it is
 acked only once everything is logged. Several verifiers may run: they share
@@ -35,6 +37,7 @@ from bus.publish import publish_event
 from bus.streams import grants_bucket, patiently
 from verifier.judges import Judges
 from verifier.probes import Prober
+from verifier.rechecks import recheck_node
 from verifier.standing import after_check
 from verifier.verdict import Verdict
 
@@ -103,6 +106,11 @@ class Verifier:
                 "standing", done.node_id, grant.status, grant.passed, grant.failed)})
             log.warning("node %s is now %s", done.node_id[:12], grant.status)
             await publish_event(self.js, event, grant.zone)
+            if grant.status == "suspended":  # its other recent work may be wrong too
+                try:
+                    await recheck_node(self.js, done.node_id)
+                except Exception:  # noqa: BLE001 - the suspension stands; say what was missed
+                    log.exception("queueing the re-checks of node %s failed", done.node_id[:12])
 
 
 async def _probe(prober: Prober, book: GrantBook, stop: asyncio.Event) -> None:
