@@ -23,6 +23,7 @@ usage cannot be recounted) costs the node a strike and moves the job on.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -92,12 +93,16 @@ class Outcomes:
             raise Refused("the lease was taken over")
         if held.started is not None:
             await held.started  # the start is on the log before the outcome
-        await publish_event(self.js, event, held.job.zone)
-        if isinstance(event, JobCompleted) and self.sampler.wanted(grant, event.job_id):
-            await request_check(self.js, held.job, event)
+        # The caller is answered while the log stores the outcome: the outcome is
+        # checked and sealed, and until it is stored the node has no answer, so it
+        # reports again (to any gate) and the outcome is logged then.
+        storing = asyncio.ensure_future(publish_event(self.js, event, held.job.zone))
         if held.job.reply_to:
             await self.nc.publish(held.job.reply_to,
                                   Finished(event=event).model_dump_json().encode())
+        await storing
+        if isinstance(event, JobCompleted) and self.sampler.wanted(grant, event.job_id):
+            await request_check(self.js, held.job, event)
         self.leasing.forget(said.job_id)
         return OutcomeAnswer(logged=True)
 
