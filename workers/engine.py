@@ -135,6 +135,11 @@ class Engine:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
     def _encode(self, request: GenerationRequest) -> list[int]:
+        return self.prompt_ids(request)
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The prompt's token ids exactly as generation feeds them (a chat through its
+        template, a completion with the tokenizer's special tokens); never empty."""
         tok = self.tokenizer
         if request.kind == "chat":
             messages = [m.model_dump() if hasattr(m, "model_dump") else dict(m)
