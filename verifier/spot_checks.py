@@ -34,6 +34,7 @@ from bus.config import Settings
 from bus.events import NodeStrike, SpotChecked
 from bus.grants import GrantBook, NodeGrant, change_grant
 from bus.publish import publish_event
+from bus.signing import verify_result
 from bus.streams import grants_bucket, patiently
 from verifier.judges import Judges
 from verifier.probes import Prober
@@ -66,6 +67,13 @@ class Verifier:
             log.error("unreadable check request dropped: %s", exc.errors()[:1])
             return await msg.ack()
         job, done = request.job, request.completed
+        if done.input_hash != job.input_hash() or done.job_id != job.job_id \
+                or not verify_result(done):
+            # Only the gate queues checks; a request whose text its node did not sign
+            # for this job could frame an honest node, so it is never judged.
+            log.error("check request for job %s not signed by its node for it: dropped",
+                      done.job_id)
+            return await msg.ack()
         judge = await self.judges.get(done.model)
         if judge is None:
             return await msg.nak(delay=NO_JUDGE_DELAY_S)
