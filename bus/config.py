@@ -58,10 +58,12 @@ class Settings(BaseSettings):
     max_tokens_limit: int = 8192  # the most a request may ask for, whatever the model
     # Spot checks (verifier/): the share of completions re-checked (every one of a node
     # on probation); probes a new node passes before it is verified; failed checks
-    # that suspend a verified node (one suspends a node on probation).
+    # that suspend a verified node (one suspends a node on probation); strikes for
+    # other refusals (forged, malformed, outside its grant) that suspend any node.
     spot_check_share: float = Field(default=0.02, ge=0.0, le=1.0)
     probation_checks: int = Field(default=3, ge=1)
     suspend_after_failures: int = Field(default=2, ge=1)
+    suspend_after_strikes: int = Field(default=10, ge=1)
     # A worker runs up to max_batch jobs at once, decoded together one token per step
     # (continuous batching, workers/batching.py); a job joins the batch only while its
     # KV cache, at its worst case, stays within kv_budget_mb (a lone job always runs).

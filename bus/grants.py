@@ -48,6 +48,7 @@ class NodeGrant(Contract):
     status: Status = "unverified"
     passed: int = Field(default=0, ge=0)  # spot checks passed
     failed: int = Field(default=0, ge=0)  # spot checks failed
+    strikes: int = Field(default=0, ge=0)  # other refusals (NodeStrike), counted by the verifier
 
     @property
     def active(self) -> bool:
@@ -108,7 +109,7 @@ async def file_grant(kv: KeyValue, grant: NodeGrant) -> NodeGrant | None:
         if known.status == "suspended":
             status = "suspended"
         return grant.model_copy(update={"status": status, "passed": known.passed,
-                                        "failed": known.failed})
+                                        "failed": known.failed, "strikes": known.strikes})
     return await change_grant(kv, grant.node_id, merged)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -188,3 +188,20 @@ async def wait_for_streams(js: JetStreamContext, poll_s: float = 0.5) -> None:
                 log.info("waiting for stream %s (made by the API and projector)", missing[0])
                 told = True
             await asyncio.sleep(poll_s)
+
+
+async def batches(sub, stop: asyncio.Event, size: int, what: str,
+                  poll_s: float = 1.0) -> AsyncIterator[list]:
+    """A durable pull subscription's messages, a fetch at a time, until ``stop``
+    (looked at once per ``poll_s`` while idle); a failed fetch is retried after a
+    pause, since the connection reconnects by itself."""
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(size, timeout=poll_s)
+        except NatsTimeout:
+            continue
+        except Exception:  # noqa: BLE001
+            log.warning("%s: fetch failed; retrying", what, exc_info=True)
+            await asyncio.sleep(poll_s)
+            continue
+        yield msgs

@@ -167,14 +167,15 @@ def describe(done: Granted) -> str:
 
 def table(settings: Settings) -> str:
     """``inferbus nodes list``: every grant, with the standing the running network
-    gave it (probation, verified, suspended; spot checks passed/failed), or the
+    gave it (probation, verified, suspended; spot checks passed/failed, strikes), or the
     admin's record alone when no network answers."""
     standing = asyncio.run(_standing(settings)) if _network(settings) else {}
     rows = [f"{'node':24} {'id':16} {'zone':6} {'model':24} {'operator':16} tier "
             f"{'status':10} checks"]
     for g in CredentialStore(settings.data_dir).grants():
         filed = standing.get(g.node_id) or g.network_grant()
-        checks = f"{filed.passed} passed, {filed.failed} failed" if g.node_id in standing else "-"
+        checks = (f"{filed.passed} passed, {filed.failed} failed, {filed.strikes} strikes"
+                  if g.node_id in standing else "-")
         rows.append(f"{g.node_name:24} {g.node_id[:16]:16} {g.zone:6} {g.model:24} "
                     f"{g.operator:16} {g.tier:4} {filed.status:10} {checks}")
     return "\n".join(rows)

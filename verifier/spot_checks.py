@@ -7,7 +7,8 @@ verifier logs ``SpotChecked`` (and, when it failed, a ``NodeStrike`` with the
 evidence), counts it in the node's grant, and logs ``NodeVerified`` or
 ``NodeSuspended`` when the standing rules (:mod:`verifier.standing`) say so;
 a suspended node's recent unchecked work is queued for checks too
-(:mod:`verifier.rechecks`).
+(:mod:`verifier.rechecks`). Strikes for other refusals count toward
+suspension as well (:mod:`verifier.strikes`).
 Settlement compensates a failed job from the log. Event ids derive from the
 job attempt, so a check judged twice (a redelivery) logs nothing new; it is
 acked only once everything is logged. Several verifiers may run: they share
@@ -20,7 +21,6 @@ import contextlib
 import hashlib
 import logging
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -31,19 +31,19 @@ from pydantic import ValidationError
 from bus import subjects
 from bus.checks import CheckRequest
 from bus.config import Settings
-from bus.events import NodeStrike, SpotChecked
+from bus.events import Event, NodeStrike, SpotChecked
 from bus.grants import GrantBook, NodeGrant, change_grant
 from bus.publish import publish_event
 from bus.signing import verify_result
-from bus.streams import grants_bucket, patiently
+from bus.streams import batches, grants_bucket, patiently
 from verifier.judges import Judges
 from verifier.probes import Prober
 from verifier.rechecks import recheck_node
 from verifier.standing import after_check
+from verifier.strikes import SPOT_CHECK_STRIKE, Rule, follow_strikes
 from verifier.verdict import Verdict
 
 log = logging.getLogger("inferbus.verifier")
-POLL_S = 1.0
 PROBE_EVERY_S = 1.0
 MAX_DELIVER = 5  # a check that keeps failing (no judge loads it) is given up, not retried forever
 NO_JUDGE_DELAY_S = 30.0
@@ -97,28 +97,34 @@ class Verifier:
                         verdict.reason)
             await publish_event(self.js, NodeStrike(
                 event_id=_id("check-strike", job.job_id, done.attempt), node_id=done.node_id,
-                reason=f"spot check failed: {verdict.reason}"[:2000], job_id=job.job_id,
+                reason=f"{SPOT_CHECK_STRIKE}: {verdict.reason}"[:2000], job_id=job.job_id,
                 evidence=verdict.evidence[:4096]), job.zone)
-        changed = []
+        await self.count(done.node_id, lambda g: after_check(g, verdict.passed, self.settings))
 
-        def count(grant: NodeGrant | None) -> NodeGrant | None:
+    async def count(self, node_id: str, rule: Rule) -> None:
+        """Apply a standing ``rule`` to the node's grant (compare-and-set), log the
+        event its new status takes, and re-check a newly suspended node's work."""
+        changed: list[Event | None] = []
+
+        def change(grant: NodeGrant | None) -> NodeGrant | None:
             changed.clear()
             if grant is None:
                 return None  # removed meanwhile: nothing to count
-            new, event = after_check(grant, verdict.passed, self.settings)
+            new, event = rule(grant)
             changed.append(event)
             return new
-        grant = await change_grant(self.grants, done.node_id, count)
-        if changed and changed[0] is not None and grant is not None:
-            event = changed[0].model_copy(update={"event_id": _id(
-                "standing", done.node_id, grant.status, grant.passed, grant.failed)})
-            log.warning("node %s is now %s", done.node_id[:12], grant.status)
-            await publish_event(self.js, event, grant.zone)
-            if grant.status == "suspended":  # its other recent work may be wrong too
-                try:
-                    await recheck_node(self.js, done.node_id)
-                except Exception:  # noqa: BLE001 - the suspension stands; say what was missed
-                    log.exception("queueing the re-checks of node %s failed", done.node_id[:12])
+        grant = await change_grant(self.grants, node_id, change)
+        if not changed or changed[0] is None or grant is None:
+            return
+        event = changed[0].model_copy(update={"event_id": _id(
+            "standing", node_id, grant.status, grant.passed, grant.failed, grant.strikes)})
+        log.warning("node %s is now %s", node_id[:12], grant.status)
+        await publish_event(self.js, event, grant.zone)
+        if grant.status == "suspended":  # its other recent work may be wrong too
+            try:
+                await recheck_node(self.js, node_id)
+            except Exception:  # noqa: BLE001 - the suspension stands; say what was missed
+                log.exception("queueing the re-checks of node %s failed", node_id[:12])
 
 
 async def _probe(prober: Prober, book: GrantBook, stop: asyncio.Event) -> None:
@@ -145,17 +151,10 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
         subjects.all_checks(), durable=subjects.VERIFIER_DURABLE, stream=subjects.CHECKS_STREAM,
         config=config), "verifier consumer")
     probing = asyncio.create_task(_probe(prober, book, stop))
+    striking = asyncio.create_task(follow_strikes(js, verifier.count, settings, stop))
     log.info("verifier serving")
     try:
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(4, timeout=POLL_S)
-            except nats.errors.TimeoutError:
-                continue
-            except Exception:  # noqa: BLE001 - the connection reconnects by itself
-                log.warning("verifier fetch failed; retrying", exc_info=True)
-                await asyncio.sleep(POLL_S)
-                continue
+        async for msgs in batches(sub, stop, 4, "verifier"):
             for msg in msgs:
                 try:
                     await verifier.handle(msg)
@@ -163,6 +162,7 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
                     log.exception("checking %s failed", msg.subject)
     finally:
         probing.cancel()
+        striking.cancel()
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
         await book.close()

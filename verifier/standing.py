@@ -2,8 +2,11 @@
 
 A node on probation is verified once it has passed ``probation_checks``
 checks; one failed check suspends it. A verified (or unverified) node is
-suspended at ``suspend_after_failures`` failed checks. A suspended node stays
-suspended (the admin removes and re-adds it to start over).
+suspended at ``suspend_after_failures`` failed checks, and any node at
+``suspend_after_strikes`` strikes for other refusals (the gate's and the API's:
+forged, malformed, outside its grant; a spot check's own strike is its failure,
+counted once). A suspended node stays suspended (the admin removes and re-adds
+it to start over).
 """
 from __future__ import annotations
 
@@ -28,4 +31,15 @@ def after_check(grant: NodeGrant, passed: bool,
                 NodeSuspended(node_id=grant.node_id,
                               reason=f"{grant.failed} failed spot check(s)"
                                      + (" on probation" if grant.status == "probation" else "")))
+    return grant, None
+
+
+def after_strike(grant: NodeGrant, reason: str,
+                 settings: Settings) -> tuple[NodeGrant, Event | None]:
+    """The grant with one more strike, and its suspension when that is the limit."""
+    grant = grant.model_copy(update={"strikes": grant.strikes + 1})
+    if grant.status != "suspended" and grant.strikes >= settings.suspend_after_strikes:
+        return (grant.model_copy(update={"status": "suspended"}),
+                NodeSuspended(node_id=grant.node_id,
+                              reason=f"{grant.strikes} strikes, the last: {reason}"[:2000]))
     return grant, None

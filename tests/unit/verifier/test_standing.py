@@ -52,3 +52,12 @@ def test_the_echo_judge_passes_the_echo_and_fails_anything_else():
     assert judge.check(job("a b"), "a b", "stop").passed
     wrong = judge.check(job("a b c d"), "a b x", "length")
     assert not wrong.passed and '"expected": "a b c"' in wrong.evidence
+
+
+def test_strikes_suspend_any_node_at_the_limit():
+    from verifier.standing import after_strike
+    settings = Settings(suspend_after_strikes=2)
+    g, event = after_strike(grant("verified"), "forged signature", settings)
+    assert (g.status, g.strikes, event) == ("verified", 1, None)
+    g, event = after_strike(g, "forged signature", settings)
+    assert g.status == "suspended" and "2 strikes, the last: forged signature" in event.reason
