@@ -2,8 +2,12 @@
 
 The echo model (``workers/echo.py``) is deterministic: its judge re-runs it and
 compares. A Hugging Face model is judged by one prefill of prompt + claimed
-output (:mod:`verifier.prefill`, torch loaded only then). A model the verifier
-has no copy of cannot be judged here: its checks wait for a verifier that has it.
+output (:mod:`verifier.prefill`, torch loaded only then), once the judge has
+confirmed honest outputs of that model, made here, greedy and sampled
+(:func:`confirms_itself`): a model whose text does not read back into what it
+made (a random-weight test model writing lone bytes) is never judged, since
+its honest nodes would fail. A model the verifier has no copy of cannot be
+judged here: its checks wait for a verifier that has it.
 """
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ import json
 import logging
 from pathlib import Path
 
-from bus.events import JobSubmitted
+from datetime import datetime, timedelta, timezone
+
+from bus.events import ChatMessage, JobSubmitted, Sampling
 from verifier.verdict import Judge, Verdict
 from workers.echo import is_echo_model
 
@@ -33,12 +39,37 @@ class EchoJudge:
         return Verdict(False, "not the echo model's output (re-run differs)", evidence)
 
 
+CALIBRATION = (("What is the capital of France?", 0.0, None), ("Say hello.", 0.7, 1),
+               ("Name a colour.", 1.0, 2), ("Count to five.", 1.0, 3))
+
+
+def confirms_itself(judge, max_tokens: int = 16) -> bool:
+    """Whether ``judge`` (a PrefillJudge) passes its own model's honest outputs."""
+    from workers.generation import GenerationRequest
+    for prompt, temperature, seed in CALIBRATION:
+        sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        job = JobSubmitted(job_id="calibration", account="-", key_id="-", model="-",
+                           kind="chat", messages=(ChatMessage(role="user", content=prompt),),
+                           sampling=sampling, zone="global", route="global",
+                           deadline=datetime.now(timezone.utc) + timedelta(minutes=1))
+        request = GenerationRequest(kind="chat", messages=({"role": "user", "content": prompt},),
+                                    prompt=None, sampling=sampling)
+        steps = list(judge.engine.generate(request))
+        verdict = judge.check(job, "".join(s.text for s in steps), steps[-1].finish_reason)
+        if not verdict.passed:
+            log.error("the prefill judge fails an honest output of its own model (%s: %s)",
+                      verdict.reason, verdict.evidence[:300])
+            return False
+    return True
+
+
 class Judges:
     """One judge per model, loaded from ``models_dir`` on first use (off the loop)."""
 
     def __init__(self, models_dir: Path) -> None:
         self.models_dir = Path(models_dir)
         self._loaded: dict[str, Judge | None] = {}
+        self.unjudgeable: set[str] = set()  # models whose judge cannot confirm honest output
 
     def add(self, model: str, judge: Judge) -> None:
         self._loaded[model] = judge
@@ -58,7 +89,12 @@ class Judges:
             return EchoJudge()
         try:
             from verifier.prefill import PrefillJudge  # torch: only for real models
-            return PrefillJudge.load(path)
+            judge = PrefillJudge.load(path)
         except Exception as exc:  # noqa: BLE001 - a broken copy judges nothing
             log.error("model %s not loadable for checks: %s", model, exc)
             return None
+        if not confirms_itself(judge):
+            log.error("model %s is not judged: its checks are set aside unjudged", model)
+            self.unjudgeable.add(model)
+            return None
+        return judge

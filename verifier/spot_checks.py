@@ -76,6 +76,8 @@ class Verifier:
             return await msg.ack()
         judge = await self.judges.get(done.model)
         if judge is None:
+            if done.model in self.judges.unjudgeable:
+                return await msg.ack()  # no verdict rather than a wrong one
             return await msg.nak(delay=NO_JUDGE_DELAY_S)
         verdict = await asyncio.to_thread(judge.check, job, done.text, done.finish_reason)
         await self.record(request, verdict)

@@ -156,3 +156,11 @@ def test_evidence_is_compact_json_with_the_worst_positions(judge):
     assert evidence["tokens"] >= 100 and evidence["implausible"] > 10
     assert len(evidence["worst"]) == 5
     assert all(len(w) == 3 and w[1] > 1 for w in evidence["worst"])  # [position, rank, logprob]
+
+
+def test_a_judge_confirms_its_model_only_when_honest_outputs_read_back(dirs, engine):
+    from verifier.judges import confirms_itself
+    assert confirms_itself(PrefillJudge(engine))
+    # The raw random model writes lone bytes and special tokens: its text does not
+    # read back into what it made, so its judge must not convict anyone.
+    assert not confirms_itself(PrefillJudge(Engine.load(dirs[0], "raw")))
