@@ -73,10 +73,14 @@ class Doorbell:
 
     async def start(self) -> Doorbell:
         for subject in self._subjects:
-            await self._nc.subscribe(subject, cb=self._ring)
+            await self._nc.subscribe(subject, cb=self._rang)
         return self
 
-    async def _ring(self, _: Msg) -> None:
+    async def _rang(self, _: Msg) -> None:
+        self.ring()
+
+    def ring(self) -> None:
+        """A job was queued on one of the subjects."""
         self._rung.set()
 
     def clear(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from workers.pull_loop import SAFETY_POLL_S, pull_loop
+from workers.pull_loop import SAFETY_POLL_S, Doorbell, pull_loop
 
 
 class LateQueue:
@@ -20,26 +20,8 @@ class LateQueue:
         return found
 
 
-class Bell:
-    def __init__(self) -> None:
-        self._rung = asyncio.Event()
-
-    def ring(self) -> None:
-        self._rung.set()
-
-    def clear(self) -> None:
-        self._rung.clear()
-
-    async def wait(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._rung.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
-
-
 async def test_a_job_rung_before_it_can_be_pulled_is_taken_at_once_not_at_the_safety_poll():
-    queue, bell, stop, taken = LateQueue(), Bell(), asyncio.Event(), []
+    queue, bell, stop, taken = LateQueue(), Doorbell(None, []), asyncio.Event(), []
 
     async def run(msg) -> None:
         taken.append(time.monotonic())
