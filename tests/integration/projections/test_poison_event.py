@@ -9,57 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, Iterator
 
 import nats
 import pytest
 
 from bus import subjects
-from bus.events import (ChatMessage, DeadLetter, JobStarted, JobSubmitted, Sampling,
-                        parse_event)
-from bus.publish import publish_event
+from bus.events import DeadLetter, JobStarted, parse_event
 from projections import job_status
 from projections.poison import isolate
-from projections.projector import Projector, apply_batch
+from projections.projector import apply_batch
 from projections.replay import Delivery
 from projections.store import Store
 from tests import readmodels as views
+from tests.integration.projecting import publish, running, submitted
 
 pytestmark = pytest.mark.asyncio
 
 POISON = "poison"
 
 
-def submitted(job_id: str) -> JobSubmitted:
-    return JobSubmitted(
-        job_id=job_id, account="acct-1", key_id="key-1", model="tiny", kind="chat",
-        messages=(ChatMessage(role="user", content="hello?"),), sampling=Sampling(max_tokens=8),
-        zone="eu", route="zone", deadline=datetime.now(timezone.utc) + timedelta(minutes=5))
-
-
 def started(job_id: str, attempt: int = 1) -> JobStarted:
     return JobStarted(job_id=job_id, node_id="node-a", zone="eu", attempt=attempt)
-
-
-async def publish(js: nats.js.JetStreamContext, *events: object) -> int:
-    """Publish on the eu events subjects; returns the last stream sequence."""
-    seq = 0
-    for event in events:
-        seq = (await publish_event(js, event, "eu")).seq
-    return seq
-
-
-@contextlib.asynccontextmanager
-async def running(store: Store, js: nats.js.JetStreamContext) -> AsyncIterator[Projector]:
-    projector, stop = Projector(store, js), asyncio.Event()
-    task = asyncio.create_task(projector.run(stop))
-    try:
-        yield projector
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
 
 
 @pytest.fixture

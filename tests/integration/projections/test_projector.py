@@ -5,23 +5,18 @@ PostgreSQL database, on PostgreSQL too (each test in its own schema).
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator
 
-import nats
 import pytest
 
-from bus.events import (ApiKeyIssued, ChatMessage, JobCancelled, JobCompleted, JobExpired,
-                        JobFailed, JobStarted, JobSubmitted, Sampling, Usage, output_hash)
-from bus.publish import publish_event
-from projections.projector import Projector, apply_batch
+from bus.events import (ApiKeyIssued, JobCancelled, JobCompleted, JobExpired, JobFailed,
+                        JobStarted, Usage, output_hash)
+from projections.projector import apply_batch
 from projections.rebuild import rebuild
 from projections.replay import Delivery
 from projections.store import Store
 from tests import readmodels as views
+from tests.integration.projecting import publish, running, submitted
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,13 +29,6 @@ def nats_server(fresh_nats) -> str:
     return fresh_nats.url
 
 
-def submitted(job_id: str) -> JobSubmitted:
-    return JobSubmitted(
-        job_id=job_id, account="acct-1", key_id="key-1", model="tiny", kind="chat",
-        messages=(ChatMessage(role="user", content="hello?"),), sampling=Sampling(max_tokens=8),
-        zone="eu", route="zone", deadline=datetime.now(timezone.utc) + timedelta(minutes=5))
-
-
 def started(job_id: str, attempt: int = 1, node: str = "node-a") -> JobStarted:
     return JobStarted(job_id=job_id, node_id=node, zone="us", attempt=attempt)
 
@@ -50,26 +38,6 @@ def completed(job_id: str, text: str = "hi there") -> JobCompleted:
         job_id=job_id, model="m", node_id="node-a", operator="op", zone="us", attempt=1, text=text,
         finish_reason="stop", usage=Usage(prompt_tokens=5, completion_tokens=2),
         input_hash="in", output_hash=output_hash(text), signature="sig")
-
-
-async def publish(js: nats.js.JetStreamContext, *events: object, zone: str = "eu") -> int:
-    """Publish on the job's zone subject; returns the last stream sequence."""
-    seq = 0
-    for event in events:
-        seq = (await publish_event(js, event, zone)).seq
-    return seq
-
-
-@contextlib.asynccontextmanager
-async def running(store: Store, js: nats.js.JetStreamContext) -> AsyncIterator[Projector]:
-    projector = Projector(store, js)
-    stop = asyncio.Event()
-    task = asyncio.create_task(projector.run(stop))
-    try:
-        yield projector
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
 
 
 async def test_job_lifecycle_is_projected(store: Store, js) -> None:
