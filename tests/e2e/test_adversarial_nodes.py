@@ -79,6 +79,9 @@ async def attack(s, server) -> dict:
                                 timeout=WAIT_S)),
             # A forged spot-check request could frame an honest node.
             ("check", js.publish(subjects.check("eu"), b"{}", timeout=WAIT_S)),
+            # Its own grant, rewritten: verified, tier 6, no failed checks.
+            ("promote", nc.request(subjects.kv_key(subjects.GRANTS_BUCKET, me),
+                                   b'{"status": "verified", "tier": 6}', timeout=WAIT_S)),
             ("beat-as-honest", nc.request(subjects.kv_key(subjects.NODES_BUCKET, honest), b"{}",
                                           timeout=WAIT_S))):
         try:
@@ -131,8 +134,8 @@ def test_a_granted_node_cannot_steal_void_or_stall_anything(network):
     s, server = network
     got = asyncio.run(attack(s, server))
     assert got["expire"] == got["seal"] == got["beat-as-honest"] == got["check"] == \
-        "TimeoutError"
-    assert len(got["refused"]) >= 6  # the server said no to each, by name
+        got["promote"] == "TimeoutError"
+    assert len(got["refused"]) >= 7  # the server said no to each, by name
     assert got["lease"] == got["poison"] == "stop"
     assert got["complete"] is False and got["inflate"] is False
     assert got["resume"] in ("TimeoutError", "NoRespondersError")
