@@ -45,16 +45,14 @@ CALIBRATION = (("What is the capital of France?", 0.0, None), ("Say hello.", 0.7
 
 def confirms_itself(judge, max_tokens: int = 16) -> bool:
     """Whether ``judge`` (a PrefillJudge) passes its own model's honest outputs."""
-    from workers.generation import GenerationRequest
+    from verifier.prefill import job_request
     for prompt, temperature, seed in CALIBRATION:
         sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
         job = JobSubmitted(job_id="calibration", account="-", key_id="-", model="-",
                            kind="chat", messages=(ChatMessage(role="user", content=prompt),),
                            sampling=sampling, zone="global", route="global",
                            deadline=datetime.now(timezone.utc) + timedelta(minutes=1))
-        request = GenerationRequest(kind="chat", messages=({"role": "user", "content": prompt},),
-                                    prompt=None, sampling=sampling)
-        steps = list(judge.engine.generate(request))
+        steps = list(judge.engine.generate(job_request(job)))
         verdict = judge.check(job, "".join(s.text for s in steps), steps[-1].finish_reason)
         if not verdict.passed:
             log.error("the prefill judge fails an honest output of its own model (%s: %s)",
