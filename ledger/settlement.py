@@ -27,7 +27,6 @@ import contextlib
 import logging
 from typing import Sequence
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
@@ -40,7 +39,7 @@ from bus.leases import Lease, Leases
 from bus.pricing import Pricing
 from bus.publish import dead_letter
 from bus.signing import verify_result
-from bus.streams import patiently
+from bus.streams import batches, patiently
 from ledger.commands import Refund, Resolve, Revoke, Settle
 from ledger.outcomes import UnknownReservation
 
@@ -140,16 +139,8 @@ async def consume(js: JetStreamContext, settlement: Settlement, leases: Leases,
     sub = await patiently(lambda: js.pull_subscribe(
         "", durable=DURABLE, stream=subjects.EVENTS_STREAM, config=config), "settlement consumer")
     try:
-        while not stop.is_set():
-            try:
-                # Returns as soon as anything is there: no wait to fill a batch.
-                msgs = await sub.fetch(BATCH, timeout=POLL_S)
-            except nats.errors.TimeoutError:
-                continue
-            except Exception:  # noqa: BLE001 - the connection reconnects by itself
-                log.warning("settlement fetch failed; retrying", exc_info=True)
-                await asyncio.sleep(RETRY_DELAY_S)
-                continue
+        # A fetch returns as soon as anything is there: no wait to fill a batch.
+        async for msgs in batches(sub, stop, BATCH, "settlement", POLL_S):
             try:
                 await settle_batch(js, settlement, leases, msgs)
             except Exception:  # noqa: BLE001 - unacked messages come again after ack_wait
