@@ -16,10 +16,14 @@ import asyncio
 import contextlib
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NoReturn
 from datetime import datetime, timedelta, timezone
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 
 from api.discovery import Constraints
 from api.errors import APIError
@@ -28,11 +32,13 @@ from api.keys import Principal
 from api.live_nodes import LiveNodes
 from api.protocol import ChatCompletionRequest, CompletionRequest
 from api.routing import Route, Routing
+from bus.content import put_input
 from bus.credits import credits
 from bus.events import JobFailed, JobSubmitted, new_id
 from bus.pricing import Pricing, prompt_tokens_bound
 from bus.publish import enqueue_job, publish_event
 from bus.streams import patiently
+from bus.subjects import GLOBAL
 from ledger import InsufficientCredits, Ledger, ReserveGroup
 
 GenerationBody = ChatCompletionRequest | CompletionRequest
@@ -102,11 +108,31 @@ class Admission:
             reply_to=reply_to)
         return Prepared(job, request_hash, route.chain, idempotency_key is not None)
 
-    async def place(self, prepared: Prepared) -> None:
-        """Hold the job's worst case, log it, queue it, watch it for escalation."""
+    async def place(self, prepared: Prepared) -> Prepared:
+        """Hold the job's worst case, log it, queue it, watch it for escalation;
+        returns the job as placed (a job whose region is down, re-homed)."""
+        if not self._js._nc.is_connected:  # this API lost its region's servers: fail at once
+            raise APIError(503, "this API cannot reach its region's servers; nothing was "
+                           "held or queued", "bus_unavailable")
         await self._reserve(prepared)
-        await self._publish(prepared.job)
+        try:
+            await self._log(prepared.job)
+        except (NoRespondersError, NatsTimeout, NoStreamResponseError):
+            if prepared.job.strict or prepared.job.zone == GLOBAL:
+                await self._unlogged(prepared.job)
+            # The job's zone's region is down (its log does not answer): a job free to
+            # leave it is kept and queued in the global pool's region instead.
+            prepared = replace(prepared, chain=(), job=prepared.job.model_copy(update={
+                "zone": GLOBAL, "route": "global", "queue": None, "then": ()}))
+            try:
+                await self._log(prepared.job)
+            except Exception:  # noqa: BLE001
+                await self._unlogged(prepared.job)
+        except Exception:  # noqa: BLE001 - nothing was logged: give the credits back
+            await self._unlogged(prepared.job)
+        await self._enqueue(prepared.job)
         self._escalator.watch(prepared.job, list(prepared.chain))
+        return prepared
 
     def _check_model(self, req: GenerationBody) -> str:
         info = self._nodes.models().get(req.model)
@@ -136,14 +162,26 @@ class Admission:
         if prepared.idempotent:  # lost a race to another body with the same key
             _same_request(held.request_hash, prepared.request_hash)
 
-    async def _publish(self, job: JobSubmitted) -> None:
-        """Log, then queue. A failure refunds or fails the job: no credit stays held."""
-        try:
-            await publish_event(self._js, job, job.zone)
-        except Exception:  # noqa: BLE001 - nothing was logged: give the credits back
-            await asyncio.to_thread(self._ledger.refund, job.job_id, "not queued")
-            raise APIError(503, "the job log is unavailable; nothing was queued",
-                           "bus_unavailable") from None
+    async def _log(self, job: JobSubmitted) -> None:
+        """Log the job: hashes on the log, the prompt in its region's content store.
+        Raises what the log publish raised when nothing was logged; a job logged
+        whose prompt was not kept is failed (:meth:`_failed`)."""
+        logged, kept = await asyncio.gather(
+            publish_event(self._js, job.without_content(), job.zone), put_input(self._js, job),
+            return_exceptions=True)
+        if isinstance(logged, BaseException):
+            raise logged
+        if isinstance(kept, BaseException):
+            await self._failed(job, "content_unavailable", kept)
+
+    async def _unlogged(self, job: JobSubmitted) -> NoReturn:
+        """Nothing was logged: give the credits back and say so."""
+        await asyncio.to_thread(self._ledger.refund, job.job_id, "not queued")
+        raise APIError(503, "the job log is unavailable; nothing was queued",
+                       "bus_unavailable") from None
+
+    async def _enqueue(self, job: JobSubmitted) -> None:
+        """Queue the logged job. A failure refunds and fails it: no credit stays held."""
         try:
             # The same Nats-Msg-Id on every try: an enqueue whose ack was lost in a
             # stream leader's election is deduplicated, not queued twice, and is
@@ -151,14 +189,18 @@ class Admission:
             await patiently(lambda: enqueue_job(self._js, job, timeout=ENQUEUE_TRY_S), "enqueue",
                             ENQUEUE_PATIENCE_S)
         except Exception as exc:  # noqa: BLE001 - logged but not queued: refund, then fail it
-            # Refund first: a copy that landed after all and runs is then settled as a
-            # no-op (one resolution per reservation), so a 503 is never charged.
-            await asyncio.to_thread(self._ledger.refund, job.job_id, "not queued")
-            with contextlib.suppress(Exception):  # the log may be down too (no quorum)
-                await publish_event(self._js, JobFailed(job_id=job.job_id, zone=job.zone,
-                                                        code="enqueue_failed", message=str(exc)),
-                                    job.zone)
-            raise APIError(503, "the job queue is unavailable", "bus_unavailable") from None
+            await self._failed(job, "enqueue_failed", exc)
+
+    async def _failed(self, job: JobSubmitted, code: str, exc: BaseException) -> NoReturn:
+        """A logged job that cannot run: refund, log its failure, answer 503."""
+        # Refund first: a copy that landed after all and runs is then settled as a
+        # no-op (one resolution per reservation), so a 503 is never charged.
+        await asyncio.to_thread(self._ledger.refund, job.job_id, "not queued")
+        with contextlib.suppress(Exception):  # the log may be down too (no quorum)
+            await publish_event(self._js, JobFailed(job_id=job.job_id, zone=job.zone, code=code,
+                                                    message=str(exc) or type(exc).__name__),
+                                job.zone)
+        raise APIError(503, "the job queue is unavailable", "bus_unavailable") from None
 
 
 def _same_request(held_hash: str, request_hash: str) -> None:

@@ -26,11 +26,29 @@ from api.serving import Serving, ServingConfig
 from api.status_page import RequestCounter, StatusBoard
 from api.subclouds import Subclouds
 from bus.config import Settings
+from bus.content import ContentStore
 from bus.guard import connect_service, preflight
 from bus.grants import GrantBook
 from bus.streams import cancels_bucket, claims_bucket, grants_bucket, nodes_bucket
 from ledger import Ledger
 from projections.readmodels import open_store
+
+
+class RegionHeader:
+    """Every response says which region processed it (``X-Inferbus-Region``)."""
+
+    def __init__(self, app, region: str) -> None:
+        self.app, self.header = app, (b"x-inferbus-region", region.encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def tagged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+        await self.app(scope, receive, tagged)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -50,8 +68,10 @@ def create_app(settings: Settings) -> FastAPI:
         store = await asyncio.to_thread(open_store, settings)
         ledger = await asyncio.to_thread(Ledger.open, settings)
         cancellation = Cancellation(nc, js, cancels)
-        jobs = JobServing(store, ledger, cancellation)
-        admission = Admission(js, nodes, Routing(nodes, Subclouds(js), Policy()), ledger,
+        jobs = JobServing(store, ledger, cancellation, ContentStore(js, settings.layout()))
+        routing = Routing(nodes, Subclouds(js), Policy(), settings.layout(),
+                          settings.this_region())
+        admission = Admission(js, nodes, routing, ledger,
                               settings.pricing, escalator, settings.job_timeout_s)
         serving = Serving(ServingConfig.of(settings), admission=admission, replies=replies,
                           jobs=jobs, cancellation=cancellation,
@@ -75,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.include_router(router)
     app.add_middleware(RequestCounter)
+    app.add_middleware(RegionHeader, region=settings.this_region())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 

@@ -1,4 +1,5 @@
-"""Jobs as consumers see them: ``GET``/``DELETE /v1/jobs/{id}`` from the read models.
+"""Jobs as consumers see them: ``GET``/``DELETE /v1/jobs/{id}`` from the read models,
+with the result from the content store (``bus.content``) while it is kept.
 
 The read models are built by the projector, a few milliseconds behind the
 log; a job just accepted may not be there yet, so a miss waits briefly before
@@ -14,6 +15,7 @@ from datetime import datetime
 from api.cancellation import Cancellation
 from api.errors import APIError
 from api.protocol import result_body
+from bus.content import ContentStore
 from bus.credits import credits
 from bus.events import Usage
 from ledger import Ledger
@@ -29,17 +31,20 @@ def _unix(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
 
-def result_of(view: JobView) -> dict | None:
-    """The sync body of a completed job, None otherwise."""
-    if view.status != COMPLETED or view.completion_tokens is None:
+def result_of(view: JobView, output: tuple[str, str] | None) -> dict | None:
+    """The sync body of a completed job whose content (``output``: text and finish
+    reason) is still kept, None otherwise."""
+    if view.status != COMPLETED or view.completion_tokens is None or output is None:
         return None
     usage = Usage(prompt_tokens=view.prompt_tokens or 0, completion_tokens=view.completion_tokens)
     return result_body(view.kind, view.job_id, view.model, _unix(view.created_at),
-                       view.text or "", view.finish_reason or "stop", usage)
+                       output[0], output[1], usage)
 
 
-def job_body(view: JobView, cost: int | None) -> dict:
-    result = result_of(view)
+def job_body(view: JobView, cost: int | None, output: tuple[str, str] | None = None,
+             content: str | None = None) -> dict:
+    """``content``: ``expired`` or ``erased`` when a completed job's text is gone."""
+    result = result_of(view, output)
     usage = None
     if view.completion_tokens is not None:
         usage = {"prompt_tokens": view.prompt_tokens, "completion_tokens": view.completion_tokens,
@@ -49,6 +54,8 @@ def job_body(view: JobView, cost: int | None) -> dict:
             "cost": None if cost is None else float(credits(cost)),
             "zone": view.served_zone or view.zone, "route": view.route,
             "created_at": _unix(view.created_at), "finished_at": _unix(view.finished_at)}
+    if content is not None:
+        body["content"] = content
     if view.status in (FAILED, EXPIRED, CANCELLED):
         body["error"] = {"code": view.error_code or view.status,
                          "message": view.error_message or f"job {view.status}"}
@@ -56,8 +63,10 @@ def job_body(view: JobView, cost: int | None) -> dict:
 
 
 class JobServing:
-    def __init__(self, store: Store, ledger: Ledger, cancellation: Cancellation) -> None:
+    def __init__(self, store: Store, ledger: Ledger, cancellation: Cancellation,
+                 content: ContentStore) -> None:
         self._store, self._ledger, self._cancellation = store, ledger, cancellation
+        self._content = content
 
     async def get(self, account: str, job_id: str) -> dict:
         """The account's job as ``GET /v1/jobs/{id}`` shows it (404 if not its own)."""
@@ -108,7 +117,20 @@ class JobServing:
         return view
 
     async def body(self, view: JobView) -> dict:
-        """The job with its cost from the ledger."""
+        """The job with its cost from the ledger and its result from the content store."""
         held = await asyncio.to_thread(self._ledger.reservation, view.job_id)
         cost = held.debited if held is not None and held.status != "pending" else None
-        return job_body(view, cost)
+        output, gone = None, None
+        if view.status == COMPLETED:
+            output = await self._content.output(view.zone, view.job_id)
+            if output is None:
+                gone = "erased" if await self._content.erased(view.zone, view.job_id) \
+                    else "expired"
+        return job_body(view, cost, output, gone)
+
+    async def forget(self, account: str, job_id: str) -> dict:
+        """Erase the account's job's content (prompt, result, check evidence) in its
+        region; the log keeps its hashes, usage and money."""
+        view = await self.find_own(job_id, account)
+        await self._content.erase([(view.zone, view.job_id)])
+        return await self.body(view)

@@ -55,6 +55,12 @@ async def get_job(job_id: str, who: PrincipalDep, jobs: JobsDep) -> dict:
     return await jobs.get(who.account, job_id)
 
 
+@router.delete("/v1/jobs/{job_id}/content")
+async def forget_job(job_id: str, who: PrincipalDep, jobs: JobsDep) -> dict:
+    """Erase the job's prompt and result; its usage and cost stay on the log."""
+    return await jobs.forget(who.account, job_id)
+
+
 @router.delete("/v1/jobs/{job_id}")
 async def cancel_job(job_id: str, who: PrincipalDep, jobs: JobsDep) -> dict:
     """Stop a job: what it produced is charged, the rest of its reservation refunded."""

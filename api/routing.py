@@ -16,7 +16,8 @@ from api.errors import APIError
 from api.keys import Principal
 from api.live_nodes import LiveNodes
 from api.subclouds import Subclouds
-from bus import subjects
+from bus import regions, subjects
+from bus.regions import Layout
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,11 @@ class Route:
 
 
 class Routing:
-    def __init__(self, nodes: LiveNodes, subclouds: Subclouds, policy: Policy) -> None:
+    def __init__(self, nodes: LiveNodes, subclouds: Subclouds, policy: Policy,
+                 layout: Layout | None = None, region: str | None = None) -> None:
         self._nodes, self._subclouds, self._policy = nodes, subclouds, policy
+        self._layout = layout or regions.single()
+        self._region = region or self._layout.home
 
     async def decide(self, who: Principal, model: str, zone: str, *,
                      constraints: Constraints | None = None,
@@ -39,13 +43,15 @@ class Routing:
                      prompt_tokens: int = 0, max_tokens: int = 0) -> Route:
         if who.subcloud:
             return await self._subcloud_route(who.subcloud, model, zone)
-        decided = plan(self._policy, self._nodes.live(), model, zone, location, prompt_tokens,
+        live = self._nodes.live()
+        decided = plan(self._policy, live, model, zone, location, prompt_tokens,
                        max_tokens, constraints)
         if decided.route == "nodes":
             if not decided.nodes:
                 raise APIError(503, "no live node satisfies the requested constraints",
                                "no_capacity")
-            queues = tuple(subjects.node_queue(n) for n in decided.nodes)
+            zone_of = {n.node_id: n.zone for n in live}  # a node's queue is kept in its region
+            queues = tuple(subjects.node_queue(n, zone_of[n]) for n in decided.nodes)
             tail = () if constraints is not None else (subjects.GLOBAL,)
             return Route(zone, queues[0], queues[1:] + tail, "zone")
         if decided.route == "zone":
@@ -57,10 +63,17 @@ class Routing:
         if sc is None:
             raise APIError(403, f"this key's subcloud {name!r} does not exist", "no_subcloud")
         zone = zone if zone in sc.zones else sc.zones[0]
+        home = self._layout.region_of(zone)
+        if sc.strict and home != self._region:
+            # Its prompt must not be stored, or even pass, outside its region: refused
+            # before anything is held or published.
+            raise APIError(421, f"this key's subcloud {name!r} keeps its data in region "
+                           f"{home}; send its requests to an API in {home}", "wrong_region")
         private = [n for n in self._nodes.live() if n.subcloud == name
                    and any(m.name == model for m in n.models)
-                   and (not sc.strict or n.zone in sc.zones)]
-        pool = subjects.subcloud_queue(name)
+                   and (not sc.strict or n.zone == zone)]
+        # A strict subcloud's pool is kept per zone, in its region: it never leaves.
+        pool = subjects.subcloud_queue(name, zone if sc.strict else subjects.GLOBAL)
         if sc.strict:  # never leaves its zones: no global in the chain, ever
             first = pool if private else zone
             return Route(zone, first, (zone,) if first == pool else (), "zone", name, True)

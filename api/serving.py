@@ -20,7 +20,7 @@ from api.admission import Admission, GenerationBody, Prepared, Repeat
 from api.cancellation import Cancellation
 from api.discovery import Constraints
 from api.errors import APIError, outcome_error
-from api.job_serving import JobServing, result_of
+from api.job_serving import JobServing
 from api.keys import Principal
 from api.limits import KeyLimiter
 from api.protocol import accepted_body, now, result_body
@@ -106,13 +106,13 @@ class Serving:
         if isinstance(prepared, Repeat):
             return await self._repeat(who, prepared.job_id, call.respond_async)
         if not live:
-            await self._admission.place(prepared)
+            prepared = await self._admission.place(prepared)
             return accepted(prepared.job.job_id, where(prepared.job))
         # Watched before it is queued, so no reply arrives unrouted.
         replies = self._replies.watch(prepared.job.job_id, prepared.job.deadline)
         handed_over = False
         try:
-            await self._admission.place(prepared)
+            prepared = await self._admission.place(prepared)
             if req.stream:
                 answer = await self._stream(prepared, replies, req.include_usage)
                 handed_over = True  # the stream closes them
@@ -167,7 +167,7 @@ class Serving:
             return accepted(job_id, {"X-Inferbus-Job": job_id})
         view = await self._jobs.find_own(job_id, who.account)
         view = await self._jobs.until_terminal(view, self._config.job_timeout_s)
-        if (body := result_of(view)) is None:
+        if (body := (await self._jobs.body(view))["result"]) is None:
             raise APIError(409 if not view.terminal else 500,
                            f"the job for this Idempotency-Key is {view.status}", view.status)
         return Body(body, {"X-Inferbus-Job": job_id,

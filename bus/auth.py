@@ -24,8 +24,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bus import subjects
-from bus.streams import WORKER_STREAMS
+from bus import regions, subjects
+from bus.regions import Layout
+from bus.streams import worker_streams
 
 
 
@@ -46,13 +47,17 @@ class NatsUser:
     permissions: Permissions | None = None
 
 
-def worker_permissions(user: str, node_id: str, model: str, queues: Sequence[str]) -> Permissions:
+def worker_permissions(user: str, node_id: str, model: str, queues: Sequence[str],
+                       layout: Layout | None = None) -> Permissions:
     """What the worker with nkey ``user``, node ``node_id``, serving ``model`` from
-    ``queues`` (``subjects.worker_queues``) may do, and nothing more."""
-    stream = subjects.JOBS_STREAM
-    consumers = [(subjects.consumer_name(q, model), subjects.jobs(q, model)) for q in queues]
-    publish = [subjects.stream_info(s) for s in WORKER_STREAMS]
-    for consumer, filter_subject in consumers:
+    ``queues`` (``subjects.worker_queues``) may do, and nothing more. ``layout``
+    says which stream keeps each queue (its region's, or the global pool)."""
+    layout = layout or regions.single()
+    consumers = [(layout.queue_stream(q), subjects.consumer_name(q, model), subjects.jobs(q, model))
+                 for q in queues]
+    streams = dict.fromkeys([*(c[0] for c in consumers), *worker_streams(layout)])
+    publish = [subjects.stream_info(s) for s in streams]
+    for stream, consumer, filter_subject in consumers:
         publish += [subjects.consumer_create(stream, consumer, filter_subject),
                     subjects.consumer_info(stream, consumer),
                     subjects.pull_next(stream, consumer), subjects.acks(stream, consumer)]
@@ -60,7 +65,7 @@ def worker_permissions(user: str, node_id: str, model: str, queues: Sequence[str
                 subjects.kv_key(subjects.NODES_BUCKET, node_id)]
     publish += subjects.kv_reads(subjects.CANCELS_BUCKET)
     subscribe = [subjects.below(subjects.inbox_prefix(user)),
-                 *(filter_subject for _, filter_subject in consumers),  # the doorbell
+                 *(filter_subject for _, _, filter_subject in consumers),  # the doorbell
                  subjects.any_cancel()]
     return Permissions(tuple(publish), tuple(subscribe))
 

@@ -12,10 +12,13 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bus import regions
 from bus.pricing import Pricing
+from bus.regions import Layout
 from bus.zones import COUNTRY_ZONE, is_zone
 
 NATS_URL_FILE = "nats.url"
+REGIONS_FILE = "regions"
 
 
 class Settings(BaseSettings):
@@ -26,6 +29,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".local/share/inferbus")
     geoip_db: Path | None = None
+    # Regions of the supercluster (bus/regions.py: "eu=eu,me;na=na,sa" or "eu,na"),
+    # unset for one region; and the region this process runs in (default: the home one).
+    regions: str | None = None
+    region: str | None = None
+    content_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)  # prompts and outputs
     zones_file: Path | None = None  # JSON {"CC": "zone"} over the built-in country table
 
     def zone_table(self) -> dict[str, str]:
@@ -73,6 +81,20 @@ class Settings(BaseSettings):
     # with AVX512-BF16 or AMX, bfloat16 about doubles batched throughput
     # (bench/worker.py); on other CPUs it is much slower than float32.
     worker_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    def layout(self) -> Layout:
+        """``INFERBUS_REGIONS``, else the regions ``inferbus up --regions`` wrote down."""
+        if self.regions is None and (path := self.data_dir / REGIONS_FILE).exists():
+            return regions.parse(path.read_text().strip())
+        return regions.parse(self.regions)
+
+    def this_region(self) -> str:
+        """The region this process serves: ``INFERBUS_REGION``, else the home one."""
+        layout = self.layout()
+        if self.region is None:
+            return layout.home
+        layout.zones(self.region)  # raises RegionError naming the known ones
+        return self.region
 
     def resolved_nats_url(self) -> str:
         """``INFERBUS_NATS_URL``, else the embedded server ``inferbus up`` wrote down."""

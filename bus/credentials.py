@@ -26,6 +26,7 @@ import nkeys
 from bus import subjects
 from bus.auth import NatsUser, render_authorization, worker_permissions
 from bus.grants import NodeGrant
+from bus.regions import Layout
 
 AUTH_DIR = "nats-auth"
 SERVICE_SEED = "service.seed"
@@ -129,8 +130,9 @@ class CredentialStore:
         found = sorted(folder.glob("*.json")) if folder.exists() else []
         return [WorkerGrant(**json.loads(p.read_text())) for p in found]
 
-    def users(self) -> list[NatsUser]:
-        """The service user and every granted worker's, with their permissions."""
+    def users(self, layout: Layout | None = None) -> list[NatsUser]:
+        """The service user and every granted worker's, with their permissions
+        (on the streams of ``layout``, default one region)."""
         users = [NatsUser("service: full access", load_or_create_seed(self.service_seed))]
         for grant in self.grants():
             if grant.suspended:
@@ -139,13 +141,13 @@ class CredentialStore:
             users.append(NatsUser(
                 f"worker {grant.node_name}: zone {grant.zone}, model {grant.model}, "
                 f"node {grant.node_id[:16]}", nkey,
-                worker_permissions(nkey, grant.node_id, grant.model, grant.queues())))
+                worker_permissions(nkey, grant.node_id, grant.model, grant.queues(), layout)))
         return users
 
-    def write_config(self) -> Path:
+    def write_config(self, layout: Layout | None = None) -> Path:
         """Rewrite ``auth.conf`` from the seeds and grants; returns its path."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.config.with_suffix(".tmp")
-        tmp.write_text(render_authorization(self.users()))
+        tmp.write_text(render_authorization(self.users(layout)))
         tmp.replace(self.config)  # a reloading server never reads half a file
         return self.config

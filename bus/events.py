@@ -67,14 +67,23 @@ class JobSubmitted(Event):
     then: tuple[Name, ...] = Field(default=(), max_length=16)
     subcloud: Name | None = None
     strict: bool = False  # subcloud residency: never leaves its zones
+    # Set on the log's copy, which carries no content (``without_content``).
+    input_sha256: Hash | None = None
 
     def first_queue(self) -> str:
         return self.queue or (self.zone if self.route == "zone" else GLOBAL)
 
     def input_hash(self) -> str:
         """Hash of what the model is asked, bound into the result signature."""
+        if self.messages is None and self.prompt is None and self.input_sha256:
+            return self.input_sha256  # the log's copy: the content is in the content store
         body = self.model_dump_json(include={"model", "kind", "messages", "prompt", "sampling"})
         return hashlib.sha256(body.encode()).hexdigest()
+
+    def without_content(self) -> "JobSubmitted":
+        """The copy the log keeps: the prompt replaced by its hash (``bus.content``)."""
+        return self.model_copy(update={"messages": None, "prompt": None,
+                                       "input_sha256": self.input_hash()})
 
 
 class JobStarted(Event):
@@ -125,6 +134,10 @@ class JobCompleted(Event):
     output_hash: Hash
     signature: Hash
     probation: bool = False  # its node was on probation: checked, and earns no RCP yet
+
+    def without_content(self) -> "JobCompleted":
+        """The copy the log keeps: ``output_hash`` stands for the text (``bus.content``)."""
+        return self.model_copy(update={"text": ""})
 
 
 class JobFailed(Event):

@@ -32,12 +32,11 @@ from nats.js.errors import NotFoundError
 from bus import subjects
 from bus.config import Settings
 from bus.connection import connect, server_list
-from bus.streams import ensure_streams, patiently
+from bus.streams import ensure_buckets, ensure_streams, patiently, stream_configs
 
 log = logging.getLogger("inferbus.guard")
 
 MIN_REPLICAS = 3
-STREAMS = (subjects.JOBS_STREAM, subjects.EVENTS_STREAM, subjects.DEAD_LETTER_STREAM)
 BUCKETS = (subjects.NODES_BUCKET, subjects.CANCELS_BUCKET, subjects.CLAIMS_BUCKET)
 SHOWN = 3  # problems spelled out in the one-line refusal; the rest are counted
 
@@ -119,9 +118,10 @@ def read_varz(url: str, timeout: float = 3.0) -> dict | str:
         return str(exc) or type(exc).__name__
 
 
-async def _stores(js: JetStreamContext) -> list[StoreFacts]:
+async def _stores(js: JetStreamContext, settings: Settings) -> list[StoreFacts]:
     found = []
-    for name in (*STREAMS, *(subjects.kv_stream(b) for b in BUCKETS)):
+    streams = [c.name for c, _ in stream_configs(settings.layout())]
+    for name in (*streams, *(subjects.kv_stream(b) for b in BUCKETS)):
         try:
             found.append(facts_of(await patiently(lambda n=name: js.stream_info(n),
                                                   f"stream {name}")))
@@ -142,7 +142,7 @@ async def refuse_unsafe_bus(settings: Settings, js: JetStreamContext) -> None:
     if not settings.production:
         return
     problems = settings_problems(settings)
-    stores = await _stores(js)
+    stores = await _stores(js, settings)
     problems += store_problems(stores)
     if not settings.nats_monitor_url:
         problems.append("INFERBUS_NATS_MONITOR_URL is not set; a NATS client cannot see "
@@ -157,13 +157,24 @@ async def refuse_unsafe_bus(settings: Settings, js: JetStreamContext) -> None:
         raise UnsafeDeployment(refusal(problems))
 
 
+async def provision(js: JetStreamContext, settings: Settings) -> None:
+    """Every stream of the settings' layout, each in its region, and (with
+    regions) every bucket in the home region, so none lands where a first user
+    happened to connect."""
+    layout = settings.layout()
+    await ensure_streams(js, settings.stream_replicas, layout, settings.content_retention_s)
+    if layout.split:
+        await ensure_buckets(js, layout, settings.job_timeout_s + settings.expiry_grace_s,
+                             settings.stream_replicas)
+
+
 async def connect_service(settings: Settings, name: str) -> Client:
     """A service's connection (API, projector, settlement): its streams made, and,
     in production, the guard passed (:class:`UnsafeDeployment` otherwise)."""
     nc = await connect(settings, name)
     try:
         js = nc.jetstream()
-        await ensure_streams(js, settings.stream_replicas)
+        await provision(js, settings)
         await refuse_unsafe_bus(settings, js)
     except BaseException:
         await nc.close()

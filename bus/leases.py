@@ -20,7 +20,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import Field, ValidationError
 
-from bus.bounds import Attempt, Hash, Id
+from bus.bounds import Attempt, Hash, Id, Name
 from bus.events import Contract
 
 
@@ -29,7 +29,8 @@ class Lease(Contract):
 
     node_id: Id
     attempt: Attempt  # the holder's run: the delivery count, raised on every takeover
-    message: int = Field(ge=0)  # the JOBS stream sequence of the delivery the holder runs
+    message: int = Field(ge=0)  # the jobs stream sequence of the delivery the holder runs
+    stream: Name = "JOBS"  # that jobs stream (one per region, and the global pool's)
     until: float  # unix time the lease runs out unless renewed
     done: bool = False  # sealed: the holder has an outcome and is publishing it
     runs: int = Field(default=1, ge=0, le=1000)  # nodes that started the job (not passed on)
@@ -64,8 +65,8 @@ class Leases:
         self.kv, self.lease_s, self.clock = kv, lease_s, clock
 
     async def acquire(self, job_id: str, node_id: str, attempt: int,
-                      message: int) -> HeldLease | Skip:
-        mine = Lease(node_id=node_id, attempt=attempt, message=message,
+                      message: int, stream: str = "JOBS") -> HeldLease | Skip:
+        mine = Lease(node_id=node_id, attempt=attempt, message=message, stream=stream,
                      until=self.clock() + self.lease_s)
         try:
             revision = await self.kv.create(job_id, mine.model_dump_json().encode())
@@ -80,12 +81,13 @@ class Leases:
         if current is not None:
             if current.done:
                 return Skip("discard")  # ran (or is being published) already
-            ours = current.node_id == node_id and current.message == message
+            same = (current.stream, current.message) == (stream, message)  # the same copy
+            ours = current.node_id == node_id and same
             live = current.until > self.clock()
             if live and not ours:
                 # Another node works on it. Its own message comes back if it dies;
                 # any other copy of the job can go.
-                if current.message != message:
+                if not same:
                     return Skip("discard")
                 return Skip("wait", current.until - self.clock() + 0.5)
         # A takeover is a new attempt, whatever the delivery count of the copy it

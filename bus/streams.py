@@ -20,20 +20,26 @@ from typing import AsyncIterator, Awaitable, Callable, TypeVar
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, KeyValueConfig,
-                         RetentionPolicy, StorageType, StreamConfig)
+from nats.js.api import (AckPolicy, ConsumerConfig, KeyValueConfig, Placement, StorageType,
+                         StreamConfig, StreamInfo)
 from nats.js.errors import (BadRequestError, KeyNotFoundError, NoStreamResponseError,
                             NotFoundError, ServiceUnavailableError)
 from nats.js.kv import KeyValue
 
-from bus import subjects
+from bus import regions, subjects
+from bus.regions import Layout
+from bus.stream_configs import (DEFAULT_RETENTION_S, DUPLICATE_WINDOW_S,  # noqa: F401 - re-exported
+                                events_stream_config, jobs_stream_config, stream_configs)
 
 log = logging.getLogger("inferbus.bus")
-DUPLICATE_WINDOW_S = 120.0
 NODE_TTL_S = 10.0
 SETUP_PATIENCE_S = 30.0
 TRANSIENT = (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 T = TypeVar("T")
+
+
+class PlacementDrift(RuntimeError):
+    """A region's stream exists outside its region: its data may be on the wrong disks."""
 
 
 async def patiently(step: Callable[[], Awaitable[T]], what: str,
@@ -50,26 +56,17 @@ async def patiently(step: Callable[[], Awaitable[T]], what: str,
             await asyncio.sleep(0.5)
 
 
-def jobs_stream_config(replicas: int = 1) -> StreamConfig:
-    """Jobs wait here until one worker acks them (work-queue retention)."""
-    return StreamConfig(
-        name=subjects.JOBS_STREAM, subjects=[subjects.all_jobs()],
-        retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-        num_replicas=replicas, duplicate_window=DUPLICATE_WINDOW_S,
-        discard=DiscardPolicy.NEW, allow_direct=True,
-    )
-
-
-def events_stream_config(replicas: int = 1) -> StreamConfig:
-    """The immutable log: nothing is ever deleted or purged from it."""
-    return StreamConfig(
-        name=subjects.EVENTS_STREAM, subjects=[subjects.all_events()],
-        retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
-        num_replicas=replicas, duplicate_window=DUPLICATE_WINDOW_S,
-        deny_delete=True, deny_purge=True, allow_direct=True,
-        # The relay appends the ledger's events in all-or-nothing batches.
-        allow_atomic=True,
-    )
+def _placed_elsewhere(info: StreamInfo, config: StreamConfig) -> str | None:
+    """Why an existing stream is not where ``config`` places it (None: it is)."""
+    want = config.placement
+    if want is None:
+        return None
+    have = info.config.placement
+    if have is None or have.cluster != want.cluster or list(have.tags or []) != want.tags:
+        return f"stream {config.name} is placed {have} instead of {want}"
+    if info.cluster is not None and info.cluster.name not in (None, want.cluster):
+        return f"stream {config.name} lives in cluster {info.cluster.name}, not {want.cluster}"
+    return None
 
 
 async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
@@ -85,40 +82,31 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
             except BadRequestError as exc:  # another process created it first
                 if exc.err_code != 10058:  # stream name already in use
                     raise
+            info = await js.stream_info(config.name)
+        if (why := _placed_elsewhere(info, config)) is not None:
+            raise PlacementDrift(f"{why}: move it back (or remove it) before starting")
     await patiently(step, f"stream {config.name}")
 
 
-def dead_letter_stream_config(replicas: int = 1) -> StreamConfig:
-    """What consumers could not read, kept 30 days for someone to look at."""
-    return StreamConfig(
-        name=subjects.DEAD_LETTER_STREAM, subjects=[subjects.all_dead_letters()],
-        retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, num_replicas=replicas,
-        max_age=30 * 24 * 3600.0, duplicate_window=DUPLICATE_WINDOW_S)
+async def ensure_streams(js: JetStreamContext, replicas: int = 1, layout: Layout | None = None,
+                         retention_s: float = DEFAULT_RETENTION_S) -> None:
+    """Create (or check) every stream of ``layout`` (default: one region). A stream
+    that exists placed outside its region raises :class:`PlacementDrift`."""
+    for config, _ in stream_configs(layout or regions.single(), replicas, retention_s):
+        await _ensure(js, config)
 
 
-def checks_stream_config(replicas: int = 1) -> StreamConfig:
-    """Completions waiting for their spot check: each judged once, by one verifier.
-    A check not taken within a day is dropped (the work is paid as unchecked)."""
-    return StreamConfig(
-        name=subjects.CHECKS_STREAM, subjects=[subjects.all_checks()],
-        retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE, num_replicas=replicas,
-        max_age=24 * 3600.0, duplicate_window=DUPLICATE_WINDOW_S)
-
-
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
-    await _ensure(js, jobs_stream_config(replicas))
-    await _ensure(js, events_stream_config(replicas))
-    await _ensure(js, dead_letter_stream_config(replicas))
-    await _ensure(js, checks_stream_config(replicas))
-
-
-async def _bucket(js: JetStreamContext, name: str, ttl_s: float, replicas: int) -> KeyValue:
+async def _bucket(js: JetStreamContext, name: str, ttl_s: float, replicas: int,
+                  placement: Placement | None = None) -> KeyValue:
+    """A bucket, made if missing. With regions, services make every bucket first,
+    in the home region (``ensure_buckets``); a later create finds it."""
     async def step() -> KeyValue:
         try:
             return await js.key_value(name)
         except NotFoundError:  # BucketNotFoundError; a concurrent create of the same config is fine
             return await js.create_key_value(KeyValueConfig(
-                bucket=name, ttl=ttl_s, history=1, replicas=replicas, storage=StorageType.FILE))
+                bucket=name, ttl=ttl_s, history=1, replicas=replicas, storage=StorageType.FILE,
+                placement=placement))
     return await patiently(step, f"bucket {name}")
 
 
@@ -151,8 +139,17 @@ async def grants_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     return await _bucket(js, subjects.GRANTS_BUCKET, 0, replicas)
 
 
+async def ensure_buckets(js: JetStreamContext, layout: Layout, job_life_s: float,
+                         replicas: int = 1) -> None:
+    """Every bucket, placed in the home region (only the split layout places)."""
+    at = layout.placement(layout.home)
+    for name, ttl in ((subjects.NODES_BUCKET, NODE_TTL_S), (subjects.CANCELS_BUCKET, job_life_s),
+                      (subjects.CLAIMS_BUCKET, job_life_s), (subjects.GRANTS_BUCKET, 0)):
+        await _bucket(js, name, ttl, replicas, at)
+
+
 async def ensure_work_consumer(js: JetStreamContext, zone: str, model: str,
-                               ack_wait_s: float) -> str:
+                               ack_wait_s: float, stream: str = subjects.JOBS_STREAM) -> str:
     """The durable pull consumer shared by every worker of (zone, model).
 
     Redelivery is unlimited at the server: the worker itself fails a job that
@@ -165,20 +162,27 @@ async def ensure_work_consumer(js: JetStreamContext, zone: str, model: str,
         name=name, durable_name=name, filter_subject=subjects.jobs(zone, model),
         ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait_s, max_deliver=-1,
         max_ack_pending=-1)
-    await patiently(lambda: js.add_consumer(subjects.JOBS_STREAM, config), f"consumer {name}")
+    await patiently(lambda: js.add_consumer(stream, config), f"consumer {name}")
     return name
 
 
-# Streams (and buckets' streams) a worker needs but never makes: services (API,
-# projector, `inferbus up`) create them, and a worker's credentials may not.
-WORKER_STREAMS = (subjects.JOBS_STREAM, subjects.EVENTS_STREAM, subjects.DEAD_LETTER_STREAM,
-                  *(subjects.kv_stream(b) for b in (subjects.NODES_BUCKET, subjects.CANCELS_BUCKET)))
+def worker_streams(layout: Layout | None = None, zone: str = subjects.GLOBAL) -> tuple[str, ...]:
+    """Streams (and buckets' streams) a worker of ``zone`` needs but never makes:
+    services (API, projector, `inferbus up`) create them, and a worker's
+    credentials may not."""
+    layout = layout or regions.single()
+    own = layout.queue_stream(zone)
+    return tuple(dict.fromkeys((
+        own, subjects.JOBS_STREAM, subjects.EVENTS_STREAM, subjects.DEAD_LETTER_STREAM,
+        *(subjects.kv_stream(b) for b in (subjects.NODES_BUCKET, subjects.CANCELS_BUCKET)))))
 
 
-async def wait_for_streams(js: JetStreamContext, poll_s: float = 0.5) -> None:
-    """Until every stream of ``WORKER_STREAMS`` exists (a worker started before the
-    services waits for them, as it would for a server that is not up yet)."""
-    missing, told = list(WORKER_STREAMS), False
+async def wait_for_streams(js: JetStreamContext, poll_s: float = 0.5,
+                           streams: tuple[str, ...] | None = None) -> None:
+    """Until every stream of ``streams`` (default :func:`worker_streams`) exists (a
+    worker started before the services waits for them, as it would for a server
+    that is not up yet)."""
+    missing, told = list(streams or worker_streams()), False
     while missing:
         try:
             await js.stream_info(missing[0])

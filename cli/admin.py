@@ -9,14 +9,18 @@ from api.subclouds import Subclouds
 from bus import subjects
 from bus.config import Settings
 from bus.connection import connect
+from bus.content import ContentStore
+from bus.subjects import check_token
 from bus.credits import MICRO
 from bus.events import ApiKeyIssued, Event, SubcloudCreated, new_id
 from bus.node_record import NodeRecord
 from bus.publish import publish_event
-from bus.streams import ensure_streams, nodes_bucket, patiently
+from bus.guard import provision
+from bus.streams import nodes_bucket, patiently
 from bus.zones import ZONES, is_zone
 from ledger import Ledger
 from projections.audit import audit
+from projections.job_status import jobs_of
 from projections.readmodels import open_store
 
 
@@ -28,7 +32,7 @@ async def connect_admin(settings: Settings):
     except Exception as exc:  # noqa: BLE001 - one clear line for the user
         raise RuntimeError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
     js = nc.jetstream()
-    await ensure_streams(js, settings.stream_replicas)
+    await provision(js, settings)
     return nc, js
 
 
@@ -112,6 +116,21 @@ async def run_audit(settings: Settings):
         await nc.close()
         store.close()
         ledger.close()
+
+
+async def forget_account(settings: Settings, account: str) -> tuple[int, int]:
+    """Erase the content (prompts, results, check evidence) of every job of
+    ``account`` in every region; returns (jobs looked at, jobs that had content).
+    The log keeps their hashes, usage and money, so the audit still passes."""
+    check_token(account, "account")
+    nc, js = await connect_admin(settings)
+    store = await asyncio.to_thread(open_store, settings)
+    try:
+        jobs = await asyncio.to_thread(jobs_of, store, account)
+        return len(jobs), await ContentStore(js, settings.layout()).erase(jobs)
+    finally:
+        await nc.close()
+        store.close()
 
 
 async def live_nodes(settings: Settings) -> list[NodeRecord]:

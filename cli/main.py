@@ -21,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--model", default=None, help="model the workers serve (default SmolLM2)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--regions", help="a supercluster: one NATS server, API and verifier per "
+                    "region, e.g. eu,na,ap (see INFERBUS_REGIONS)")
     api = sub.add_parser("api", help="the HTTP API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
@@ -49,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     dep.add_argument("--account", required=True)
     dep.add_argument("amount", help="credits, e.g. 25 or 0.5")
     sub.add_parser("audit", help="replay the log and check every invariant")
+    acc = sub.add_parser("accounts", help="consumer accounts").add_subparsers(
+        dest="accounts_cmd", required=True)
+    acc.add_parser("forget", help="erase an account's prompts and results in every region"
+                   ).add_argument("account")
     sc = sub.add_parser("subclouds", help="groups of zones keys can be bound to")
     scc = sc.add_subparsers(dest="subclouds_cmd", required=True).add_parser(
         "create", help="create a subcloud")
@@ -78,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     for verb, what in (("suspend", "take a node out: no jobs, no NATS user"),
                        ("remove", "forget a node's grant and NATS user")):
         nodes.add_parser(verb, help=what).add_argument("node", help="node name or id (prefix)")
+    dr = sub.add_parser("deploy", help="deployment files").add_subparsers(
+        dest="deploy_cmd", required=True).add_parser("render", help="NATS supercluster configs")
+    dr.add_argument("--regions", required=True, help="comma-separated, e.g. eu,na,ap")
+    dr.add_argument("--servers", type=int, default=3, help="NATS servers per region")
+    dr.add_argument("--out", required=True, help="folder for nats-<region>-<i>.conf")
     return p
 
 
@@ -145,6 +156,9 @@ def _dispatch(args, settings: Settings) -> int:
     if args.command == "up":
         from cli import up
         from workers.models import DEFAULT_MODEL
+        if args.regions:
+            settings = settings.model_copy(update={"regions": args.regions})
+            settings.layout()  # a bad --regions is one line, before anything starts
         return up.run(settings, args.model or DEFAULT_MODEL, args.host, args.port)
     if args.command == "api":
         from api.app import serve
@@ -177,9 +191,19 @@ def _dispatch(args, settings: Settings) -> int:
     if args.command == "subclouds":
         from cli import admin
         zones = [z.strip().lower() for z in args.zones.split(",") if z.strip()]
+        layout = settings.layout()
+        if args.strict and len({layout.region_of(z) for z in zones}) > 1:
+            raise ValueError(f"a strict subcloud's zones must lie in one region; "
+                             f"{', '.join(zones)} span {', '.join(layout.regions)}")
         made = admin.run(admin.create_subcloud(settings, args.name, zones, args.strict))
         print(f"subcloud {made.name}: zones {', '.join(made.zones)}"
               f"{' (strict residency)' if made.strict else ''}")
+        return 0
+    if args.command == "accounts":
+        from cli import admin
+        jobs, erased = admin.run(admin.forget_account(settings, args.account))
+        print(f"account {args.account}: content of {erased} of its {jobs} jobs erased in "
+              f"every region; the log keeps their hashes, usage and cost")
         return 0
     if args.command == "audit":
         from cli import admin
@@ -214,6 +238,9 @@ def _dispatch(args, settings: Settings) -> int:
             print(f"node {done.node_name} ({done.node_id[:16]}) "
                   f"{'suspended' if args.nodes_cmd == 'suspend' else 'removed'}")
         return 0
+    if args.command == "deploy":
+        from cli import supercluster
+        return supercluster.command(args.regions, args.servers, args.out)
     raise AssertionError(args.command)
 
 

@@ -94,7 +94,7 @@ def add(settings: Settings, zone: str, model: str, node_name: str | None = None,
     store.ensure_service()
     grant = grant_worker(settings, zone, model, node_name, subcloud, public, node_id,
                          operator, tier, verified)
-    config = store.write_config()
+    config = store.write_config(settings.layout())
     reloaded = natsserver.reload(settings.data_dir)
     filed = asyncio.run(file_grants(settings, [grant])) if _network(settings) else False
     return Granted(grant, store.worker_seed(grant.node_name), config, reloaded, filed)
@@ -115,7 +115,7 @@ def suspend(settings: Settings, node: str, reason: str = "suspended by the admin
     grant = replace(find(settings, node), suspended=True)
     store = CredentialStore(settings.data_dir)
     store.grant_worker(grant)
-    store.write_config()
+    store.write_config(settings.layout())
     natsserver.reload(settings.data_dir)
     if _network(settings):
         asyncio.run(file_grants(settings, [grant]))
@@ -130,7 +130,7 @@ def remove(settings: Settings, node: str) -> WorkerGrant:
     grant = find(settings, node)
     store = CredentialStore(settings.data_dir)
     store.remove_worker(grant.node_name)
-    store.write_config()
+    store.write_config(settings.layout())
     natsserver.reload(settings.data_dir)
     if _network(settings):
         asyncio.run(file_grants(settings, [], [grant.node_id]))

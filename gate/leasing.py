@@ -23,12 +23,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from pydantic import ValidationError
 
-from bus import subjects
+from bus import regions, subjects
 from bus.events import JobStarted, JobSubmitted
 from bus.grants import NodeGrant
 from bus.leases import HeldLease, Leases, Skip, parse_lease
 from bus.node_messages import LeaseAnswer, LeaseAsk
 from bus.publish import publish_event
+from bus.regions import Layout
 from bus.replies import Started
 
 log = logging.getLogger("inferbus.gate")
@@ -54,32 +55,38 @@ class Held:
 class Leasing:
     """Takes, renews and seals leases on nodes' behalf; remembers what it holds."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, leases: Leases) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, leases: Leases,
+                 layout: Layout | None = None) -> None:
         self.nc, self.js, self.leases = nc, js, leases
+        self.layout = layout or regions.single()
         self.held: dict[str, Held] = {}  # by job id
 
-    async def job_at(self, message: int) -> tuple[str, str, JobSubmitted]:
-        """(queue, model, job) of JOBS stream message ``message``."""
+    async def job_at(self, message: int, stream: str) -> tuple[str, str, JobSubmitted]:
+        """(queue, model, job) of jobs stream ``stream``'s message ``message``; the
+        message must be where the layout keeps its queue."""
+        if stream not in self.layout.job_streams():
+            raise NotTheirs(f"{stream} is not a jobs stream")
         try:
-            raw = await self.js.get_msg(subjects.JOBS_STREAM, message, direct=True)
+            raw = await self.js.get_msg(stream, message, direct=True)
         except Exception as exc:  # noqa: BLE001 - gone, or never there
             raise NotTheirs(f"no queued job at {message}") from exc
-        tokens = (raw.subject or "").split(".")
-        if len(tokens) != 3:
+        found = subjects.queue_of(raw.subject or "")
+        if found is None or self.layout.queue_stream(found[0]) != stream:
             raise NotTheirs(f"message {message} is not a job")
         try:
             job = JobSubmitted.model_validate_json(raw.data or b"")
         except ValidationError as exc:
             raise NotTheirs(f"message {message} is not a readable job") from exc
-        return tokens[1], tokens[2], job
+        return found[0], found[1], job
 
     async def acquire(self, grant: NodeGrant, ask: LeaseAsk) -> LeaseAnswer:
-        queue, model, job = await self.job_at(ask.message)
+        stream = subjects.acked_stream(ask.ack) or subjects.JOBS_STREAM
+        queue, model, job = await self.job_at(ask.message, stream)
         if job.job_id != ask.job_id or not grant.may_take(queue, model):
             raise NotTheirs(f"job {ask.job_id} on {queue} ({model}) is not this node's")
-        ack = ask.ack if _ack_of(ask.ack, queue, model, ask.message) else None
+        ack = ask.ack if _ack_of(ask.ack, stream, queue, model, ask.message) else None
         attempt = _delivered(ack) or ask.attempt
-        got = await self.leases.acquire(job.job_id, grant.node_id, attempt, ask.message)
+        got = await self.leases.acquire(job.job_id, grant.node_id, attempt, ask.message, stream)
         if isinstance(got, Skip):
             return LeaseAnswer(action=got.action, delay_s=got.delay_s)
         held = self.held[job.job_id] = Held(grant.node_id, got, job, queue, ack)
@@ -95,8 +102,9 @@ class Leasing:
 
     async def renew(self, grant: NodeGrant, ask: LeaseAsk) -> LeaseAnswer:
         held = await self.find(ask.job_id)
-        if held is None or held.node_id != grant.node_id or \
-                held.lease.lease.message != ask.message or held.lease.lease.done:
+        stream = subjects.acked_stream(ask.ack) or subjects.JOBS_STREAM
+        if held is None or held.node_id != grant.node_id or held.lease.lease.done or \
+                (held.lease.lease.stream, held.lease.lease.message) != (stream, ask.message):
             return LeaseAnswer(action="stop", reason="not this node's lease")
         if not await self.leases.renew(held.lease) and not (
                 await self._current(held) and await self.leases.renew(held.lease)):
@@ -117,7 +125,7 @@ class Leasing:
         if lease is None:
             return None
         try:
-            queue, _, job = await self.job_at(lease.message)
+            queue, _, job = await self.job_at(lease.message, lease.stream)
         except NotTheirs:
             return None
         held = Held(lease.node_id, HeldLease(job_id, lease, entry.revision, lease.runs > 1),
@@ -153,15 +161,15 @@ class Leasing:
         self.held.pop(job_id, None)
 
 
-def _ack_of(ack: str | None, queue: str, model: str, message: int) -> bool:
-    """Whether ``ack`` is the ack subject of JOBS message ``message`` delivered by
-    the consumer of (``queue``, ``model``)."""
+def _ack_of(ack: str | None, stream: str, queue: str, model: str, message: int) -> bool:
+    """Whether ``ack`` is the ack subject of ``stream``'s message ``message``
+    delivered by the consumer of (``queue``, ``model``)."""
     if not ack:
         return False
     tokens = ack.split(".")
     consumer = tokens[3] if len(tokens) == 9 else tokens[5] if len(tokens) in (11, 12) else None
-    stream = tokens[2] if len(tokens) == 9 else tokens[4] if len(tokens) in (11, 12) else None
-    return (stream == subjects.JOBS_STREAM and consumer == subjects.consumer_name(queue, model)
+    return (subjects.acked_stream(ack) == stream
+            and consumer == subjects.consumer_name(queue, model)
             and subjects.acked_stream_sequence(ack) == message)
 
 

@@ -158,7 +158,7 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
         # The admin's record in this data dir (`nodes add` while no network ran).
         await file_grant(kv, granted.network_grant())
     grants = await GrantBook().follow(kv)
-    leasing = Leasing(nc, js, Leases(claims, settings.job_ack_wait_s))
+    leasing = Leasing(nc, js, Leases(claims, settings.job_ack_wait_s), settings.layout())
     counters = counters or Counters(settings.models_dir)
     warming = asyncio.create_task(counters.warm())
     outcomes = Outcomes(nc, js, leasing, counters, cancels, Sampler(settings.spot_check_share))

@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from bus.checks import Sampler, request_check
+from bus.content import put_output
 from bus.events import (Event, JobCancelled, JobCompleted, JobExpired, JobFailed, Usage,
                         output_hash)
 from bus.grants import NodeGrant
@@ -96,7 +97,7 @@ class Outcomes:
         # The caller is answered while the log stores the outcome: the outcome is
         # checked and sealed, and until it is stored the node has no answer, so it
         # reports again (to any gate) and the outcome is logged then.
-        storing = asyncio.ensure_future(publish_event(self.js, event, held.job.zone))
+        storing = asyncio.ensure_future(self._store(event, held.job.zone))
         if held.job.reply_to:
             await self.nc.publish(held.job.reply_to,
                                   Finished(event=event).model_dump_json().encode())
@@ -105,6 +106,15 @@ class Outcomes:
             await request_check(self.js, held.job, event)
         self.leasing.forget(said.job_id)
         return OutcomeAnswer(logged=True)
+
+    async def _store(self, event: Event, zone: str) -> None:
+        """Log the outcome; a completion's text goes to the job's region's content
+        store, and the log keeps its hash."""
+        if isinstance(event, JobCompleted):
+            await asyncio.gather(put_output(self.js, zone, event),
+                                 publish_event(self.js, event.without_content(), zone))
+        else:
+            await publish_event(self.js, event, zone)
 
     async def _event(self, grant: NodeGrant, held: Held,
                      said: Completed | Failed | Cancelled | Expired) -> Event:

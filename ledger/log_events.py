@@ -79,5 +79,9 @@ MONEY_TOPICS: tuple[str, ...] = tuple(MAPPERS)
 
 
 def to_bus_event(topic: str, domain_event: Any) -> tuple[Event, str]:
-    """``(contract, zone to publish on)`` for a stored money event."""
-    return MAPPERS[topic](domain_event)
+    """``(contract, zone to publish on)`` for a stored money event: always
+    ``global``, since accounts are global (the contract keeps the job's zone):
+    the relay appends to the one global log, in one atomic batch, whatever
+    regions the jobs ran in."""
+    event, _ = MAPPERS[topic](domain_event)
+    return event, GLOBAL

@@ -172,3 +172,10 @@ def active_jobs(store: Store, key_id: str) -> int:
         rows = tx.query("SELECT COUNT(*) AS n FROM jobs WHERE key_id = ? "
                         f"AND status IN {sql_set(ACTIVE)}", (key_id,))
     return int(rows[0]["n"])
+
+
+def jobs_of(store: Store, account: str) -> list[tuple[str, str]]:
+    """``(zone, job_id)`` of every job of ``account`` (where its content is kept)."""
+    with store.transaction(write=False) as tx:
+        rows = tx.query("SELECT zone, job_id FROM jobs WHERE account = ?", (account,))
+    return [(r["zone"], r["job_id"]) for r in rows]

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from bus import subjects
 from bus.events import ChatMessage, JobSubmitted, Sampling, new_id
 from bus.grants import NodeGrant
+from bus.content import put_input
 from bus.publish import enqueue_job, publish_event
 
 PROBE_ACCOUNT = "inferbus-probe"
@@ -41,7 +42,7 @@ def probe_job(grant: NodeGrant, rng: random.Random) -> JobSubmitted:
         job_id=new_id(), account=PROBE_ACCOUNT, key_id=PROBE_ACCOUNT,
         model=rng.choice(grant.models), kind="chat",
         messages=(ChatMessage(role="user", content=rng.choice(PROMPTS)),), sampling=sampling,
-        zone=grant.zone, route="zone", queue=subjects.node_queue(grant.node_id),
+        zone=grant.zone, route="zone", queue=subjects.node_queue(grant.node_id, grant.zone),
         deadline=datetime.now(timezone.utc) + timedelta(seconds=PROBE_DEADLINE_S))
 
 
@@ -69,7 +70,10 @@ class Prober:
             if (sent := self.sent.get(grant.node_id)) and now - sent[1] < PROBE_DEADLINE_S:
                 continue
             job = probe_job(grant, self.rng)
-            await publish_event(self.js, job, job.zone)
+            # Logged as any job is (hashes; the prompt in the content store), so
+            # nothing on the log tells a probe from a consumer's job.
+            await put_input(self.js, job)
+            await publish_event(self.js, job.without_content(), job.zone)
             await enqueue_job(self.js, job)
             self.sent[grant.node_id] = (job.job_id, now)
             count += 1

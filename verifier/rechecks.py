@@ -4,12 +4,14 @@ queued for its check, so each of its consumers whose work was wrong is
 refunded (and its RCP revoked), not only those the sample happened to pick.
 
 The verifier reads the log back from the window's start (the jobs'
-``JobSubmitted`` hold their prompts, ``SpotChecked`` the jobs already judged)
-with an ephemeral, unacked consumer; a suspension is rare, so the cost of that
-read is taken then, not on every job.
+``JobSubmitted`` and ``JobCompleted``, ``SpotChecked`` the jobs already judged)
+with an ephemeral, unacked consumer, and each job's prompt and text from the
+content store (a job whose content expired or was erased cannot be checked);
+a suspension is rare, so the cost of that read is taken then, not on every job.
 """
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timedelta, timezone
 
@@ -18,7 +20,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from bus import subjects
+from bus import regions, subjects
+from bus.content import INPUT, ContentStore
+from bus.regions import Layout
 from bus.checks import request_check
 from bus.events import JobCompleted, JobSubmitted, SpotChecked, parse_event
 
@@ -27,8 +31,8 @@ RECHECK_WINDOW_S = 24 * 3600.0  # as long as a check waits in its stream
 BATCH = 512
 
 
-async def recheck_node(js: JetStreamContext, node_id: str,
-                       since: datetime | None = None) -> int:
+async def recheck_node(js: JetStreamContext, node_id: str, since: datetime | None = None,
+                       layout: Layout | None = None) -> int:
     """Queue a check of each unchecked completion ``node_id`` logged since ``since``
     (default: the window); returns how many were queued."""
     since = since or datetime.now(timezone.utc) - timedelta(seconds=RECHECK_WINDOW_S)
@@ -63,13 +67,18 @@ async def recheck_node(js: JetStreamContext, node_id: str,
                     checked.add((event.job_id, event.attempt))
     finally:
         await sub.unsubscribe()
-    queued = 0
+    queued, store = 0, ContentStore(js, layout or regions.single())
     for job_id, (job, completed) in done.items():
         if (job_id, completed.attempt) in checked:
             continue
+        asked, said = await store.get(job.zone, job_id, INPUT), await store.output(job.zone, job_id)
+        if asked is None or said is None:
+            continue  # its content is gone: nothing left to judge
         # As its node saw it: no account, no key (as the gate queues a check).
-        await request_check(js, job.model_copy(update={"account": "-", "key_id": "-"}),
-                            completed)
+        seen = JobSubmitted.model_validate({**job.model_dump(), **json.loads(asked.data),
+                                            "account": "-", "key_id": "-", "input_sha256": None})
+        await request_check(js, seen, completed.model_copy(
+            update={"text": said[0], "finish_reason": said[1]}))
         queued += 1
     log.warning("node %s suspended: %d of its completions since %s queued for checks",
                 node_id[:12], queued, since.isoformat())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 
 from nats.aio.client import Client
@@ -31,7 +32,8 @@ from pydantic import ValidationError
 from bus import subjects
 from bus.checks import CheckRequest
 from bus.config import Settings
-from bus.events import Event, NodeStrike, SpotChecked
+from bus.content import EVIDENCE, put
+from bus.events import Event, NodeStrike, SpotChecked, output_hash
 from bus.grants import GrantBook, NodeGrant, change_grant
 from bus.publish import publish_event
 from bus.signing import verify_result
@@ -58,6 +60,7 @@ class Verifier:
                  settings: Settings, prober: Prober) -> None:
         self.js, self.grants, self.judges = js, grants, judges
         self.settings, self.prober = settings, prober
+        self.layout = settings.layout()
         self.checked = self.failed = 0
 
     async def handle(self, msg: Msg) -> None:
@@ -88,10 +91,16 @@ class Verifier:
         job, done = request.job, request.completed
         probe = self.prober.is_probe(job.job_id)
         self.prober.answered(done.node_id, job.job_id)
+        # The evidence quotes the job's text: it is content, kept in the job's region;
+        # the log keeps its hash.
+        evidence = verdict.evidence[:4096]
+        await put(self.js, job.zone, job.job_id, EVIDENCE, evidence.encode(),
+                  f"ev-{job.job_id}-{done.attempt}")
+        evidence = json.dumps({"content": EVIDENCE, "sha256": output_hash(evidence)})
         await publish_event(self.js, SpotChecked(
             event_id=_id("check", job.job_id, done.attempt), job_id=job.job_id,
             node_id=done.node_id, zone=job.zone, attempt=done.attempt, passed=verdict.passed,
-            probe=probe, reason=verdict.reason[:2000], evidence=verdict.evidence[:4096]), job.zone)
+            probe=probe, reason=verdict.reason[:2000], evidence=evidence), job.zone)
         self.checked += 1
         if not verdict.passed:
             self.failed += 1
@@ -100,7 +109,7 @@ class Verifier:
             await publish_event(self.js, NodeStrike(
                 event_id=_id("check-strike", job.job_id, done.attempt), node_id=done.node_id,
                 reason=f"{SPOT_CHECK_STRIKE}: {verdict.reason}"[:2000], job_id=job.job_id,
-                evidence=verdict.evidence[:4096]), job.zone)
+                evidence=evidence), job.zone)
         await self.count(done.node_id, lambda g: after_check(g, verdict.passed, self.settings))
 
     async def count(self, node_id: str, rule: Rule) -> None:
@@ -124,7 +133,7 @@ class Verifier:
         await publish_event(self.js, event, grant.zone)
         if grant.status == "suspended":  # its other recent work may be wrong too
             try:
-                await recheck_node(self.js, node_id)
+                await recheck_node(self.js, node_id, layout=self.layout)
             except Exception:  # noqa: BLE001 - the suspension stands; say what was missed
                 log.exception("queueing the re-checks of node %s failed", node_id[:12])
 
@@ -149,8 +158,11 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
     verifier = Verifier(js, kv, judges or Judges(settings.models_dir), settings, prober)
     config = ConsumerConfig(durable_name=subjects.VERIFIER_DURABLE, ack_policy=AckPolicy.EXPLICIT,
                             ack_wait=120.0, max_deliver=MAX_DELIVER)
+    # One verifier per region (or several): each judges its own region's checks,
+    # where the jobs' content is.
+    stream = settings.layout().checks_stream(settings.this_region())
     sub = await patiently(lambda: js.pull_subscribe(
-        subjects.all_checks(), durable=subjects.VERIFIER_DURABLE, stream=subjects.CHECKS_STREAM,
+        subjects.all_checks(), durable=subjects.VERIFIER_DURABLE, stream=stream,
         config=config), "verifier consumer")
     probing = asyncio.create_task(_probe(prober, book, stop))
     striking = asyncio.create_task(follow_strikes(js, verifier.count, settings, stop))

@@ -21,7 +21,7 @@ from bus.connection import nkey_seed
 from bus.grants import NodeGrant, file_grant
 from bus.node_record import ModelInfo, NodeRecord
 from bus.streams import (cancels_bucket, ensure_work_consumer, grants_bucket, nodes_bucket,
-                         wait_for_streams)
+                         wait_for_streams, worker_streams)
 from workers.batching import Batcher
 from workers.echo import EchoEngine, is_echo_model
 from workers.engine import Engine
@@ -99,23 +99,26 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     nc = await connect(settings, f"worker-{options.zone}-{name}")
     js = nc.jetstream()
     # Services make streams and buckets; a worker's NATS user may not (bus/auth.py).
-    await wait_for_streams(js)
+    layout = settings.layout()
+    await wait_for_streams(js, streams=worker_streams(layout, options.zone))
     await refuse_unsafe_bus(settings, js)
     kv = await nodes_bucket(js, settings.stream_replicas)
     node = signing.node_id(key)
-    sources, consumers = [], []
+    sources, consumers = [], []  # consumers: (stream, name), each queue's in its region
     for queue in queues(options, node):
-        consumers.append(await ensure_work_consumer(js, queue, name, settings.job_ack_wait_s))
-        sources.append(await JobSource(nc, subjects.JOBS_STREAM, consumers[-1]).start())
+        stream = layout.queue_stream(queue)
+        consumers.append((stream, await ensure_work_consumer(
+            js, queue, name, settings.job_ack_wait_s, stream)))
+        sources.append(await JobSource(nc, *consumers[-1]).start())
     waiting = {"jobs": 0}
 
     async def refresh() -> None:
         """Jobs waiting in this node's own queues (not global, which every node shares),
         and the GPU's free memory and utilisation."""
         total = 0
-        for consumer in consumers:
+        for stream, consumer in consumers:
             if consumer != subjects.consumer_name(subjects.GLOBAL, name):
-                total += (await js.consumer_info(subjects.JOBS_STREAM, consumer)).num_pending
+                total += (await js.consumer_info(stream, consumer)).num_pending
         waiting["jobs"] = total
         facts.update(gpu_facts())  # free VRAM and utilisation change while serving
     bell = await Doorbell(nc, [subjects.jobs(q, name) for q in queues(options, node)]).start()

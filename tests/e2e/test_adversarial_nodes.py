@@ -178,10 +178,10 @@ async def hold_and_forge(s, server) -> dict:
                            kind="chat", messages=(ChatMessage(role="user", content="x y z"),),
                            sampling=Sampling(max_tokens=3), zone="eu", route="zone",
                            deadline=datetime.now(timezone.utc) + timedelta(minutes=5),
-                           queue=subjects.node_queue(me), then=(subjects.GLOBAL,))
+                           queue=subjects.node_queue(me, "eu"), then=(subjects.GLOBAL,))
         await enqueue_job(service.jetstream(), job)
         js = nc.jetstream(timeout=2)
-        consumer = await ensure_work_consumer(js, subjects.node_queue(me), MODEL, 30)
+        consumer = await ensure_work_consumer(js, subjects.node_queue(me, "eu"), MODEL, 30)
         source = await JobSource(nc, subjects.JOBS_STREAM, consumer).start()
         (msg,) = await source.take(1)
         gate = GateClient(nc, me)

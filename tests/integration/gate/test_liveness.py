@@ -54,7 +54,7 @@ async def test_a_job_sent_to_a_dead_nodes_own_queue_goes_to_the_next_node_of_its
         gate_world):
     w = gate_world
     stop = await pinging(w, "B")
-    own, next_node = subjects.node_queue(w.ids["A"]), subjects.node_queue(w.ids["B"])
+    own, next_node = subjects.node_queue(w.ids["A"], "eu"), subjects.node_queue(w.ids["B"], "eu")
     await w.queue(a_job("k3", queue=own, then=(next_node, subjects.GLOBAL)))
     assert (await w.gate["A"].lease("acquire", await w.take(own), "k3")).action == "run"
     await moved_to(w, next_node, "k3", "B")

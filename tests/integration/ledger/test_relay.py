@@ -3,6 +3,7 @@ it is killed between the ledger's commit and its publish."""
 import pytest
 
 from bus import subjects
+from bus.events import parse_event
 from bus.events import CREDIT_EVENTS
 from bus.publish import ATOMIC_DISABLED, BatchRefused
 from ledger import relay
@@ -76,15 +77,17 @@ async def test_without_atomic_batches_the_relay_goes_one_event_at_a_time(js_ledg
     assert len(events) == 10 and relayed_exactly_once(events, ledger)
 
 
-async def test_relayed_events_carry_the_job_zone(js_ledger):
+async def test_relayed_money_is_logged_globally_and_keeps_its_job_zone(js_ledger):
     js, ledger = js_ledger
     from datetime import datetime, timedelta, timezone
     ledger.deposit("acme", 5_000_000)
     ledger.reserve("acme", "jobz", 1_000_000, key_id="k", zone="sea",
                    deadline=datetime.now(timezone.utc) + timedelta(minutes=1))
     await relay.Relay(ledger, js).once(0)
-    info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter="events.sea.>")
-    assert info.state.subjects == {"events.sea.CreditsReserved": 1}
+    info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter="events.*.CreditsReserved")
+    assert info.state.subjects == {"events.global.CreditsReserved": 1}  # accounts are global
+    msg = await js.get_last_msg(subjects.EVENTS_STREAM, "events.global.CreditsReserved")
+    assert parse_event(msg.data).zone == "sea"
 
 
 async def test_an_event_stream_made_before_atomic_batches_is_given_them(fresh_nats):

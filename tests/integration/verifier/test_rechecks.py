@@ -9,6 +9,7 @@ from bus import subjects
 from bus.checks import CheckRequest
 from bus.events import (ChatMessage, JobCompleted, JobSubmitted, Sampling, SpotChecked, Usage,
                         output_hash)
+from bus.content import put_input, put_output
 from bus.publish import publish_event
 from verifier.rechecks import recheck_node
 
@@ -30,17 +31,31 @@ def completed(job_id: str, node: str) -> JobCompleted:
                         output_hash=output_hash("x"), signature="s")
 
 
+async def logged(js, job_id: str, node: str, content: bool = True) -> None:
+    """A completed job as the API and the gate log it: hashes on the log, its
+    prompt and text in the content store (``content=False``: expired since)."""
+    submitted, done = job(job_id), completed(job_id, node)
+    await publish_event(js, submitted.without_content(), "eu")
+    await publish_event(js, done.without_content(), "eu")
+    if content:
+        await put_input(js, submitted)
+        await put_output(js, "eu", done)
+
+
 async def test_a_suspended_nodes_unchecked_completions_are_queued_for_checks(js):
     for job_id, node in (("j1", CHEAT), ("j2", CHEAT), ("j3", HONEST), ("j4", CHEAT)):
-        await publish_event(js, job(job_id), "eu")
-        await publish_event(js, completed(job_id, node), "eu")
+        await logged(js, job_id, node)
+    await logged(js, "j6", CHEAT, content=False)  # its content is gone: nothing to judge
     await publish_event(js, SpotChecked(job_id="j2", node_id=CHEAT, zone="eu", attempt=1,
                                         passed=False, reason="wrong"), "eu")
-    await publish_event(js, job("j5"), "eu")  # submitted, never completed
+    await publish_event(js, job("j5").without_content(), "eu")  # submitted, never completed
 
     assert await recheck_node(js, CHEAT) == 2
     sub = await js.pull_subscribe(subjects.all_checks(), stream=subjects.CHECKS_STREAM)
     queued = [CheckRequest.model_validate_json(m.data) for m in await sub.fetch(10, timeout=2)]
     assert sorted(r.job.job_id for r in queued) == ["j1", "j4"]
     assert all(r.completed.node_id == CHEAT and r.job.account == "-" for r in queued)
+    # The content came back from the content store, as the node saw and said it.
+    assert all(r.job.messages == job("j1").messages and r.completed.text == "x" for r in queued)
+    assert all(r.job.input_hash() == job("j1").input_hash() for r in queued)
     assert await recheck_node(js, CHEAT, since=datetime.now(timezone.utc)) == 0

@@ -52,7 +52,7 @@ def test_a_seed_is_a_private_nkey_user_that_stays_the_same(tmp_path):
 
 def test_a_worker_may_pull_its_own_queues_and_speak_only_on_its_own_node_subjects(eu_worker):
     pub = eu_worker.publish
-    for queue in ("eu", "global", subjects.node_queue(NODE)):
+    for queue in ("eu", "global", subjects.node_queue(NODE, "eu")):
         consumer = subjects.consumer_name(queue, "m")
         assert may(pub, subjects.pull_next("JOBS", consumer))
         assert may(pub, f"$JS.ACK.JOBS.{consumer}.1.2.3.4.5")
@@ -96,9 +96,10 @@ def test_a_worker_may_not_log_money_keys_or_submissions_or_touch_others(eu_worke
 
 def test_a_private_subcloud_worker_pulls_only_its_node_and_pool():
     perms = worker_permissions(USER, NODE, "m", subjects.worker_queues("eu", NODE, "acme", False))
-    pools = {q for q in ("eu", "global", "sc_acme", subjects.node_queue(NODE))
+    pools = {q for q in ("eu", "global", "eu-sc_acme", "global-sc_acme",
+                         subjects.node_queue(NODE, "eu"))
              if may(perms.publish, subjects.pull_next("JOBS", subjects.consumer_name(q, "m")))}
-    assert pools == {"sc_acme", subjects.node_queue(NODE)}
+    assert pools == {"eu-sc_acme", "global-sc_acme", subjects.node_queue(NODE, "eu")}
 
 
 def test_the_users_file_is_a_config_nats_server_accepts(tmp_path):

@@ -4,12 +4,14 @@ import pytest
 from nats.js.api import StreamInfo
 from nats.js.errors import NotFoundError
 
-from bus import guard, subjects
+from bus import guard, regions, subjects
+from bus.streams import stream_configs
 from bus.config import Settings
 
 SERVERS = ("n0", "n1", "n2")
 MONITORS = "http://a:8222,http://b:8222,http://c:8222"
-ALL_STREAMS = (*guard.STREAMS, *(subjects.kv_stream(b) for b in guard.BUCKETS))
+STREAMS = tuple(config.name for config, _ in stream_configs(regions.single()))
+ALL_STREAMS = (*STREAMS, *(subjects.kv_stream(b) for b in guard.BUCKETS))
 
 
 def info(name: str, storage: str = "file", replicas: int = 3) -> StreamInfo:
@@ -78,7 +80,7 @@ async def test_a_three_replica_fsyncing_file_cluster_starts(monitors):
 
 
 async def test_buckets_not_made_yet_are_made_later_with_the_checked_replicas(monitors):
-    streams = {name: info(name) for name in guard.STREAMS}
+    streams = {name: info(name) for name in STREAMS}
     await guard.refuse_unsafe_bus(production(), FakeJetStream(streams))
 
 

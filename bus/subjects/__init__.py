@@ -1,12 +1,24 @@
 """Every subject and stream name inferbus uses. No other module spells one.
 
 Layout:
-- ``jobs.<queue>.<model>``: the work queue (stream ``JOBS``). A queue is a
-  geo-zone, ``global``, one node's own queue (``node_<id16>``, for dispatch to
-  chosen candidates) or a subcloud's private pool (``sc_<name>``).
-- ``events.<zone>.<EventType>[.<entity>]``: the immutable event log (stream
-  ``EVENTS``). Jobs log on their submitted zone; account-wide facts (keys) on
-  ``global``. Keys add their hash so one direct get finds them.
+- ``jobs.<zone>.<model>``, ``jobs.<zone>.<pool>.<model>``: the work queues. A
+  queue token is a geo-zone, ``global``, one node's own queue
+  (``<zone>-node_<id16>``, for dispatch to chosen candidates) or a subcloud's
+  private pool (``<zone>-sc_<name>``, or ``global-sc_<name>`` for one that may
+  leave its region): the part before ``-`` is the zone whose region stores it.
+- ``events.<zone>.<EventType>[.<entity>]``: the immutable event log. Jobs log
+  on their submitted zone; account-wide facts (keys) and money on ``global``.
+  Keys add their hash so one direct get finds them. Events carry hashes, usage,
+  signatures and money, never a prompt or an output (those are content).
+- ``content.<zone>.<job>.<part>``: a job's prompt (``input``) and result
+  (``output``), kept for the retention period in the stream ``CONTENT`` of the
+  region hosting ``<zone>``, and erasable.
+
+Streams: with one region (the default) ``JOBS``, ``EVENTS``, ``CHECKS`` and
+``CONTENT`` hold every zone. With several (``bus.regions``) each region has
+``JOBS_<r>``, ``EVENTS_<r>``, ``CHECKS_<r>`` and ``CONTENT_<r>`` for its zones,
+placed in its cluster; ``JOBS`` keeps the global pool and ``EVENTS`` the global
+events plus every region's log, sourced.
 - ``replies.<instance>``: core-NATS inbox of one API instance (not stored).
 - ``deadletter.<consumer>``: messages a consumer could not read, with the
   reason (stream ``DEADLETTER``).
@@ -25,12 +37,13 @@ Layout:
 """
 from __future__ import annotations
 
-import re
+from bus.subjects.tokens import check_token
 
 JOBS_STREAM = "JOBS"
 EVENTS_STREAM = "EVENTS"
 DEAD_LETTER_STREAM = "DEADLETTER"
 CHECKS_STREAM = "CHECKS"
+CONTENT_STREAM = "CONTENT"
 VERIFIER_DURABLE = "verifier"
 VERIFIER_STRIKES_DURABLE = "verifier-strikes"
 NODES_BUCKET = "nodes"
@@ -40,20 +53,66 @@ GRANTS_BUCKET = "grants"
 GATE_QUEUE = "gate"  # queue group of the gate processes: each node request is answered once
 GLOBAL = "global"
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 _NODE_QUEUE = "node_"
+_HOME = "-"  # zone-name-free separator of a pool queue's home zone and its name
 _EVENTS = "events"
 
 
-def check_token(value: str, what: str) -> str:
-    """A subject token must not contain dots, wildcards or spaces."""
-    if not _TOKEN.match(value):
-        raise ValueError(f"{what} {value!r} may only hold letters, digits, '-' and '_'")
-    return value
+def regional(stream: str, region: str) -> str:
+    """A region's own copy of ``stream`` (``JOBS_eu``)."""
+    return f"{stream}_{check_token(region, 'region')}"
 
 
-def jobs(zone: str, model: str) -> str:
-    return f"jobs.{check_token(zone, 'zone')}.{check_token(model, 'model')}"
+def queue_home(queue: str) -> str:
+    """The zone (or ``global``) whose region stores ``queue``'s jobs."""
+    return queue.split(_HOME, 1)[0]
+
+
+def jobs(queue: str, model: str) -> str:
+    """The subject of ``queue``'s jobs for ``model``: ``jobs.<zone>.<model>`` for a
+    zone (or global), ``jobs.<zone>.<pool>.<model>`` for a node or subcloud pool
+    homed in ``<zone>``."""
+    home, _, pool = queue.partition(_HOME)
+    head = f"jobs.{check_token(home, 'zone')}"
+    if pool:
+        head += f".{check_token(pool, 'queue')}"
+    return f"{head}.{check_token(model, 'model')}"
+
+
+def queue_of(subject: str) -> tuple[str, str] | None:
+    """``(queue, model)`` of a jobs subject (:func:`jobs` read back); None otherwise."""
+    tokens = subject.split(".")
+    if tokens[0] != "jobs" or len(tokens) not in (3, 4):
+        return None
+    queue = tokens[1] if len(tokens) == 3 else f"{tokens[1]}{_HOME}{tokens[2]}"
+    return queue, tokens[-1]
+
+
+def zone_jobs(zone: str) -> str:
+    """Every queue homed in ``zone``: part of its region's jobs stream."""
+    return f"jobs.{check_token(zone, 'zone')}.>"
+
+
+def zone_events(zone: str) -> str:
+    return f"{_EVENTS}.{check_token(zone, 'zone')}.>"
+
+
+def content(zone: str, job_id: str, part: str) -> str:
+    """Where a job's ``input`` or ``output`` is kept (its zone's region's content store)."""
+    return f"content.{check_token(zone, 'zone')}.{check_token(job_id, 'job id')}.{part}"
+
+
+def zone_content(zone: str) -> str:
+    return f"content.{check_token(zone, 'zone')}.>"
+
+
+def job_content(job_id: str) -> str:
+    """Every part of one job's content, in any zone (erasing it)."""
+    return f"content.*.{check_token(job_id, 'job id')}.*"
+
+
+def all_content() -> str:
+    return "content.>"
 
 
 def check(zone: str) -> str:
@@ -64,17 +123,20 @@ def all_checks() -> str:
     return "checks.>"
 
 
-def node_queue(node_id: str) -> str:
-    return f"{_NODE_QUEUE}{check_token(node_id, 'node id')[:16]}"
+def node_queue(node_id: str, zone: str) -> str:
+    """Node ``node_id``'s own queue, stored in the region of its zone ``zone``."""
+    return f"{check_token(zone, 'zone')}{_HOME}{_NODE_QUEUE}{check_token(node_id, 'node id')[:16]}"
 
 
 def is_node_queue(queue: str) -> bool:
     """Whether ``queue`` is one node's own queue (:func:`node_queue`)."""
-    return queue.startswith(_NODE_QUEUE)
+    return queue.partition(_HOME)[2].startswith(_NODE_QUEUE)
 
 
-def subcloud_queue(subcloud: str) -> str:
-    return f"sc_{check_token(subcloud, 'subcloud')}"
+def subcloud_queue(subcloud: str, home: str = GLOBAL) -> str:
+    """A subcloud's private pool: a strict subcloud's in each of its zones (its
+    region stores it), any other's in the global pool."""
+    return f"{check_token(home, 'zone')}{_HOME}sc_{check_token(subcloud, 'subcloud')}"
 
 
 def subcloud_created(name: str) -> str:
@@ -182,72 +244,22 @@ def pull_next(stream: str, consumer: str) -> str:
 def worker_queues(zone: str, node_id: str, subcloud: str | None = None,
                   public: bool = True) -> list[str]:
     """The queues a worker pulls, first choice first: jobs sent to this very node,
-    its subcloud's pool, its zone, then global (the last two unless private)."""
-    own = [node_queue(node_id)]
+    its subcloud's pools (a strict subcloud's in its zone, which never leaves the
+    region; a free one's in the global pool), its zone, then global (the last two
+    unless private)."""
+    own = [node_queue(node_id, zone)]
     if subcloud:
-        own.append(subcloud_queue(subcloud))
+        own += [subcloud_queue(subcloud, zone), subcloud_queue(subcloud)]
     if not subcloud or public:
         own += [check_token(zone, "zone"), GLOBAL]
     return own
 
 
-# JetStream API and KV subjects, named here so NATS permissions (bus/auth.py)
-# can grant exactly what one process does.
-
-def inbox_prefix(user: str) -> str:
-    """Root of one nkey user's private reply inboxes, so it hears only its own replies."""
-    return f"_INBOX.{check_token(user, 'user')}"
-
-
-def below(prefix: str) -> str:
-    """Every subject under ``prefix``."""
-    return f"{prefix}.>"
-
-
-def stream_info(stream: str) -> str:
-    return f"$JS.API.STREAM.INFO.{stream}"
-
-
-def consumer_create(stream: str, consumer: str, filter_subject: str) -> str:
-    """Create-or-update of one named consumer; the filter in the subject pins its filter."""
-    return f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}"
-
-
-def consumer_info(stream: str, consumer: str) -> str:
-    return f"$JS.API.CONSUMER.INFO.{stream}.{consumer}"
-
-
-def acks(stream: str, consumer: str) -> str:
-    """Acks, naks, in-progress and term of the messages one consumer delivered."""
-    return f"$JS.ACK.{stream}.{consumer}.>"
-
-
-def acked_stream_sequence(reply: str) -> int | None:
-    """The stream sequence a delivered message's ack subject names, None when
-    ``reply`` is not one: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>
-    .<ts>.<pending>``, or the v2 form with ``<domain>.<account hash>`` after
-    ``ACK`` (and a trailing token)."""
-    tokens = reply.split(".")
-    if tokens[:2] != ["$JS", "ACK"] or len(tokens) not in (9, 11, 12):
-        return None
-    return int(tokens[5] if len(tokens) == 9 else tokens[7])
-
-
-def kv_stream(bucket: str) -> str:
-    return f"KV_{bucket}"
-
-
-def kv_key(bucket: str, key: str) -> str:
-    """Put, create, update, delete and purge of one key are publishes on this subject."""
-    return f"$KV.{bucket}.{check_token(key, 'key')}"
-
-
-def kv_reads(bucket: str) -> list[str]:
-    """The requests that read a bucket's keys (direct get, or message get)."""
-    stream = kv_stream(bucket)
-    return [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>",
-            f"$JS.API.STREAM.MSG.GET.{stream}"]
-
-
 def any_cancel() -> str:
     return "control.cancel.*"
+
+
+# The JetStream API's own subjects live beside these (one home for every subject).
+from bus.subjects.jetstream import (acked_stream, acked_stream_sequence, acks,  # noqa: E402
+                                    below, consumer_create, consumer_info, inbox_prefix,
+                                    kv_key, kv_reads, kv_stream, stream_info)
