@@ -33,18 +33,20 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def env(self) -> dict[str, str]:
+    def env(self, **own: str) -> dict[str, str]:
         return {**os.environ, "INFERBUS_NATS_URL": self.nats_url,
                 "INFERBUS_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1",
-                **self.env_extra}
+                **self.env_extra, **own}
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "cli", *args], env=self.env(),
                               capture_output=True, text=True, check=check, timeout=120)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """``inferbus <args>`` as process ``name``; ``env``: its own variables
+        over the stack's (another region's servers, say)."""
         log = open(self.data_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "cli", *args], env=self.env(),
+        proc = subprocess.Popen([sys.executable, "-m", "cli", *args], env=self.env(**(env or {})),
                                 stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
         return proc
