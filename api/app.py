@@ -21,7 +21,7 @@ from api.limits import BodyLimit, KeyLimiter
 from api.live_nodes import LiveNodes
 from api.reply_router import ReplyRouter
 from api.routes import router
-from api.routing import Routing
+from api.routing import RegionProbe, Routing
 from api.serving import Serving, ServingConfig
 from api.status_page import RequestCounter, StatusBoard
 from api.subclouds import Subclouds
@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
         cancellation = Cancellation(nc, js, cancels)
         jobs = JobServing(store, ledger, cancellation, ContentStore(js, settings.layout()))
         routing = Routing(nodes, Subclouds(js), Policy(), settings.layout(),
-                          settings.this_region())
+                          settings.this_region(), RegionProbe(js, settings.layout()))
         admission = Admission(js, nodes, routing, ledger,
                               settings.pricing, escalator, settings.job_timeout_s)
         serving = Serving(ServingConfig.of(settings), admission=admission, replies=replies,

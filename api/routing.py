@@ -9,7 +9,11 @@ lists the queues the escalator moves the job to, in order.
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
+
+from nats.js import JetStreamContext
 
 from api.discovery import Constraints, Policy, plan
 from api.errors import APIError
@@ -30,12 +34,37 @@ class Route:
     strict: bool = False
 
 
+class RegionProbe:
+    """Whether a region answers: its jobs stream's info within ``timeout_s``,
+    remembered for ``ttl_s`` so a dead region costs one probe, not one per request."""
+
+    def __init__(self, js: JetStreamContext, layout: Layout, timeout_s: float = 0.5,
+                 ttl_s: float = 2.0) -> None:
+        self._js, self._layout, self._timeout_s, self._ttl_s = js, layout, timeout_s, ttl_s
+        self._seen: dict[str, tuple[float, bool]] = {}
+
+    async def up(self, region: str) -> bool:
+        when, answer = self._seen.get(region, (0.0, False))
+        if time.monotonic() - when < self._ttl_s:
+            return answer
+        try:
+            await asyncio.wait_for(self._js.stream_info(self._layout.jobs_stream(region)),
+                                   self._timeout_s)
+            answer = True
+        except Exception:  # noqa: BLE001 - no responders, a timeout: it does not answer
+            answer = False
+        self._seen[region] = (time.monotonic(), answer)
+        return answer
+
+
 class Routing:
     def __init__(self, nodes: LiveNodes, subclouds: Subclouds, policy: Policy,
-                 layout: Layout | None = None, region: str | None = None) -> None:
+                 layout: Layout | None = None, region: str | None = None,
+                 probe: RegionProbe | None = None) -> None:
         self._nodes, self._subclouds, self._policy = nodes, subclouds, policy
         self._layout = layout or regions.single()
         self._region = region or self._layout.home
+        self._probe = probe
 
     async def decide(self, who: Principal, model: str, zone: str, *,
                      constraints: Constraints | None = None,
@@ -67,6 +96,10 @@ class Routing:
         if sc.strict and home != self._region:
             # Its prompt must not be stored, or even pass, outside its region: refused
             # before anything is held or published.
+            if self._probe is not None and not await self._probe.up(home):
+                raise APIError(503, f"region {home}, which keeps this key's subcloud "
+                               f"{name!r}, is unavailable; its jobs run nowhere else",
+                               "region_unavailable")
             raise APIError(421, f"this key's subcloud {name!r} keeps its data in region "
                            f"{home}; send its requests to an API in {home}", "wrong_region")
         private = [n for n in self._nodes.live() if n.subcloud == name

@@ -59,30 +59,69 @@ def start(data_dir: Path, port: int, users: Path | None = None) -> subprocess.Po
         [binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store),
          "-c", str(config), "-P", str(data_dir / PID_FILE)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_listening(proc, port, data_dir / "nats-server.log")
+    return proc
+
+
+def _wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited ({proc.returncode}); see "
-                               f"{data_dir / 'nats-server.log'}")
+            raise RuntimeError(f"nats-server exited ({proc.returncode}); see {log}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
+            return
         except OSError:
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("nats-server did not start within 15 s")
 
 
+def start_regions(data_dir: Path, regions: list[str], users: Path | None) -> dict[str, str]:
+    """``inferbus up --regions``: one server per region on loopback, joined into a
+    supercluster (cli/supercluster.py), storing under ``data_dir/nats-regions/<r>-1``;
+    returns each region's client URL. Each writes a pid file :func:`reload` finds."""
+    from cli import supercluster  # the renderer, only for this shape
+    root = data_dir / "nats-regions"
+    servers = supercluster.loopback(root, regions, 1, auth=users)
+    for server in servers:
+        log = data_dir / f"nats-server-{server.name}.log"
+        proc = subprocess.Popen(
+            [binary(), "-c", str(server.config), "-P", str(data_dir / _pid_file(server.name))],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_listening(proc, server.client_port, log)
+    return {s.region: s.url for s in servers}
+
+
+def stop_regions(data_dir: Path) -> None:
+    """Stop every server :func:`start_regions` started (SIGTERM, then wait)."""
+    for pid in _pids(data_dir, "nats-server-*.pid"):
+        os.kill(pid, signal.SIGTERM)
+    for path in data_dir.glob("nats-server-*.pid"):
+        path.unlink(missing_ok=True)
+
+
+def _pid_file(name: str) -> str:
+    return f"nats-server-{name}.pid"
+
+
+def _pids(data_dir: Path, pattern: str) -> list[int]:
+    """Live nats-server pids from pid files (a stale file never names a stranger)."""
+    found = []
+    for path in data_dir.glob(pattern):
+        try:
+            pid = int(path.read_text().strip())
+            if b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def reload(data_dir: Path) -> bool:
-    """Make the embedded server of ``data_dir`` re-read its config (SIGHUP), e.g. after
-    a new worker user; False when none runs. The pid must still be a nats-server, so a
-    stale pid file never signals a stranger."""
-    try:
-        pid = int((data_dir / PID_FILE).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return False
-    if b"nats-server" not in cmdline:
-        return False
-    os.kill(pid, signal.SIGHUP)
-    return True
+    """Make the embedded server(s) of ``data_dir`` re-read their config (SIGHUP), e.g.
+    after a new worker user; False when none runs."""
+    pids = _pids(data_dir, PID_FILE) + _pids(data_dir, "nats-server-*.pid")
+    for pid in pids:
+        os.kill(pid, signal.SIGHUP)
+    return bool(pids)

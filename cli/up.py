@@ -20,9 +20,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus.config import NATS_URL_FILE, Settings
+from bus.config import NATS_URL_FILE, REGIONS_FILE, Settings
 from bus.credentials import CredentialStore
 from bus.credits import MICRO
+from bus.subjects import GLOBAL
 from cli import admin, natsserver, node_grants
 from workers.models import resolve
 
@@ -54,6 +55,8 @@ class Network:
     port: int = 8000
     children: list[Child] = field(default_factory=list)
     nats: subprocess.Popen | None = None
+    regional: dict[str, str] = field(default_factory=dict)  # region -> its servers' URLs
+    own_regions: bool = False
     stopping: bool = False
 
     def _env(self, nats_url: str) -> dict[str, str]:
@@ -68,13 +71,23 @@ class Network:
         for zone, node_name in node_names.items():
             # Our own workers on our own machine: vouched for, no probation.
             node_grants.grant_worker(self.settings, zone, model_name, node_name, verified=True)
-        return store.write_config()
+        return store.write_config(self.settings.layout())
 
     def _nats_url(self, model_name: str, node_names: dict[str, str]) -> str:
         if self.settings.nats_url:  # not ours: its users are its admin's business
             return self.settings.nats_url
-        port = natsserver.pick_port()
         config = self._grant(model_name, node_names)
+        layout = self.settings.layout()
+        if layout.split:  # a supercluster: one server per region, joined by gateways
+            self.own_regions = True  # stopped on the way out, even if one fails to start
+            self.regional = natsserver.start_regions(self.settings.data_dir,
+                                                     list(layout.regions), config)
+            url = self.regional[layout.home]
+            spec = ";".join(f"{r}={','.join(layout.zones(r))}" for r in layout.regions)
+            (self.settings.data_dir / REGIONS_FILE).write_text(spec + "\n")
+            (self.settings.data_dir / NATS_URL_FILE).write_text(url + "\n")
+            return url
+        port = natsserver.pick_port()
         self.nats = natsserver.start(self.settings.data_dir, port, config)
         url = f"nats://127.0.0.1:{port}"
         (self.settings.data_dir / NATS_URL_FILE).write_text(url + "\n")
@@ -91,15 +104,20 @@ class Network:
         return key
 
     def start(self) -> str:
-        if not natsserver.port_free(self.port, self.host):
-            raise RuntimeError(f"{self.host}:{self.port} is in use (another `inferbus up`?); "
-                               "choose another with --port")
+        apis = len(self.settings.layout().regions)  # one API per region, on --port and up
+        for port in range(self.port, self.port + apis):
+            if not natsserver.port_free(port, self.host):
+                raise RuntimeError(f"{self.host}:{port} is in use (another `inferbus up`?); "
+                                   "choose another with --port")
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.settings.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         model_name, _ = resolve(self.model, self.settings.models_dir)
+        layout = self.settings.layout()
+        # A worker in each region's first zone (eu and na with one region).
+        zones = [layout.zones(r)[0] for r in layout.regions] if layout.split else ZONES
         # Spelled out (the default a worker picks) so key file and grant agree.
-        node_names = {zone: f"{zone}-{model_name}" for zone in ZONES}
+        node_names = {zone: f"{zone}-{model_name}" for zone in zones}
         url = self._nats_url(model_name, node_names)
         self.settings = self.settings.model_copy(update={"nats_url": url})
         key = self._demo_key()
@@ -108,37 +126,55 @@ class Network:
 
         def seed(path: Path) -> dict[str, str]:
             return {"INFERBUS_NATS_NKEY_SEED": str(path)} if auth else {}
-        self.children = [Child("projector", ["projector"], seed(store.service_seed)),
-                         Child("gate", ["gate"], seed(store.service_seed)),
-                         Child("verifier", ["verifier"], seed(store.service_seed))]
+        def where(zone: str | None = None, region: str | None = None) -> dict[str, str]:
+            """A child's region: its servers and INFERBUS_REGION (the home one by default)."""
+            if not self.regional:
+                return {}
+            region = region or layout.region_of(zone or GLOBAL)
+            return {"INFERBUS_NATS_URL": self.regional[region], "INFERBUS_REGION": region}
+        service = seed(store.service_seed)
+        self.children = [Child("projector", ["projector"], {**service, **where()})]
+        for region in layout.regions if self.regional else [None]:
+            suffix = f"-{region}" if region else ""
+            self.children += [Child(f"gate{suffix}", ["gate"], {**service, **where(None, region)}),
+                              Child(f"verifier{suffix}", ["verifier"],
+                                    {**service, **where(None, region)})]
         self.children += [Child(f"worker-{z}", ["worker", "--zone", z, "--model", self.model,
-                                                "--node-name", n], seed(store.worker_seed(n)))
+                                                "--node-name", n],
+                                {**seed(store.worker_seed(n)), **where(z)})
                           for z, n in node_names.items()]
-        self.children.append(Child("api", ["api", "--host", self.host, "--port", str(self.port)],
-                                   seed(store.service_seed)))
+        for i, region in enumerate(layout.regions if self.regional else [None]):
+            port = str(self.port + i)  # the home region's API on --port, the next on +1, ...
+            self.children.append(Child(f"api-{region}" if region else "api",
+                                       ["api", "--host", self.host, "--port", port],
+                                       {**service, **where(None, region)}))
         env = self._env(url)
         for child in self.children:
             child.start(env, logs)
         return key
 
     def wait_ready(self, key: str, stopped, timeout: float = 120.0) -> bool:
-        """Until the API answers and lists the model (a worker is live); False if stopped."""
+        """Until every API answers and lists the model (a worker is live); False if stopped."""
         deadline = time.monotonic() + timeout
-        request = urllib.request.Request(f"http://{self.host}:{self.port}/v1/models",
-                                         headers={"Authorization": f"Bearer {key}"})
-        while time.monotonic() < deadline:
+        waiting = [self.port + i for i in range(max(len(self.regional), 1))]
+        while waiting:
             if stopped():
                 return False
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the network was not ready within {timeout:.0f} s; see "
+                                   f"{self.settings.data_dir / 'logs'}")
             self.check_children()
+            request = urllib.request.Request(f"http://{self.host}:{waiting[0]}/v1/models",
+                                             headers={"Authorization": f"Bearer {key}"})
             try:
                 with urllib.request.urlopen(request, timeout=2) as resp:
                     if any(m["id"] == self.model for m in json.load(resp)["data"]):
-                        return True
+                        waiting.pop(0)
+                        continue
             except (urllib.error.URLError, OSError, ValueError):
                 pass
             time.sleep(0.25)
-        raise RuntimeError(f"the network was not ready within {timeout:.0f} s; see "
-                           f"{self.settings.data_dir / 'logs'}")
+        return True
 
     def check_children(self) -> None:
         """Restart a child that died (a few times), so one crash does not stop the network."""
@@ -166,6 +202,9 @@ class Network:
             self.nats.terminate()
             self.nats.wait(timeout=15)
             (self.settings.data_dir / NATS_URL_FILE).unlink(missing_ok=True)
+        if self.own_regions:
+            natsserver.stop_regions(self.settings.data_dir)
+            (self.settings.data_dir / NATS_URL_FILE).unlink(missing_ok=True)
 
 
 def curl_line(host: str, port: int, key: str, model: str) -> str:
@@ -189,7 +228,11 @@ def run(settings: Settings, model: str, host: str, port: int) -> int:
         print(f"starting inferbus in {settings.data_dir} (logs in logs/) ...", flush=True)
         if not net.wait_ready(key, lambda: stop["now"]):
             return 130
-        print(f"inferbus is up: API on http://{host}:{port}, workers in {', '.join(ZONES)}\n"
+        apis = ", ".join(f"http://{host}:{port + i}" + (f" ({r})" if net.regional else "")
+                         for i, r in enumerate(net.regional or [""]))
+        workers = ", ".join(c.name.removeprefix("worker-") for c in net.children
+                            if c.name.startswith("worker-"))
+        print(f"inferbus is up: API on {apis}, workers in {workers}\n"
               f"demo API key (account {DEMO_ACCOUNT!r}, {DEMO_CREDITS} credits): {key}\n\ntry:\n"
               f"{curl_line(host, port, key, model)}\n\nCtrl-C stops everything.", flush=True)
         while not stop["now"]:

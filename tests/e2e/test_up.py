@@ -29,11 +29,11 @@ def processes_using(data_dir: Path) -> list[int]:
     return found
 
 
-def start_up(data_dir: Path, port: int) -> tuple[subprocess.Popen, list[str]]:
+def start_up(data_dir: Path, port: int, *more: str) -> tuple[subprocess.Popen, list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERBUS_")}
     env.update(INFERBUS_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--model", TINY_MODEL,
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                             "--port", str(port), *more], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     deadline = time.monotonic() + 120
@@ -78,6 +78,33 @@ def test_up_serves_the_printed_curl_line_and_stops_cleanly(tmp_path, models_dir)
         assert job["status"] == "completed" and job["result"]["id"] == body["id"]
     finally:
         ctrl_c(proc)
+
+
+def test_up_with_regions_runs_a_supercluster_with_an_api_per_region(tmp_path, models_dir):
+    data_dir = tmp_path / "inferbus"
+    shutil.copytree(models_dir, data_dir / "models")
+    port = free_port()
+    proc, lines = start_up(data_dir, port, "--regions", "eu,na")
+    try:
+        assert any(f":{port} (eu)" in line and f":{port + 1} (na)" in line for line in lines)
+        key = next(line.split()[-1] for line in lines if line.startswith("demo API key"))
+        for api, region in ((port, "eu"), (port + 1, "na")):
+            r = httpx.post(f"http://127.0.0.1:{api}/v1/chat/completions", timeout=60,
+                           headers={"Authorization": f"Bearer {key}", "X-Inferbus-Zone": region},
+                           json={"model": TINY_MODEL, "max_tokens": 2,
+                                 "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200, r.text
+            assert (r.headers["x-inferbus-region"], r.headers["x-inferbus-zone"]) == (region, region)
+        assert len(list(data_dir.glob("nats-server-*.pid"))) == 2  # one server per region
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("INFERBUS_")},
+               "INFERBUS_DATA_DIR": str(data_dir)}
+        audit = subprocess.run([sys.executable, "-m", "cli", "audit"], env=env, timeout=120,
+                               capture_output=True, text=True)  # the data dir knows its regions
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+    finally:
+        ctrl_c(proc)
+    time.sleep(0.5)
+    assert processes_using(data_dir) == [], "children outlived Ctrl-C"
 
 
 def test_up_on_a_busy_port_says_so_in_one_line(tmp_path, models_dir):

@@ -1,0 +1,177 @@
+"""Two regions joined into a supercluster, each with its own API, gate, verifier
+and worker: a strict-EU job's prompt and output land only on the EU region's
+disks, every response names its region, content can be erased while the
+audit still passes, and money is one balance across the regions."""
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.natsd import free_port
+from tests.stack import Stack
+from tests.supercluster import Supercluster
+from workers.echo import write_echo_model
+
+# na is the home region (listed first): the global log, the global pool and the
+# buckets live there, so nothing of a strict-EU job may reach it but hashes.
+REGIONS = "na=na,sa,sea,ea,oc,sa_asia;eu=eu,me,af"
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory, models_dir):
+    root = tmp_path_factory.mktemp("regions")
+    cluster = Supercluster(root / "nats", ["na", "eu"]).start()
+    shutil.copytree(models_dir, root / "models")
+    write_echo_model(root / "models" / "echo")
+    stack = Stack(root, cluster.url("na"), env_extra={
+        "INFERBUS_REGIONS": REGIONS, "INFERBUS_REGION": "na", "INFERBUS_SPOT_CHECK_SHARE": "0"})
+    eu = {"INFERBUS_NATS_URL": cluster.url("eu"), "INFERBUS_REGION": "eu"}
+    try:
+        stack.start("projector", "projector")
+        for region, env in (("na", {}), ("eu", eu)):
+            stack.start(f"gate-{region}", "gate", env=env)
+            stack.start(f"verifier-{region}", "verifier", env=env)
+        stack.start("worker-na", "worker", "--zone", "na", "--model", "echo",
+                    "--node-name", "worker-na")
+        stack.start("worker-eu", "worker", "--zone", "eu", "--model", "echo",
+                    "--node-name", "worker-eu", env=eu)
+        stack.start_api("api-na")
+        eu_port = free_port()
+        stack.start("api-eu", "api", "--port", str(eu_port), env=eu)
+        stack.eu_url = f"http://127.0.0.1:{eu_port}"
+        stack.cluster = cluster
+        stack.cli("subclouds", "create", "eu-only", "--zones", "eu", "--strict")
+        stack.key = stack.new_key("alice", "100")
+        stack.eu_key = stack.cli("keys", "create", "--account", "eurocorp", "--subcloud",
+                                 "eu-only", "--credits", "100").stdout.strip().splitlines()[-1]
+        stack.wait_for_model(stack.key, "echo", zones=2)
+        yield stack
+    finally:
+        stack.stop()
+        cluster.stop()
+
+
+def ask(url: str, key: str, text: str, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", timeout=60, headers={
+        "Authorization": f"Bearer {key}", **headers},
+        json={"model": "echo", "max_tokens": 16, "messages": [{"role": "user", "content": text}]})
+
+
+def test_a_strict_eu_jobs_content_is_stored_only_on_eu_servers(regions):
+    marker = f"marker-{uuid.uuid4().hex}"
+    r = ask(regions.eu_url, regions.eu_key, f"keep {marker} in the union")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-inferbus-region"] == "eu" and r.headers["x-inferbus-zone"] == "eu"
+    assert marker in r.json()["choices"][0]["message"]["content"]  # the echo model echoes it
+    found = regions.cluster.find(marker.encode())
+    # Kept in its region, and nowhere else: na holds only its hashes and money.
+    assert {server for server, files in found.items() if files} == {"eu-1"}, found
+
+
+def test_a_strict_key_calling_another_regions_api_is_refused_before_anything_is_held(regions):
+    before = httpx.get(f"{regions.base_url}/v1/account", timeout=10,
+                       headers={"Authorization": f"Bearer {regions.eu_key}"}).json()
+    marker = f"marker-{uuid.uuid4().hex}"
+    r = ask(regions.base_url, regions.eu_key, marker)
+    assert r.status_code == 421 and r.json()["error"]["code"] == "wrong_region", r.text
+    assert r.headers["x-inferbus-region"] == "na"
+    after = httpx.get(f"{regions.base_url}/v1/account", timeout=10,
+                      headers={"Authorization": f"Bearer {regions.eu_key}"}).json()
+    assert (after["balance"], after["held"]) == (before["balance"], before["held"])
+    assert not any(regions.cluster.find(marker.encode()).values())
+
+
+def test_each_region_serves_its_own_clients_and_says_so(regions):
+    r = ask(regions.base_url, regions.key, "hello from the americas", **{"X-Inferbus-Zone": "na"})
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-inferbus-region"], r.headers["x-inferbus-zone"]) == ("na", "na")
+    r = ask(regions.eu_url, regions.key, "hello from europe", **{"X-Inferbus-Zone": "eu"})
+    assert (r.headers["x-inferbus-region"], r.headers["x-inferbus-zone"]) == ("eu", "eu")
+    assert httpx.get(f"{regions.eu_url}/health", timeout=5).headers["x-inferbus-region"] == "eu"
+
+
+def test_erased_content_is_gone_while_the_audit_still_verifies_the_job(regions):
+    marker = f"marker-{uuid.uuid4().hex}"
+    auth = {"Authorization": f"Bearer {regions.eu_key}"}
+    r = ask(regions.eu_url, regions.eu_key, f"forget {marker}")
+    job = r.headers["x-inferbus-job"]
+    got = httpx.get(f"{regions.eu_url}/v1/jobs/{job}", headers=auth, timeout=10).json()
+    assert marker in got["result"]["choices"][0]["message"]["content"]
+    gone = httpx.delete(f"{regions.eu_url}/v1/jobs/{job}/content", headers=auth, timeout=10)
+    assert gone.status_code == 200, gone.text
+    body = gone.json()
+    assert (body["status"], body["result"], body["content"]) == ("completed", None, "erased")
+    assert body["usage"]["completion_tokens"] > 0 and body["cost"] > 0  # the bill stays
+    content_dirs = [p for p in regions.cluster.find(marker.encode()).get("eu-1", [])
+                    if "CONTENT" in str(p)]
+    assert content_dirs == []  # erased from the content store's files, not only hidden
+    other = httpx.delete(f"{regions.eu_url}/v1/jobs/{job}/content", timeout=10,
+                         headers={"Authorization": f"Bearer {regions.key}"})
+    assert other.status_code == 404  # only its owner may erase it
+    out = regions.cli("accounts", "forget", "eurocorp")
+    assert "erased" in out.stdout
+    audit = regions.cli("audit", check=False)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_one_balance_holds_across_regions_with_no_overspend(regions):
+    key = regions.new_key("spender", "0")  # one job's worst case, as the API prices it:
+    r = ask(regions.eu_url, key, "x")
+    assert r.status_code == 402
+    need = float(r.json()["error"]["message"].split("up to ")[1].split(" credits")[0])
+    deposit = need * 4  # room for four held at once
+    regions.cli("credits", "deposit", "--account", "spender", str(deposit))
+    urls = [regions.base_url, regions.eu_url] * 8
+    with ThreadPoolExecutor(16) as pool:
+        codes = [a.status_code for a in pool.map(lambda u: ask(u, key, "x"), urls)]
+    assert set(codes) == {200, 402}, codes  # both regions' holds met the one balance
+    account = httpx.get(f"{regions.base_url}/v1/account", timeout=10,
+                        headers={"Authorization": f"Bearer {key}"}).json()
+    assert account["balance"] >= 0 and account["held"] == 0
+    assert abs(account["balance"] + account["spent"] - deposit) < 1e-6  # nothing made or lost
+
+
+def account_of(url: str, key: str) -> dict:
+    return httpx.get(f"{url}/v1/account", timeout=10,
+                     headers={"Authorization": f"Bearer {key}"}).json()
+
+
+def test_losing_a_region_keeps_the_others_serving_and_loses_nothing_acked(regions):
+    """Last in this module: it kills the eu region's servers, then brings them back."""
+    before = ask(regions.eu_url, regions.eu_key, "acked before the outage")
+    assert before.status_code == 200, before.text
+    held = account_of(regions.base_url, regions.eu_key)
+    regions.cluster.stop_region("eu")
+    time.sleep(0.5)  # the eu API's client sees its connection drop
+    try:
+        started = time.monotonic()
+        strict = ask(regions.eu_url, regions.eu_key, "no server of my region is up")
+        assert strict.status_code == 503 and time.monotonic() - started < 2, strict.text
+        elsewhere = ask(regions.base_url, regions.eu_key, "not in another region either")
+        assert elsewhere.status_code == 503, elsewhere.text
+        assert elsewhere.json()["error"]["code"] == "region_unavailable"
+        assert account_of(regions.base_url, regions.eu_key)["balance"] == held["balance"]
+        own = ask(regions.base_url, regions.key, "na serves its own", **{"X-Inferbus-Zone": "na"})
+        assert own.status_code == 200 and own.headers["x-inferbus-zone"] == "na", own.text
+        # A free job of the dead region's zone is re-homed to the global pool, in na.
+        moved = ask(regions.base_url, regions.key, "eu client, eu down", **{"X-Inferbus-Zone": "eu"})
+        assert moved.status_code == 200, moved.text
+        assert (moved.headers["x-inferbus-route"], moved.headers["x-inferbus-zone"]) == \
+            ("global", "na")
+    finally:
+        regions.cluster.start_region("eu")
+    deadline = time.monotonic() + 60
+    while (back := ask(regions.eu_url, regions.eu_key, "back")).status_code != 200:
+        assert time.monotonic() < deadline, back.text
+        time.sleep(1)
+    audit = regions.cli("audit", check=False)  # eu's log, sourced again, checks out whole
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    job = before.headers["x-inferbus-job"]
+    got = httpx.get(f"{regions.eu_url}/v1/jobs/{job}", timeout=10,
+                    headers={"Authorization": f"Bearer {regions.eu_key}"}).json()
+    assert got["status"] == "completed" and got["result"] is not None
