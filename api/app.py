@@ -68,7 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
         store = await asyncio.to_thread(open_store, settings)
         ledger = await asyncio.to_thread(Ledger.open, settings)
         cancellation = Cancellation(nc, js, cancels)
-        jobs = JobServing(store, ledger, cancellation, ContentStore(js, settings.layout()))
+        content = ContentStore(js, settings.layout(), settings.content_retention_s)
+        jobs = JobServing(store, ledger, cancellation, content)
         routing = Routing(nodes, Subclouds(js), Policy(), settings.layout(),
                           settings.this_region(), RegionProbe(js, settings.layout()))
         admission = Admission(js, nodes, routing, ledger,

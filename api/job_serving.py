@@ -15,7 +15,7 @@ from datetime import datetime
 from api.cancellation import Cancellation
 from api.errors import APIError
 from api.protocol import result_body
-from bus.content import ContentStore
+from bus.content import ContentStore, Output
 from bus.credits import credits
 from bus.events import Usage
 from ledger import Ledger
@@ -31,19 +31,20 @@ def _unix(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
 
-def result_of(view: JobView, output: tuple[str, str] | None) -> dict | None:
-    """The sync body of a completed job whose content (``output``: text and finish
-    reason) is still kept, None otherwise."""
+def result_of(view: JobView, output: Output | None) -> dict | None:
+    """The sync body of a completed job whose content (``output``) is still kept,
+    None otherwise."""
     if view.status != COMPLETED or view.completion_tokens is None or output is None:
         return None
     usage = Usage(prompt_tokens=view.prompt_tokens or 0, completion_tokens=view.completion_tokens)
     return result_body(view.kind, view.job_id, view.model, _unix(view.created_at),
-                       output[0], output[1], usage)
+                       output.text, output.finish_reason, usage)
 
 
-def job_body(view: JobView, cost: int | None, output: tuple[str, str] | None = None,
+def job_body(view: JobView, cost: int | None, output: Output | None = None,
              content: str | None = None) -> dict:
-    """``content``: ``expired`` or ``erased`` when a completed job's text is gone."""
+    """``content``: ``expired`` or ``erased`` when a completed job's text is gone;
+    while it is kept, ``content_expires_at`` says until when."""
     result = result_of(view, output)
     usage = None
     if view.completion_tokens is not None:
@@ -56,6 +57,8 @@ def job_body(view: JobView, cost: int | None, output: tuple[str, str] | None = N
             "created_at": _unix(view.created_at), "finished_at": _unix(view.finished_at)}
     if content is not None:
         body["content"] = content
+    if output is not None:
+        body["content_expires_at"] = _unix(output.expires_at)
     if view.status in (FAILED, EXPIRED, CANCELLED):
         body["error"] = {"code": view.error_code or view.status,
                          "message": view.error_message or f"job {view.status}"}

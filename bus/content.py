@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from nats.js import JetStreamContext
@@ -28,6 +28,7 @@ from bus import subjects
 from bus.events import JobCompleted, JobSubmitted
 from bus.publish import MSG_ID
 from bus.regions import Layout
+from bus.stream_configs import DEFAULT_RETENTION_S
 
 Part = Literal["input", "output", "evidence", "erased"]
 INPUT, OUTPUT, EVIDENCE, ERASED = "input", "output", "evidence", "erased"
@@ -61,11 +62,22 @@ async def put_output(js: JetStreamContext, zone: str, completed: JobCompleted) -
     await put(js, zone, completed.job_id, OUTPUT, body.encode(), f"out-{completed.event_id}")
 
 
-class ContentStore:
-    """Reads and writes the content of jobs across the regions of ``layout``."""
+@dataclass(frozen=True)
+class Output:
+    """A completed job's result as kept, and when it will be gone."""
 
-    def __init__(self, js: JetStreamContext, layout: Layout) -> None:
-        self.js, self.layout = js, layout
+    text: str
+    finish_reason: str
+    expires_at: datetime
+
+
+class ContentStore:
+    """Reads and erases the content of jobs across the regions of ``layout``;
+    content is kept ``retention_s`` (the content streams' max age)."""
+
+    def __init__(self, js: JetStreamContext, layout: Layout,
+                 retention_s: float = DEFAULT_RETENTION_S) -> None:
+        self.js, self.layout, self.retention = js, layout, timedelta(seconds=retention_s)
 
     def stream_of(self, zone: str) -> str:
         return self.layout.content_stream(self.layout.region_of(zone))
@@ -81,13 +93,13 @@ class ContentStore:
         stored = _parse_time(stamp) if stamp else datetime.now(timezone.utc)
         return Kept(msg.data or b"", stored, msg.seq or 0)
 
-    async def output(self, zone: str, job_id: str) -> tuple[str, str] | None:
-        """``(text, finish_reason)`` of a completed job, None once its content is gone."""
+    async def output(self, zone: str, job_id: str) -> Output | None:
+        """A completed job's result, None once its content is gone."""
         kept = await self.get(zone, job_id, OUTPUT)
         if kept is None:
             return None
         body = json.loads(kept.data)
-        return body["text"], body["finish_reason"]
+        return Output(body["text"], body["finish_reason"], kept.stored_at + self.retention)
 
     async def erase(self, jobs: list[tuple[str, str]]) -> int:
         """Erase every part of each ``(zone, job_id)``, leaving an ``erased`` marker;

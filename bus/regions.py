@@ -114,14 +114,15 @@ def parse(text: str | None) -> Layout:
         return single()
     hosts: list[tuple[str, list[str]]] = []
     for part in text.split(";" if "=" in text else ","):
-        name, _, zones = part.strip().partition("=")
+        name, equals, zones = part.strip().partition("=")
         name = name.strip()
         if not _NAME.match(name):
             raise RegionError(f"region name {name!r}: use a-z, digits and _ (at most 32)")
-        listed = [z.strip() for z in zones.split(",") if z.strip()] if zones else \
+        listed = [z.strip() for z in zones.split(",") if z.strip()] if equals else \
             list(DEFAULT_HOSTS.get(name, ()))
-        if not listed and "=" in part:
-            raise RegionError(f"region {name!r} hosts no zone")
+        if not listed and (equals or hosts):  # the first region may take just the rest
+            raise RegionError(f"region {name!r} hosts no zone: name its zones, "
+                              f"e.g. {name}=na,sa")
         hosts.append((name, listed))
     names = [n for n, _ in hosts]
     if len(set(names)) != len(names):

@@ -55,7 +55,8 @@ def content_stream_config(retention_s: float, replicas: int = 1,
     return StreamConfig(
         name=name, subjects=filters or [subjects.all_content()],
         retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, num_replicas=replicas,
-        max_age=retention_s, max_msgs_per_subject=1, duplicate_window=DUPLICATE_WINDOW_S,
+        max_age=retention_s, max_msgs_per_subject=1,
+        duplicate_window=min(DUPLICATE_WINDOW_S, retention_s),  # NATS: at most the max age
         allow_direct=True, placement=placement)
 
 

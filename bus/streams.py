@@ -76,6 +76,9 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
             if config.allow_atomic and not info.config.allow_atomic:  # made by an older version
                 info.config.allow_atomic = True
                 await js.update_stream(info.config)
+            if config.max_age and info.config.max_age != config.max_age:  # retention changed
+                info.config.max_age = config.max_age
+                await js.update_stream(info.config)
         except NotFoundError:
             try:
                 await js.add_stream(config)
@@ -91,9 +94,34 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
 async def ensure_streams(js: JetStreamContext, replicas: int = 1, layout: Layout | None = None,
                          retention_s: float = DEFAULT_RETENTION_S) -> None:
     """Create (or check) every stream of ``layout`` (default: one region). A stream
-    that exists placed outside its region raises :class:`PlacementDrift`."""
-    for config, _ in stream_configs(layout or regions.single(), replicas, retention_s):
+    that exists placed outside its region, or a mirror or source of a region's
+    queues, checks or content kept in another cluster, raises :class:`PlacementDrift`."""
+    layout = layout or regions.single()
+    for config, _ in stream_configs(layout, replicas, retention_s):
         await _ensure(js, config)
+    if layout.split:
+        infos = await patiently(js.streams_info, "stream list")
+        if problems := copies_elsewhere(infos, layout):
+            raise PlacementDrift("; ".join(problems) + ": remove them before starting")
+
+
+def copies_elsewhere(infos: list[StreamInfo], layout: Layout) -> list[str]:
+    """Streams that copy (mirror or source) a region's content-bearing stream
+    (its jobs, checks or content) while kept outside that region's cluster."""
+    holding = {name: r for r in layout.regions for name in (
+        layout.jobs_stream(r), layout.checks_stream(r), layout.content_stream(r))}
+    found = []
+    for info in infos:
+        config = info.config
+        copied = [config.mirror] if config.mirror else []
+        copied += list(config.sources or [])
+        cluster = info.cluster.name if info.cluster else None
+        for origin in copied:
+            region = holding.get(origin.name)
+            if region is not None and cluster != region:
+                found.append(f"stream {config.name} in cluster {cluster} copies {origin.name}, "
+                             f"whose data must stay in region {region}")
+    return found
 
 
 async def _bucket(js: JetStreamContext, name: str, ttl_s: float, replicas: int,

@@ -127,7 +127,8 @@ async def forget_account(settings: Settings, account: str) -> tuple[int, int]:
     store = await asyncio.to_thread(open_store, settings)
     try:
         jobs = await asyncio.to_thread(jobs_of, store, account)
-        return len(jobs), await ContentStore(js, settings.layout()).erase(jobs)
+        content = ContentStore(js, settings.layout(), settings.content_retention_s)
+        return len(jobs), await content.erase(jobs)
     finally:
         await nc.close()
         store.close()
