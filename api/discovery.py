@@ -24,6 +24,11 @@ Dispatch policy (``plan``), first rule that applies wins:
    its zone whenever the zone can serve it); else the nearest anywhere.
 4. Otherwise queue routing: the zone queue when a live node of the zone serves
    the model, else the global queue.
+
+A node whose location the network does not believe (its check failed, or the
+network checks locations and has not verified it) reaches these functions
+without coordinates (``api.live_nodes``): no distance limit or nearest-node plan
+picks it, and a ``near`` ranking puts it last, with the nodes of unknown place.
 """
 from __future__ import annotations
 
@@ -36,23 +41,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import APIError
+# Re-exported: this module's callers measure distances with it.
+from bus.geolocation import EARTH_RADIUS_KM, haversine_km  # noqa: F401
 from bus.node_record import NodeRecord
 from bus.subjects import GLOBAL
 from bus.zones import is_zone
 
-EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 KM_PER_DEGREE = EARTH_RADIUS_KM * math.pi / 180  # along a meridian
 MAX_K = 100
 NEAR_HEADER, WITHIN_HEADER, TIER_HEADER = "x-inferbus-near", "x-inferbus-within-km", "x-inferbus-tier"
 LatLon = tuple[float, float]
-
-
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in km between two points given in degrees."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = (math.sin((p2 - p1) / 2) ** 2
-         + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2)
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
 @dataclass(frozen=True)

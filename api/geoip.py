@@ -1,4 +1,5 @@
-"""Where a request comes from: a declared zone, else GeoIP of the client address.
+"""Where a request comes from: a declared zone, else GeoIP of the client address
+(the lookups themselves are ``bus.geolocation``'s, shared with the verifier).
 
 ``X-Forwarded-For`` is believed only when the peer is a trusted proxy; the
 client is then the right-most address that is not itself a trusted proxy.
@@ -8,11 +9,9 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-import maxminddb
-
 from api.errors import APIError
-from bus.subjects import GLOBAL
-from bus.zones import is_zone, zone_for
+from bus.geolocation import GeoIP
+from bus.zones import is_zone
 
 ZONE_HEADER = "x-inferbus-zone"
 
@@ -20,7 +19,7 @@ ZONE_HEADER = "x-inferbus-zone"
 class ZoneResolver:
     def __init__(self, geoip_db: Path | None, trusted_proxies: list[str],
                  table: dict[str, str] | None = None) -> None:
-        self._reader = maxminddb.open_database(str(geoip_db)) if geoip_db else None
+        self._geoip = GeoIP(geoip_db)
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
         self._table = table
 
@@ -41,28 +40,12 @@ class ZoneResolver:
         return hops[0] if hops else peer
 
     def lookup(self, ip: str | None) -> str:
-        if self._reader is None or not ip:
-            return GLOBAL
-        try:
-            record = self._reader.get(ip) or {}
-        except ValueError:  # not an IP address
-            return GLOBAL
-        country = (record.get("country") or {}).get("iso_code")
-        continent = (record.get("continent") or {}).get("code")
-        return zone_for(country, continent, self._table)
+        return self._geoip.zone(ip, self._table)
 
     def locate(self, peer: str | None, forwarded_for: str | None) -> tuple[float, float] | None:
         """The client's coordinates when the GeoIP database has them (City databases)."""
-        ip = self.client_ip(peer, forwarded_for)
-        if self._reader is None or not ip:
-            return None
-        try:
-            where = (self._reader.get(ip) or {}).get("location") or {}
-        except ValueError:
-            return None
-        if "latitude" in where and "longitude" in where:
-            return where["latitude"], where["longitude"]
-        return None
+        place = self._geoip.place(self.client_ip(peer, forwarded_for))
+        return (place.lat, place.lon) if place is not None and place.located else None
 
     def resolve(self, declared: str | None, peer: str | None, forwarded_for: str | None) -> str:
         """The declared zone wins; an unknown declared zone is a 400."""

@@ -6,7 +6,10 @@ central scheduler. A node is live while its last heartbeat is younger than
 key it was put under (a node's NATS user may put only its own key), only for a
 node with an active grant, and only as far as the grant goes: zone, operator,
 tier, subcloud and publicity come from the grant, models are those it reports
-*and* was granted (``bus.grants``).
+*and* was granted (``bus.grants``). Its declared coordinates are believed only
+while the network believes its location (``NodeGrant.location_believed``):
+otherwise the record has none, so discovery never places it (no ``within_km``
+match, no nearest-node plan; last in a ``near`` ranking) and never shows them.
 """
 from __future__ import annotations
 
@@ -27,8 +30,11 @@ FORGET_S = 30.0  # a crashed node's entry expires silently (no watch event): dro
 
 class LiveNodes:
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 grants: GrantBook | None = None) -> None:
+                 grants: GrantBook | None = None, check_locations: bool = False) -> None:
         self._clock, self._grants = clock, grants
+        # Whether the network checks locations (bus.node_location.checks_on): then only a
+        # verified location is believed; otherwise every one that did not fail.
+        self._check_locations = check_locations
         self._nodes: dict[str, tuple[float, NodeRecord]] = {}
         self._seen_models: set[str] = set()
         self._task: asyncio.Task | None = None
@@ -63,10 +69,19 @@ class LiveNodes:
         grant = self._grants.get(key)
         if grant is None:
             return None
-        return record.model_copy(update={
-            "node_id": key, "zone": grant.zone, "operator": grant.operator, "tier": grant.tier,
-            "subcloud": grant.subcloud, "public": grant.public, "standing": grant.status,
-            "models": tuple(m for m in record.models if m.name in grant.models)})
+        believed = {"node_id": key, "zone": grant.zone, "operator": grant.operator,
+                    "tier": grant.tier, "subcloud": grant.subcloud, "public": grant.public,
+                    "standing": grant.status,
+                    "models": tuple(m for m in record.models if m.name in grant.models)}
+        if not grant.location_believed(self._check_locations):
+            believed.update(lat=None, lon=None)
+        return record.model_copy(update=believed)
+
+    def locations(self) -> dict[str, tuple[str, str]] | None:
+        """Each granted node's checked location and why, by node id (None: no grants)."""
+        if self._grants is None:
+            return None
+        return {g.node_id: (g.location, g.location_note) for g in self._grants.all()}
 
     def standings(self) -> dict[str, int] | None:
         """How many granted nodes stand where (probation, verified, ..., suspended)."""

@@ -36,7 +36,8 @@ STARTED = time.time()
 REQUESTS: Counter[tuple[str, str, int]] = Counter()
 
 
-def _node(rec: NodeRecord) -> dict:
+def _node(rec: NodeRecord, location: tuple[str, str] | None = None) -> dict:
+    checked, note = location or ("unchecked", "")
     return {"node_id": rec.node_id[:12], "tier": rec.tier, "gpu": rec.gpu,
             "vram_total_gb": round(rec.vram_total_gb, 1),
             "vram_free_gb": round(rec.vram_free_gb, 1),
@@ -44,11 +45,15 @@ def _node(rec: NodeRecord) -> dict:
             "gpu_util": getattr(rec, "gpu_util", None),
             "public": getattr(rec, "public", True),
             "standing": getattr(rec, "standing", "unverified"),
+            # Where it connects from, as the network checked it (verifier/location.py);
+            # the note names countries and bounds, never an address.
+            "location": checked, "location_note": note,
             "busy": rec.busy, "queue_depth": rec.queue_depth,
             "models": sorted(m.name for m in rec.models)}
 
 
-def _zone(zone: str, nodes: list[NodeRecord], stats: ZoneStats | None, window_s: float) -> dict:
+def _zone(zone: str, nodes: list[NodeRecord], stats: ZoneStats | None, window_s: float,
+          locations: dict[str, tuple[str, str]]) -> dict:
     stats = stats or ZoneStats(zone, window_s)
     utils = [u for n in nodes if (u := getattr(n, "gpu_util", None)) is not None]
     return {
@@ -64,24 +69,27 @@ def _zone(zone: str, nodes: list[NodeRecord], stats: ZoneStats | None, window_s:
         "p50_ms": stats.p50_ms, "p95_ms": stats.p95_ms,
         "start_p50_ms": stats.start_p50_ms, "start_p95_ms": stats.start_p95_ms,
         "fallback_rate": stats.fallback_rate,
-        "nodes": [_node(n) for n in sorted(nodes, key=lambda n: n.node_id)],
+        "nodes": [_node(n, locations.get(n.node_id))
+                  for n in sorted(nodes, key=lambda n: n.node_id)],
     }
 
 
 def build_status(records: Iterable[NodeRecord], stats: dict[str, ZoneStats] | None,
                  now: datetime, window_s: float = WINDOW_S,
-                 standings: dict[str, int] | None = None) -> dict:
+                 standings: dict[str, int] | None = None,
+                 locations: dict[str, tuple[str, str]] | None = None) -> dict:
     """The ``/status.json`` body: ``zones`` by name (every zone with a live node
     or a job in the window), and ``totals``. ``stats`` None: no read model.
     ``standings``: granted nodes per standing, suspended ones included (default:
-    the live nodes')."""
+    the live nodes'). ``locations``: node id -> (checked location, why), from the
+    grants (default: every node ``unchecked``)."""
     records = list(records)
     by_zone: dict[str, list[NodeRecord]] = {}
     for rec in records:
         by_zone.setdefault(rec.zone, []).append(rec)
     known = stats is not None
     stats = stats or {}
-    zones = {z: _zone(z, by_zone.get(z, []), stats.get(z), window_s)
+    zones = {z: _zone(z, by_zone.get(z, []), stats.get(z), window_s, locations or {})
              for z in sorted(set(by_zone) | set(stats))}
     homed = [s for s in stats.values() if s.fallback_rate is not None]  # not global
     finished, fallbacks = sum(s.finished for s in homed), sum(s.fallbacks for s in homed)
@@ -122,7 +130,8 @@ class StatusBoard:
                 stats = await asyncio.to_thread(zone_stats, self._store, now, WINDOW_S)
             except Exception:  # noqa: BLE001 - a status page outlives a read-model hiccup
                 log.exception("zone stats unavailable")
-        body = build_status(self._nodes.live(), stats, now, standings=self._nodes.standings())
+        body = build_status(self._nodes.live(), stats, now, standings=self._nodes.standings(),
+                            locations=self._nodes.locations())
         self._cached = (time.monotonic(), body)
         return body
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import nkeys
@@ -74,6 +74,9 @@ class WorkerGrant:
     tier: int = 1
     suspended: bool = False  # no NATS user while suspended
     verified: bool = False  # the admin vouches for it: no probation
+    # Its NATS user's public key, read from its seed (``CredentialStore.grants``), never
+    # written to the grant's file: the seed is what the server's users file has.
+    nats_user: str | None = None
 
     def queues(self) -> list[str]:
         return subjects.worker_queues(self.zone, self.node_id, self.subcloud, self.public)
@@ -82,7 +85,7 @@ class WorkerGrant:
         """The grant as services read it (``bus.grants``, the ``grants`` bucket)."""
         return NodeGrant(node_id=self.node_id, node_name=self.node_name, operator=self.operator,
                          zone=self.zone, models=(self.model,), tier=self.tier,
-                         subcloud=self.subcloud, public=self.public,
+                         subcloud=self.subcloud, public=self.public, nats_user=self.nats_user,
                          status="suspended" if self.suspended else
                          "verified" if self.verified else "probation")
 
@@ -116,7 +119,8 @@ class CredentialStore:
             subjects.check_token(token, what)
         seed = self.worker_seed(grant.node_name)
         load_or_create_seed(seed)
-        seed.with_suffix(".json").write_text(json.dumps(asdict(grant), indent=1) + "\n")
+        record = {k: v for k, v in asdict(grant).items() if k != "nats_user"}
+        seed.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
         return seed
 
     def remove_worker(self, node_name: str) -> None:
@@ -126,9 +130,16 @@ class CredentialStore:
         seed.unlink(missing_ok=True)
 
     def grants(self) -> list[WorkerGrant]:
+        """Every recorded grant, each with its NATS user (when its seed is there)."""
         folder = self.root / "workers"
         found = sorted(folder.glob("*.json")) if folder.exists() else []
-        return [WorkerGrant(**json.loads(p.read_text())) for p in found]
+        grants = []
+        for path in found:
+            grant = WorkerGrant(**{k: v for k, v in json.loads(path.read_text()).items()
+                                   if k != "nats_user"})
+            seed = path.with_suffix(".seed")
+            grants.append(replace(grant, nats_user=public_key(seed)) if seed.exists() else grant)
+        return grants
 
     def users(self, layout: Layout | None = None) -> list[NatsUser]:
         """The service user and every granted worker's, with their permissions

@@ -13,14 +13,18 @@ it (``verifier/``): a node the admin adds starts on ``probation`` (every
 result checked, no RCP) and becomes ``verified``; failed checks suspend it.
 ``unverified`` is a node that granted itself on an open network (no NATS auth).
 Filing the admin's grant again keeps the standing (:func:`file_grant`).
+
+Apart from that standing, the network checks where the node is
+(``verifier/location.py``): its NATS user (``nats_user``) finds its connections
+in the servers' connection lists, and their addresses and round trips are held
+against its zone and declared coordinates. ``location`` stays ``unchecked`` on
+an open network or while the network does not check; ``location_note`` says why.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal
-
-from typing import Callable
+from typing import Callable, Literal
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -32,6 +36,7 @@ from bus.events import Contract
 
 log = logging.getLogger("inferbus.grants")
 Status = Literal["probation", "verified", "unverified", "suspended"]
+Location = Literal["unchecked", "verified", "failed"]
 
 
 class NodeGrant(Contract):
@@ -49,10 +54,19 @@ class NodeGrant(Contract):
     passed: int = Field(default=0, ge=0)  # spot checks passed
     failed: int = Field(default=0, ge=0)  # spot checks failed
     strikes: int = Field(default=0, ge=0)  # other refusals (NodeStrike), counted by the verifier
+    nats_user: str | None = Field(default=None, max_length=64)  # its nkey (U...); None: open
+    location: Location = "unchecked"  # where it connects from, as the network checked it
+    location_note: str = Field(default="", max_length=500)  # why; never an address
 
     @property
     def active(self) -> bool:
         return self.status != "suspended"
+
+    def location_believed(self, checking: bool) -> bool:
+        """Whether the network may rely on where this node is (strict-residency jobs,
+        distance-constrained dispatch). ``checking``: the network checks locations,
+        so only a verified one counts; otherwise only a failed one is refused."""
+        return self.location == "verified" or (not checking and self.location != "failed")
 
     def queues(self) -> list[str]:
         """The queues it may take jobs from, first choice first."""
@@ -101,15 +115,19 @@ async def file_grant(kv: KeyValue, grant: NodeGrant) -> NodeGrant | None:
     """File the admin's ``grant``, keeping the standing the network gave the node:
     its check counts, and its status unless the admin suspends or vouches for it
     (``verified``). A node the network suspended stays suspended: ``nodes
-    remove`` and ``add`` start it over."""
+    remove`` and ``add`` start it over. Its checked location is kept while its
+    NATS user is the same (another user's connections are another matter)."""
     def merged(known: NodeGrant | None) -> NodeGrant:
         if known is None or known.status == "unverified":
             return grant
         status = grant.status if grant.status in ("suspended", "verified") else known.status
         if known.status == "suspended":
             status = "suspended"
-        return grant.model_copy(update={"status": status, "passed": known.passed,
-                                        "failed": known.failed, "strikes": known.strikes})
+        kept = {"status": status, "passed": known.passed, "failed": known.failed,
+                "strikes": known.strikes}
+        if known.nats_user == grant.nats_user:
+            kept.update(location=known.location, location_note=known.location_note)
+        return grant.model_copy(update=kept)
     return await change_grant(kv, grant.node_id, merged)
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from bus import signing, subjects
 from bus.config import Settings
-from bus.credentials import CredentialStore, WorkerGrant
+from bus.credentials import CredentialStore, WorkerGrant, public_key
 from bus.events import NodeSuspended
 from bus.grants import NodeGrant, file_grant
 from bus.streams import grants_bucket
@@ -59,8 +59,9 @@ def grant_worker(settings: Settings, zone: str, model: str, node_name: str | Non
         raise ValueError(f"node id {node_id!r} is not a 64-digit hex ed25519 public key")
     grant = WorkerGrant(node_name, zone, model, node_id, subcloud, public or not subcloud,
                         operator, tier, verified=verified)
-    CredentialStore(settings.data_dir).grant_worker(grant)
-    return grant
+    seed = CredentialStore(settings.data_dir).grant_worker(grant)
+    # The network finds the node's connections by its NATS user (verifier/location.py).
+    return replace(grant, nats_user=public_key(seed))
 
 
 async def file_grants(settings: Settings, grants: list[WorkerGrant],
@@ -73,7 +74,7 @@ async def file_grants(settings: Settings, grants: list[WorkerGrant],
     except RuntimeError:
         return False
     try:
-        kv = await grants_bucket(js, settings.stream_replicas)
+        kv = await grants_bucket(js, settings.stream_replicas, settings.home_placement())
         for grant in grants:
             await file_grant(kv, grant.network_grant())
         for node_id in removed:
@@ -167,17 +168,19 @@ def describe(done: Granted) -> str:
 
 def table(settings: Settings) -> str:
     """``inferbus nodes list``: every grant, with the standing the running network
-    gave it (probation, verified, suspended; spot checks passed/failed, strikes), or the
-    admin's record alone when no network answers."""
+    gave it (probation, verified, suspended; spot checks passed/failed, strikes) and
+    its checked location (unchecked, verified, failed) with why, or the admin's
+    record alone when no network answers."""
     standing = asyncio.run(_standing(settings)) if _network(settings) else {}
     rows = [f"{'node':24} {'id':16} {'zone':6} {'model':24} {'operator':16} tier "
-            f"{'status':10} checks"]
+            f"{'status':10} {'checks':36} location"]
     for g in CredentialStore(settings.data_dir).grants():
         filed = standing.get(g.node_id) or g.network_grant()
         checks = (f"{filed.passed} passed, {filed.failed} failed, {filed.strikes} strikes"
                   if g.node_id in standing else "-")
+        where = filed.location + (f" ({filed.location_note})" if filed.location_note else "")
         rows.append(f"{g.node_name:24} {g.node_id[:16]:16} {g.zone:6} {g.model:24} "
-                    f"{g.operator:16} {g.tier:4} {filed.status:10} {checks}")
+                    f"{g.operator:16} {g.tier:4} {filed.status:10} {checks:36} {where}")
     return "\n".join(rows)
 
 
@@ -189,7 +192,8 @@ async def _standing(settings: Settings) -> dict[str, NodeGrant]:
     except RuntimeError:
         return {}
     try:
-        book = await GrantBook().follow(await grants_bucket(js, settings.stream_replicas))
+        kv = await grants_bucket(js, settings.stream_replicas, settings.home_placement())
+        book = await GrantBook().follow(kv)
         await book.close()
         return {g.node_id: g for g in book.all()}
     finally:

@@ -10,6 +10,11 @@ at a time), tell the API instance waiting on the job who holds it (``Started``
 with the node id, so the API takes live text from that node only), log
 ``JobStarted`` and answer. The attempt is the network's count, taken from the
 delivery's ack subject, and grows with every takeover.
+
+A strict-residency job (``job.strict``) goes only to a node whose location the
+network believes (``NodeGrant.location_believed``): any other node is told to
+``wait``, so the delivery goes back to the queue for a node of the zone whose
+location checks out. It is no strike: the node asked for a job of its own queue.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from bus.regions import Layout
 from bus.replies import Started
 
 log = logging.getLogger("inferbus.gate")
+UNLOCATED_WAIT_S = 5.0  # a strict job a node may not run: back to the queue for this long
 
 
 class NotTheirs(Exception):
@@ -56,9 +62,12 @@ class Leasing:
     """Takes, renews and seals leases on nodes' behalf; remembers what it holds."""
 
     def __init__(self, nc: Client, js: JetStreamContext, leases: Leases,
-                 layout: Layout | None = None) -> None:
+                 layout: Layout | None = None, check_locations: bool = False) -> None:
         self.nc, self.js, self.leases = nc, js, leases
         self.layout = layout or regions.single()
+        # Whether the network checks locations (bus.node_location.checks_on): then only a
+        # verified location takes strict jobs; otherwise only a failed one is refused.
+        self.check_locations = check_locations
         self.held: dict[str, Held] = {}  # by job id
 
     async def job_at(self, message: int, stream: str) -> tuple[str, str, JobSubmitted]:
@@ -84,6 +93,10 @@ class Leasing:
         queue, model, job = await self.job_at(ask.message, stream)
         if job.job_id != ask.job_id or not grant.may_take(queue, model):
             raise NotTheirs(f"job {ask.job_id} on {queue} ({model}) is not this node's")
+        if job.strict and not grant.location_believed(self.check_locations):
+            return LeaseAnswer(action="wait", delay_s=UNLOCATED_WAIT_S,
+                               reason=f"a strict-residency job needs a verified location; "
+                                      f"this node's is {grant.location}")
         ack = ask.ack if _ack_of(ask.ack, stream, queue, model, ask.message) else None
         attempt = _delivered(ack) or ask.attempt
         got = await self.leases.acquire(job.job_id, grant.node_id, attempt, ask.message, stream)

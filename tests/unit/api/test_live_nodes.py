@@ -77,3 +77,41 @@ def test_a_nodes_standing_comes_from_its_grant_and_suspended_ones_are_counted():
     boast = NodeRecord(node_id="a" * 64, zone="eu", operator="op", standing="verified")
     assert nodes.narrowed("a" * 64, boast).standing == "probation"
     assert nodes.standings() == {"probation": 1, "suspended": 1}
+
+
+def _located(location: str, node_id: str):
+    from bus.grants import NodeGrant
+    return NodeGrant(node_id=node_id, node_name="n", operator="op", zone="eu", models=("m",),
+                     location=location, location_note=f"{location}: why")
+
+
+def test_declared_coordinates_are_believed_only_where_the_location_checked_out():
+    from bus.node_record import NodeRecord
+    grants = [_located(where, c * 64) for where, c in
+              (("verified", "a"), ("unchecked", "b"), ("failed", "c"))]
+
+    def coordinates(checking: bool) -> dict:
+        nodes = LiveNodes(grants=_grants(*grants), check_locations=checking)
+        return {g.location: nodes.narrowed(g.node_id, NodeRecord(
+            node_id=g.node_id, zone="eu", operator="op", lat=52.5, lon=13.4)).lat
+            for g in grants}
+    assert coordinates(True) == {"verified": 52.5, "unchecked": None, "failed": None}
+    # A network that does not check still refuses the word of a node that failed.
+    assert coordinates(False) == {"verified": 52.5, "unchecked": 52.5, "failed": None}
+    assert LiveNodes(grants=_grants(*grants)).locations()["c" * 64] == ("failed", "failed: why")
+
+
+def test_a_node_whose_location_failed_is_never_dispatched_by_distance():
+    from api.discovery import Constraints, Plan, Policy, candidates, plan
+    from bus.node_record import ModelInfo, NodeRecord
+    grants = [_located("verified", "a" * 64), _located("failed", "c" * 64)]
+    nodes = LiveNodes(grants=_grants(*grants), check_locations=True)
+    for g, (lat, lon) in zip(grants, ((52.0, 13.0), (52.5, 13.4))):  # the liar claims nearer
+        nodes.update(nodes.narrowed(g.node_id, NodeRecord(
+            node_id=g.node_id, zone="eu", operator="op", lat=lat, lon=lon,
+            models=(ModelInfo(name="m", context_length=512),))))
+    berlin = (52.52, 13.405)
+    near = candidates(nodes.live(), Constraints("m", near=berlin, within_km=500))
+    assert [c.node_id for c in near] == ["a" * 64]
+    assert plan(Policy(), nodes.live(), "m", "eu", berlin, 10, 10) == \
+        Plan("nodes", nodes=("a" * 64,), reason="nearest")

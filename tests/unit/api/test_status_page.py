@@ -47,6 +47,15 @@ def test_status_body_groups_live_nodes_by_zone_without_operators():
     assert t["fallback_rate"] == pytest.approx(0.1)  # the global zone has no home to leave
 
 
+def test_each_node_entry_shows_its_checked_location_and_why():
+    failed = ("failed", "connects from GB (zone eu), outside its granted zone na")
+    body = build_status(NODES, STATS, NOW, locations={NODES[2].node_id: failed})
+    (na,) = body["zones"]["na"]["nodes"]
+    assert (na["location"], na["location_note"]) == failed
+    assert {(n["location"], n["location_note"]) for n in body["zones"]["eu"]["nodes"]} == {
+        ("unchecked", "")}  # no grant says otherwise
+
+
 STATUS_JSON_OK = 'inferbus_http_requests_total{method="GET",route="/status.json",code="200"}'
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"'
                     r'(,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*")*)?\})? (\S+)$')
