@@ -29,6 +29,7 @@ from bus.config import Settings
 from bus.content import ContentStore
 from bus.guard import connect_service, preflight
 from bus.grants import GrantBook
+from bus.node_location import checks_on
 from bus.streams import cancels_bucket, claims_bucket, grants_bucket, nodes_bucket
 from ledger import Ledger
 from projections.readmodels import open_store
@@ -56,14 +57,15 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         nc = await connect_service(settings, "api")
         js = nc.jetstream()
-        replicas = settings.stream_replicas
-        grants = await GrantBook().follow(await grants_bucket(js, replicas))
-        nodes, replies = LiveNodes(grants=grants), ReplyRouter(nc)
-        await nodes.watch(await nodes_bucket(js, replicas))
+        replicas, home = settings.stream_replicas, settings.home_placement()
+        grants = await GrantBook().follow(await grants_bucket(js, replicas, home))
+        nodes = LiveNodes(grants=grants, check_locations=checks_on(settings))
+        replies = ReplyRouter(nc)
+        await nodes.watch(await nodes_bucket(js, replicas, home))
         await replies.start()
         job_life_s = settings.job_timeout_s + settings.expiry_grace_s
-        cancels = await cancels_bucket(js, job_life_s, replicas)
-        claims = await claims_bucket(js, job_life_s, replicas)
+        cancels = await cancels_bucket(js, job_life_s, replicas, home)
+        claims = await claims_bucket(js, job_life_s, replicas, home)
         escalator = Escalator(js, claims, settings.zone_wait_s, settings.node_wait_s)
         store = await asyncio.to_thread(open_store, settings)
         ledger = await asyncio.to_thread(Ledger.open, settings)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from nats.js.api import Placement
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -34,6 +35,13 @@ class Settings(BaseSettings):
     regions: str | None = None
     region: str | None = None
     content_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)  # prompts and outputs
+    # Location checks (verifier/location.py): the system account user whose connection
+    # lists show where each node connects from. Unset (or no geoip_db): no checks.
+    nats_system_user: str | None = None
+    nats_system_password: str | None = None
+    location_max_km: float = Field(default=500.0, gt=0)  # declared coordinates vs the address
+    location_max_rtt_ms: float = Field(default=150.0, gt=0)  # best round trip to its region
+    location_check_every_s: float = Field(default=10.0, gt=0)
     zones_file: Path | None = None  # JSON {"CC": "zone"} over the built-in country table
 
     def zone_table(self) -> dict[str, str]:
@@ -87,6 +95,11 @@ class Settings(BaseSettings):
         if self.regions is None and (path := self.data_dir / REGIONS_FILE).exists():
             return regions.parse(path.read_text().strip())
         return regions.parse(self.regions)
+
+    def home_placement(self) -> Placement | None:
+        """Where a bucket is made if missing: the home region (None with one region)."""
+        layout = self.layout()
+        return layout.placement(layout.home)
 
     def this_region(self) -> str:
         """The region this process serves: ``INFERBUS_REGION``, else the home one."""

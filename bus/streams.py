@@ -138,19 +138,23 @@ async def _bucket(js: JetStreamContext, name: str, ttl_s: float, replicas: int,
     return await patiently(step, f"bucket {name}")
 
 
-async def nodes_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    """Live node records; an entry older than ``NODE_TTL_S`` is dropped."""
-    return await _bucket(js, subjects.NODES_BUCKET, NODE_TTL_S, replicas)
+async def nodes_bucket(js: JetStreamContext, replicas: int = 1,
+                       placement: Placement | None = None) -> KeyValue:
+    """Live node records; an entry older than ``NODE_TTL_S`` is dropped. Every
+    bucket is made, if missing, at ``placement`` (``Settings.home_placement``)."""
+    return await _bucket(js, subjects.NODES_BUCKET, NODE_TTL_S, replicas, placement)
 
 
-async def cancels_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) -> KeyValue:
+async def cancels_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1,
+                         placement: Placement | None = None) -> KeyValue:
     """Jobs a consumer asked to stop; kept as long as a job can live."""
-    return await _bucket(js, subjects.CANCELS_BUCKET, ttl_s, replicas)
+    return await _bucket(js, subjects.CANCELS_BUCKET, ttl_s, replicas, placement)
 
 
-async def claims_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) -> KeyValue:
+async def claims_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1,
+                        placement: Placement | None = None) -> KeyValue:
     """Which node runs each job: created once per job, taken over only on redelivery."""
-    return await _bucket(js, subjects.CLAIMS_BUCKET, ttl_s, replicas)
+    return await _bucket(js, subjects.CLAIMS_BUCKET, ttl_s, replicas, placement)
 
 
 async def has_key(kv: KeyValue, key: str) -> bool:
@@ -162,9 +166,10 @@ async def has_key(kv: KeyValue, key: str) -> bool:
     return True
 
 
-async def grants_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+async def grants_bucket(js: JetStreamContext, replicas: int = 1,
+                        placement: Placement | None = None) -> KeyValue:
     """Each node's grant (``bus.grants``), kept until the admin removes it."""
-    return await _bucket(js, subjects.GRANTS_BUCKET, 0, replicas)
+    return await _bucket(js, subjects.GRANTS_BUCKET, 0, replicas, placement)
 
 
 async def ensure_buckets(js: JetStreamContext, layout: Layout, job_life_s: float,

@@ -24,6 +24,7 @@ from bus.config import Settings
 from bus.events import NodeStrike
 from bus.credentials import CredentialStore
 from bus.checks import Sampler
+from bus.node_location import checks_on
 from bus.grants import GrantBook, NodeGrant, file_grant
 from bus.leases import Leases
 from bus.node_messages import LeaseAnswer, LeaseAsk, OutcomeAnswer, parse_outcome
@@ -151,14 +152,16 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
     """Run the gate over ``nc`` (a service connection) until ``stop``."""
     js = nc.jetstream()
     life_s = settings.job_timeout_s + settings.expiry_grace_s
-    claims = await claims_bucket(js, life_s, settings.stream_replicas)
-    cancels = await cancels_bucket(js, life_s, settings.stream_replicas)
-    kv = await grants_bucket(js, settings.stream_replicas)
+    replicas, home = settings.stream_replicas, settings.home_placement()
+    claims = await claims_bucket(js, life_s, replicas, home)
+    cancels = await cancels_bucket(js, life_s, replicas, home)
+    kv = await grants_bucket(js, replicas, home)
     for granted in CredentialStore(settings.data_dir).grants():
         # The admin's record in this data dir (`nodes add` while no network ran).
         await file_grant(kv, granted.network_grant())
     grants = await GrantBook().follow(kv)
-    leasing = Leasing(nc, js, Leases(claims, settings.job_ack_wait_s), settings.layout())
+    leasing = Leasing(nc, js, Leases(claims, settings.job_ack_wait_s), settings.layout(),
+                      check_locations=checks_on(settings))
     counters = counters or Counters(settings.models_dir)
     warming = asyncio.create_task(counters.warm())
     outcomes = Outcomes(nc, js, leasing, counters, cancels, Sampler(settings.spot_check_share))

@@ -31,7 +31,7 @@ async def serve(settings: Settings, nc: Client, store: Store, stop: asyncio.Even
     js = nc.jetstream()
     ledger = await asyncio.to_thread(Ledger.open, settings)
     claims = await claims_bucket(js, settings.job_timeout_s + settings.expiry_grace_s,
-                                 settings.stream_replicas)
+                                 settings.stream_replicas, placement=settings.home_placement())
     try:
         await asyncio.gather(
             consume(js, Settlement(ledger, settings.pricing),

@@ -8,7 +8,9 @@ evidence), counts it in the node's grant, and logs ``NodeVerified`` or
 ``NodeSuspended`` when the standing rules (:mod:`verifier.standing`) say so;
 a suspended node's recent unchecked work is queued for checks too
 (:mod:`verifier.rechecks`). Strikes for other refusals count toward
-suspension as well (:mod:`verifier.strikes`).
+suspension as well (:mod:`verifier.strikes`). Where the network checks
+locations, the verifier also checks where each node connects from
+(:mod:`verifier.location`).
 Settlement compensates a failed job from the log. Event ids derive from the
 job attempt, so a check judged twice (a redelivery) logs nothing new; it is
 acked only once everything is logged. Several verifiers may run: they share
@@ -39,6 +41,7 @@ from bus.publish import publish_event
 from bus.signing import verify_result
 from bus.streams import batches, grants_bucket, patiently
 from verifier.judges import Judges
+from verifier.location import follow_locations
 from verifier.probes import Prober
 from verifier.rechecks import recheck_node
 from verifier.standing import after_check
@@ -152,7 +155,7 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
                 judges: Judges | None = None) -> None:
     """Judge checks from the ``CHECKS`` stream and probe nodes until ``stop``."""
     js = nc.jetstream()
-    kv = await grants_bucket(js, settings.stream_replicas)
+    kv = await grants_bucket(js, settings.stream_replicas, settings.home_placement())
     book = await GrantBook().follow(kv)
     prober = Prober(js)
     verifier = Verifier(js, kv, judges or Judges(settings.models_dir), settings, prober)
@@ -166,6 +169,7 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
         config=config), "verifier consumer")
     probing = asyncio.create_task(_probe(prober, book, stop))
     striking = asyncio.create_task(follow_strikes(js, verifier.count, settings, stop))
+    locating = asyncio.create_task(follow_locations(settings, js, kv, book, stop))
     log.info("verifier serving")
     try:
         async for msgs in batches(sub, stop, 4, "verifier"):
@@ -177,6 +181,7 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
     finally:
         probing.cancel()
         striking.cancel()
+        locating.cancel()
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
         await book.close()

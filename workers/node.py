@@ -87,7 +87,8 @@ async def grant_itself(settings: Settings, js, options: WorkerOptions, node: str
     grant = NodeGrant(node_id=node, node_name=options.node_name or f"{options.zone}-{model}",
                       operator=options.operator, zone=options.zone, models=(model,),
                       tier=options.tier, subcloud=options.subcloud, public=options.public)
-    await file_grant(await grants_bucket(js, settings.stream_replicas), grant)
+    kv = await grants_bucket(js, settings.stream_replicas, settings.home_placement())
+    await file_grant(kv, grant)
 
 
 async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -> None:
@@ -102,7 +103,7 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     layout = settings.layout()
     await wait_for_streams(js, streams=worker_streams(layout, options.zone))
     await refuse_unsafe_bus(settings, js)
-    kv = await nodes_bucket(js, settings.stream_replicas)
+    kv = await nodes_bucket(js, settings.stream_replicas, settings.home_placement())
     node = signing.node_id(key)
     sources, consumers = [], []  # consumers: (stream, name), each queue's in its region
     for queue in queues(options, node):
@@ -123,7 +124,8 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
         facts.update(gpu_facts())  # free VRAM and utilisation change while serving
     bell = await Doorbell(nc, [subjects.jobs(q, name) for q in queues(options, node)]).start()
     job_life_s = settings.job_timeout_s + settings.expiry_grace_s
-    cancels = await cancels_bucket(js, job_life_s, settings.stream_replicas)
+    cancels = await cancels_bucket(js, job_life_s, settings.stream_replicas,
+                                   settings.home_placement())
     if nkey_seed(settings) is None:
         await grant_itself(settings, js, options, node, name)
     gate = GateClient(nc, node)

@@ -96,14 +96,21 @@ class Doorbell:
         return True
 
 
-async def next_jobs(sources: list[JobSource], room: int) -> list[Msg]:
+async def next_jobs(sources: list[JobSource], room: int,
+                    start: Callable[[list[Msg]], None] | None = None) -> list[Msg]:
     """Up to ``room`` jobs, first choice first: each queue is asked for what room is
-    left, so a busy zone fills a node in one round trip per queue, not one per job."""
+    left, so a busy zone fills a node in one round trip per queue, not one per job.
+    ``start`` gets each queue's jobs as they come, before the next queue is asked:
+    with regions the global pool may be a gateway away, and a job in hand should
+    not wait for that round trip."""
     found: list[Msg] = []
     for source in sources:
         if len(found) >= room:
             break
-        found += await source.take(room - len(found))
+        got = await source.take(room - len(found))
+        if got and start is not None:
+            start(got)
+        found += got
     return found
 
 
@@ -133,13 +140,15 @@ async def pull_loop(sources: list[JobSource], bell: Doorbell,
                 await free.acquire()
                 room += 1
             bell.clear()
-            msgs = [] if stop.is_set() else await next_jobs(sources, room)
+
+            def launch(msgs: list[Msg]) -> None:
+                for msg in msgs:
+                    task = asyncio.create_task(run_one(msg))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            msgs = [] if stop.is_set() else await next_jobs(sources, room, launch)
             for _ in range(room - len(msgs)):
                 free.release()
-            for msg in msgs:
-                task = asyncio.create_task(run_one(msg))
-                running.add(task)
-                task.add_done_callback(running.discard)
             if msgs:
                 rang, retries = False, list(RING_RETRIES_S)
             elif not stop.is_set():

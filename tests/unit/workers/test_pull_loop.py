@@ -35,3 +35,29 @@ async def test_a_job_rung_before_it_can_be_pulled_is_taken_at_once_not_at_the_sa
     queue.job = "job"  # ...then the stream holds it
     await asyncio.wait_for(loop, 5)
     assert taken and taken[0] - rung < SAFETY_POLL_S / 4
+
+
+class SlowQueue:
+    """A queue a gateway away: every probe takes ``delay`` seconds, and finds nothing."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    async def take(self, n: int) -> list:
+        await asyncio.sleep(self.delay)
+        return []
+
+
+async def test_a_job_in_hand_starts_before_a_far_queue_is_asked_for_more():
+    near, far, bell, stop, started = LateQueue(), SlowQueue(0.5), Doorbell(None, []), \
+        asyncio.Event(), []
+    near.job = "job"
+
+    async def run(msg) -> None:
+        started.append(time.monotonic())
+        stop.set()
+
+    begun = time.monotonic()
+    loop = asyncio.create_task(pull_loop([near, far], bell, run, stop, max_jobs=4))
+    await asyncio.wait_for(loop, 5)
+    assert started and started[0] - begun < 0.25  # not after the far queue's 0.5 s
