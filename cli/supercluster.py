@@ -66,7 +66,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 REGION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # as bus/regions.py accepts
 SYS_PASSWORD_ENV = "NATS_SYS_PASSWORD"  # production: the SYS user's password
@@ -113,17 +113,31 @@ def check_regions(regions: list[str], servers_per_region: int) -> None:
         raise ValueError(f"--servers must be at least 1, not {servers_per_region}")
 
 
-def render(server: Server, every: list[Server], bind: str, auth: str) -> str:
+def render(server: Server, every: list[Server], bind: str, auth: str,
+           via: Callable[[Server, Server], str] | None = None,
+           advertise: str | None = None) -> str:
     """The config text of ``server`` in the supercluster of ``every`` server:
-    it listens on ``bind`` and ends with ``auth`` (the client users)."""
+    it listens on ``bind`` and ends with ``auth`` (the client users). ``via``
+    (``server``, a server of another region) -> the gateway URL ``server``
+    dials to reach it (a delaying proxy's, say); default its gateway port.
+    ``advertise``: the ``host:port`` a server tells the other regions to dial
+    it at (gateways gossip it: a server that learns a region's real address
+    before it dials may use it instead of ``via``'s URL)."""
     by_region: dict[str, list[Server]] = {}
     for s in every:
         by_region.setdefault(s.region, []).append(s)
     routes = "\n".join(f"    nats-route://{s.host}:{s.cluster_port}"
                        for s in by_region[server.region])
+
+    def url(s: Server) -> str:
+        if via is not None and s.region != server.region:
+            return via(server, s)
+        return f"nats://{s.host}:{s.gateway_port}"
+
     def urls(ss: list[Server]) -> str:
-        return ", ".join(json.dumps(f"nats://{s.host}:{s.gateway_port}") for s in ss)
+        return ", ".join(json.dumps(url(s)) for s in ss)
     gateways = "\n".join(f"    {{name: {r}, urls: [{urls(ss)}]}}" for r, ss in by_region.items())
+    advertised = f"\n  advertise: {json.dumps(advertise)}" if advertise else ""
     return f"""# {server.name}: a server of region {server.region} (NATS cluster {server.region}).
 # Supercluster: {', '.join(by_region)}. Rendered by cli/supercluster.py.
 server_name: {server.name}
@@ -145,7 +159,7 @@ cluster {{
 }}
 gateway {{
   name: {server.region}
-  listen: {bind}:{server.gateway_port}
+  listen: {bind}:{server.gateway_port}{advertised}
   gateways: [
 {gateways}
   ]
@@ -185,14 +199,20 @@ def _free_ports(n: int) -> list[int]:
 
 def loopback(root: Path, regions: list[str], servers_per_region: int = 1,
              ports: Mapping[str, tuple[int, int, int, int]] | None = None,
-             auth: Path | None = None, sys_password: str = "sys") -> list[Server]:
+             auth: Path | None = None, sys_password: str = "sys",
+             via: Callable[[Server, Server], str] | None = None,
+             advertise: str | None = None) -> list[Server]:
     """Write ``<root>/<name>.conf`` for every server of a supercluster on 127.0.0.1
     and return the servers, each storing under ``<root>/<name>``.
 
     ``ports`` maps a server name to its (client, cluster, gateway, http) ports,
     so a re-rendered server keeps them; the others get free ports. ``auth`` is
     an ``authorization`` file to include (nkey users); without one a client
-    needs no credentials and lands in the global account."""
+    needs no credentials and lands in the global account. ``via`` and
+    ``advertise``: the gateway URL a server dials for a server of another
+    region and the address it gossips, as :func:`render` takes them
+    (bench/regions.py puts delaying proxies there, and gossips an address
+    nothing listens on so that no gateway goes around them)."""
     check_regions(regions, servers_per_region)
     root.mkdir(parents=True, exist_ok=True)
     names = [f"{r}-{i}" for r in regions for i in range(1, servers_per_region + 1)]
@@ -211,7 +231,7 @@ def loopback(root: Path, regions: list[str], servers_per_region: int = 1,
     text = (f"system_account: SYS\n"
             f"accounts {{ SYS {{ users = [{{user: sys, password: {sys_user}}}] }} }}\n{users}")
     for s in every:
-        s.config.write_text(render(s, every, "127.0.0.1", text))
+        s.config.write_text(render(s, every, "127.0.0.1", text, via, advertise))
     return every
 
 
