@@ -16,6 +16,8 @@ judged at once; :meth:`Checker.finish` judges what needs the whole log.
 - I5 a paid ``JobCompleted`` (debit > 0 or an RCP award) carries a valid
   node signature (:func:`bus.signing.verify_result`); a completion of a node
   on probation earns no RCP.
+- I7 a strict subcloud's job runs only in its zones and its content stays off
+  the log (:mod:`projections.residency`).
 - I6 no job whose paid work failed its spot check stays paid or rewarded: its
   debit is reimbursed and its RCP revoked (``CreditsReimbursed``,
   ``RCPRevoked``) within ``grace_s`` of the failed check; and nothing is
@@ -35,6 +37,7 @@ from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, Credi
                         JobSubmitted, RCPAwarded, RCPRevoked, SpotChecked, parse_event)
 from bus.signing import verify_result
 from projections.audit_state import Balance, Job, Violations
+from projections.residency import Residency
 from projections.lifecycle import COMPLETED, ending
 from projections.replay import Delivery
 from projections.store import utc
@@ -47,6 +50,7 @@ class Checker:
         self.jobs: dict[str, Job] = {}
         self.accounts: dict[str, Balance] = {}
         self.v = Violations()
+        self.residency = Residency(self.v)
         self.events = self.malformed = self.open_reservations = 0
         self._handlers = {
             CreditsDeposited: self._deposited, CreditsReserved: self._reserved,
@@ -65,6 +69,7 @@ class Checker:
         handler = self._handlers.get(type(event))
         if handler is not None:
             handler(d.seq, event)
+        self.residency.observe(event)
 
     def observe_raw(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
