@@ -5,6 +5,7 @@ import time
 import httpx
 import pytest
 
+from bus import subjects
 from bus.events import JobEscalated, JobStarted
 from tests.conftest import LONG_MODEL
 from tests.e2e.test_geo_routing import node_id
@@ -62,7 +63,7 @@ def test_busy_candidate_is_skipped_for_the_next_after_the_node_wait(placed):
     job_id = r.headers["x-inferbus-job"]
     assert ran_on(placed, job_id) == ["potsdam"]
     moves = [e for _, e in job_log(placed.nats_url, job_id) if isinstance(e, JobEscalated)]
-    assert len(moves) == 1 and moves[0].to.startswith("node_")
+    assert len(moves) == 1 and subjects.is_node_queue(moves[0].to)
     assert httpx.delete(f"{placed.base_url}/v1/jobs/{busy}", timeout=30,
                         headers={"Authorization": f"Bearer {placed.key}"}).status_code == 200
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from bus import signing
-from bus.events import JobEscalated, JobStarted
+from bus.events import CREDIT_EVENTS, JobEscalated, JobStarted
 from tests.conftest import LONG_MODEL
 from tests.eventlog import job_log
 from tests.stack import Stack
@@ -93,9 +93,12 @@ def test_strict_subcloud_without_a_node_in_its_zone_times_out_with_a_full_refund
         time.sleep(0.2)
     assert (acct["balance"], acct["spent"]) == (5, 0)
     logged = job_log(s.nats_url, job_id)
-    assert logged  # the job and its refund are on the log, all on eu subjects
+    assert logged  # the job and its refund are on the log: its own events on eu subjects,
     assert not any(isinstance(e, (JobStarted, JobEscalated)) for _, e in logged)
-    assert all(subject.startswith("events.eu.") for subject, _ in logged)
+    money = [s for s, e in logged if isinstance(e, CREDIT_EVENTS)]
+    assert money and all(s.startswith("events.global.") for s in money)  # money is global
+    assert all(s.startswith("events.eu.") for s, e in logged if not isinstance(e, CREDIT_EVENTS))
+    assert all(e.zone == "eu" for _, e in logged)
 
 
 def test_private_pool_serves_its_subcloud_and_never_public_jobs(fresh_nats, models_dir, tmp_path):
