@@ -81,14 +81,28 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
                 await js.update_stream(info.config)
         except NotFoundError:
             try:
-                await js.add_stream(config)
+                info = await js.add_stream(config)
             except BadRequestError as exc:  # another process created it first
                 if exc.err_code != 10058:  # stream name already in use
                     raise
-            info = await js.stream_info(config.name)
+                # Its creator's stream may have no leader yet: "not found" for a moment.
+                info = await _found(js, config.name)
         if (why := _placed_elsewhere(info, config)) is not None:
             raise PlacementDrift(f"{why}: move it back (or remove it) before starting")
     await patiently(step, f"stream {config.name}")
+
+
+async def _found(js: JetStreamContext, name: str, patience_s: float = 10.0) -> StreamInfo:
+    """The info of a stream that exists, waiting out the moment after its creation
+    in which a replicated stream answers "not found" (no leader elected yet)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return await js.stream_info(name)
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int = 1, layout: Layout | None = None,
