@@ -21,7 +21,6 @@ from typing import NoReturn
 from datetime import datetime, timedelta, timezone
 
 from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
@@ -117,11 +116,12 @@ class Admission:
         await self._reserve(prepared)
         try:
             await self._log(prepared.job)
-        except (NoRespondersError, NatsTimeout, NoStreamResponseError):
+        except (NoRespondersError, NoStreamResponseError):
             if prepared.job.strict or prepared.job.zone == GLOBAL:
                 await self._unlogged(prepared.job)
-            # The job's zone's region is down (its log does not answer): a job free to
-            # leave it is kept and queued in the global pool's region instead.
+            # No stream took it (a timeout might have stored it: that is refunded as
+            # before): the job's zone's region is down. A job free to leave it is
+            # kept and queued in the global pool's region instead.
             prepared = replace(prepared, chain=(), job=prepared.job.model_copy(update={
                 "zone": GLOBAL, "route": "global", "queue": None, "then": ()}))
             try:

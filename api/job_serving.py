@@ -57,7 +57,7 @@ def job_body(view: JobView, cost: int | None, output: Output | None = None,
             "created_at": _unix(view.created_at), "finished_at": _unix(view.finished_at)}
     if content is not None:
         body["content"] = content
-    if output is not None:
+    if output is not None and output.expires_at is not None:
         body["content_expires_at"] = _unix(output.expires_at)
     if view.status in (FAILED, EXPIRED, CANCELLED):
         body["error"] = {"code": view.error_code or view.status,
@@ -126,6 +126,8 @@ class JobServing:
         output, gone = None, None
         if view.status == COMPLETED:
             output = await self._content.output(view.zone, view.job_id)
+            if output is None and view.text:  # logged before the content store: on the log
+                output = Output(view.text, view.finish_reason or "stop", None)
             if output is None:
                 gone = "erased" if await self._content.erased(view.zone, view.job_id) \
                     else "expired"

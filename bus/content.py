@@ -68,7 +68,7 @@ class Output:
 
     text: str
     finish_reason: str
-    expires_at: datetime
+    expires_at: datetime | None  # None: kept on the log (written before the content store)
 
 
 class ContentStore:
