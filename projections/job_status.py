@@ -177,5 +177,6 @@ def active_jobs(store: Store, key_id: str) -> int:
 def jobs_of(store: Store, account: str) -> list[tuple[str, str]]:
     """``(zone, job_id)`` of every job of ``account`` (where its content is kept)."""
     with store.transaction(write=False) as tx:
-        rows = tx.query("SELECT zone, job_id FROM jobs WHERE account = ?", (account,))
+        rows = tx.query("SELECT zone, job_id FROM jobs WHERE account = ? AND zone IS NOT NULL",
+                        (account,))
     return [(r["zone"], r["job_id"]) for r in rows]
