@@ -21,6 +21,7 @@ from typing import NoReturn
 from datetime import datetime, timedelta, timezone
 
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
@@ -116,12 +117,16 @@ class Admission:
         await self._reserve(prepared)
         try:
             await self._log(prepared.job)
-        except (NoRespondersError, NoStreamResponseError):
-            if prepared.job.strict or prepared.job.zone == GLOBAL:
-                await self._unlogged(prepared.job)
-            # No stream took it (a timeout might have stored it: that is refunded as
-            # before): the job's zone's region is down. A job free to leave it is
-            # kept and queued in the global pool's region instead.
+        except (NoRespondersError, NoStreamResponseError, NatsTimeout) as exc:
+            job = prepared.job
+            # A timeout from a region that answers may have stored the job: refunded,
+            # and failed on the log too, or it would stay there with no outcome.
+            if isinstance(exc, NatsTimeout) and not await self._routing.region_down(job.zone):
+                await self._failed(job, "log_timeout", exc)
+            if job.strict or job.zone == GLOBAL or not self._routing.regions:
+                await self._unlogged(job)
+            # The job's zone's region is down: a job free to leave it is kept and
+            # queued in the global pool's region instead.
             prepared = replace(prepared, chain=(), job=prepared.job.model_copy(update={
                 "zone": GLOBAL, "route": "global", "queue": None, "then": ()}))
             try:
@@ -196,10 +201,14 @@ class Admission:
         # Refund first: a copy that landed after all and runs is then settled as a
         # no-op (one resolution per reservation), so a 503 is never charged.
         await asyncio.to_thread(self._ledger.refund, job.job_id, "not queued")
+        failed = JobFailed(job_id=job.job_id, zone=job.zone, code=code,
+                           message=str(exc) or type(exc).__name__)
         with contextlib.suppress(Exception):  # the log may be down too (no quorum)
-            await publish_event(self._js, JobFailed(job_id=job.job_id, zone=job.zone, code=code,
-                                                    message=str(exc) or type(exc).__name__),
-                                job.zone)
+            # Patient (one event id, deduplicated): the election that lost the job's
+            # ack is over in a few seconds, and a logged job must not stay open.
+            await patiently(lambda: publish_event(self._js, failed, job.zone,
+                                                  timeout=ENQUEUE_TRY_S),
+                            "log the failure", ENQUEUE_PATIENCE_S)
         raise APIError(503, "the job queue is unavailable", "bus_unavailable") from None
 
 

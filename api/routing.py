@@ -66,6 +66,17 @@ class Routing:
         self._region = region or self._layout.home
         self._probe = probe
 
+    @property
+    def regions(self) -> bool:
+        """Whether the network has several regions (a job can be re-homed)."""
+        return self._layout.split
+
+    async def region_down(self, zone: str) -> bool:
+        """Whether the region keeping ``zone``'s jobs does not answer (probed; never
+        with one region, where there is nowhere else to go)."""
+        return self._layout.split and self._probe is not None and \
+            not await self._probe.up(self._layout.region_of(zone))
+
     async def decide(self, who: Principal, model: str, zone: str, *,
                      constraints: Constraints | None = None,
                      location: tuple[float, float] | None = None,

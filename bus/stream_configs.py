@@ -80,6 +80,18 @@ def checks_stream_config(replicas: int = 1, name: str = subjects.CHECKS_STREAM,
         max_age=24 * 3600.0, duplicate_window=DUPLICATE_WINDOW_S, placement=placement)
 
 
+def kv_stream_config(bucket: str, ttl_s: float, replicas: int,
+                     placement: Placement | None) -> StreamConfig:
+    """A KV bucket's stream as nats-py's ``create_key_value`` makes it (history 1),
+    plus the placement it leaves out."""
+    return StreamConfig(
+        name=subjects.kv_stream(bucket), subjects=[f"$KV.{bucket}.>"], allow_direct=True,
+        allow_rollup_hdrs=True, deny_delete=True, discard=DiscardPolicy.NEW,
+        duplicate_window=min(DUPLICATE_WINDOW_S, ttl_s) if ttl_s else DUPLICATE_WINDOW_S,
+        max_age=ttl_s, max_consumers=-1, max_msgs=-1, max_msgs_per_subject=1,
+        num_replicas=replicas, storage=StorageType.FILE, placement=placement)
+
+
 def stream_configs(layout: Layout, replicas: int = 1,
                    retention_s: float = DEFAULT_RETENTION_S) -> list[tuple[StreamConfig, str]]:
     """Every stream of ``layout`` with the region it must live in."""

@@ -29,7 +29,8 @@ from nats.js.kv import KeyValue
 from bus import regions, subjects
 from bus.regions import Layout
 from bus.stream_configs import (DEFAULT_RETENTION_S, DUPLICATE_WINDOW_S,  # noqa: F401 - re-exported
-                                events_stream_config, jobs_stream_config, stream_configs)
+                                events_stream_config, jobs_stream_config, kv_stream_config,
+                                stream_configs)
 
 log = logging.getLogger("inferbus.bus")
 NODE_TTL_S = 10.0
@@ -146,9 +147,18 @@ async def _bucket(js: JetStreamContext, name: str, ttl_s: float, replicas: int,
         try:
             return await js.key_value(name)
         except NotFoundError:  # BucketNotFoundError; a concurrent create of the same config is fine
-            return await js.create_key_value(KeyValueConfig(
-                bucket=name, ttl=ttl_s, history=1, replicas=replicas, storage=StorageType.FILE,
-                placement=placement))
+            if placement is None:
+                return await js.create_key_value(KeyValueConfig(
+                    bucket=name, ttl=ttl_s, history=1, replicas=replicas,
+                    storage=StorageType.FILE))
+            # nats-py's create_key_value drops a placement: the bucket would land in
+            # the creator's cluster. Its stream is made here, as nats-py would, placed.
+            try:
+                await js.add_stream(kv_stream_config(name, ttl_s, replicas, placement))
+            except BadRequestError as exc:
+                if exc.err_code != 10058:  # made by another process meanwhile
+                    raise
+            return await js.key_value(name)
     return await patiently(step, f"bucket {name}")
 
 
@@ -188,11 +198,16 @@ async def grants_bucket(js: JetStreamContext, replicas: int = 1,
 
 async def ensure_buckets(js: JetStreamContext, layout: Layout, job_life_s: float,
                          replicas: int = 1) -> None:
-    """Every bucket, placed in the home region (only the split layout places)."""
+    """Every bucket, placed in the home region (only the split layout places); one
+    found in another cluster raises :class:`PlacementDrift`."""
     at = layout.placement(layout.home)
     for name, ttl in ((subjects.NODES_BUCKET, NODE_TTL_S), (subjects.CANCELS_BUCKET, job_life_s),
                       (subjects.CLAIMS_BUCKET, job_life_s), (subjects.GRANTS_BUCKET, 0)):
         await _bucket(js, name, ttl, replicas, at)
+        info = await _found(js, subjects.kv_stream(name))
+        if at is not None and info.cluster is not None and info.cluster.name != at.cluster:
+            raise PlacementDrift(f"bucket {name} lives in cluster {info.cluster.name}, not in "
+                                 f"the home region {at.cluster}: move it back (or remove it)")
 
 
 async def ensure_work_consumer(js: JetStreamContext, zone: str, model: str,

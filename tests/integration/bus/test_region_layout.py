@@ -11,10 +11,11 @@ import pytest
 from nats.js.api import Placement, StreamConfig, StreamSource
 from nats.js.errors import NotFoundError
 
-from bus import regions
+from bus import regions, subjects
 from bus.content import ContentStore, put_output
 from bus.events import JobCompleted, Usage, output_hash
-from bus.streams import PlacementDrift, ensure_streams, stream_configs
+from bus.streams import (PlacementDrift, claims_bucket, ensure_buckets, ensure_streams,
+                         stream_configs)
 from tests.supercluster import Supercluster
 
 pytestmark = pytest.mark.asyncio
@@ -35,7 +36,9 @@ async def eu_js(sc):
     nc = await nats.connect(sc.url("eu").split(","), connect_timeout=2)
     js = nc.jetstream()
     yield js
-    for name in [c.name for c, _ in stream_configs(LAYOUT)] + ["SPY"]:
+    buckets = [subjects.kv_stream(b) for b in (subjects.NODES_BUCKET, subjects.CANCELS_BUCKET,
+                                               subjects.CLAIMS_BUCKET, subjects.GRANTS_BUCKET)]
+    for name in [c.name for c, _ in stream_configs(LAYOUT)] + ["SPY"] + buckets:
         while True:  # a stream being moved between regions may need a second delete
             try:
                 await js.delete_stream(name)
@@ -52,6 +55,21 @@ async def test_each_stream_is_created_in_its_own_region_from_any_client(eu_js):
         info = await eu_js.stream_info(config.name)
         assert info.cluster.name == region, config.name
         assert info.config.placement.tags == [f"region:{region}"]
+
+
+async def test_buckets_are_made_in_the_home_region_whoever_makes_them(eu_js):
+    home = LAYOUT.placement(LAYOUT.home)
+    await claims_bucket(eu_js, 60, placement=home)  # from eu, before anyone provisioned
+    await ensure_buckets(eu_js, LAYOUT, 60)
+    for bucket in (subjects.NODES_BUCKET, subjects.CANCELS_BUCKET, subjects.CLAIMS_BUCKET,
+                   subjects.GRANTS_BUCKET):
+        assert (await eu_js.stream_info(subjects.kv_stream(bucket))).cluster.name == "na"
+
+
+async def test_a_bucket_made_outside_the_home_region_refuses_to_start(eu_js):
+    await eu_js.create_key_value(bucket=subjects.CLAIMS_BUCKET)  # no placement: lands in eu
+    with pytest.raises(PlacementDrift, match="bucket claims lives in cluster eu"):
+        await ensure_buckets(eu_js, LAYOUT, 60)
 
 
 async def test_a_region_stream_moved_to_another_region_refuses_to_start(eu_js):
