@@ -154,9 +154,12 @@ class Network:
         return key
 
     def wait_ready(self, key: str, stopped, timeout: float = 120.0) -> bool:
-        """Until every API answers and lists the model (a worker is live); False if stopped."""
+        """Until every API answers and lists the model, and every worker is live (its
+        zone has a live node on the status board); False if stopped."""
         deadline = time.monotonic() + timeout
-        waiting = [self.port + i for i in range(max(len(self.regional), 1))]
+        waiting: list = [self.port + i for i in range(max(len(self.regional), 1))]
+        waiting += [c.name.removeprefix("worker-") for c in self.children
+                    if c.name.startswith("worker-")]
         while waiting:
             if stopped():
                 return False
@@ -164,17 +167,25 @@ class Network:
                 raise RuntimeError(f"the network was not ready within {timeout:.0f} s; see "
                                    f"{self.settings.data_dir / 'logs'}")
             self.check_children()
-            request = urllib.request.Request(f"http://{self.host}:{waiting[0]}/v1/models",
-                                             headers={"Authorization": f"Bearer {key}"})
             try:
-                with urllib.request.urlopen(request, timeout=2) as resp:
-                    if any(m["id"] == self.model for m in json.load(resp)["data"]):
-                        waiting.pop(0)
-                        continue
-            except (urllib.error.URLError, OSError, ValueError):
+                if self._ready(waiting[0], key):
+                    waiting.pop(0)
+                    continue
+            except (urllib.error.URLError, OSError, ValueError, KeyError):
                 pass
             time.sleep(0.25)
         return True
+
+    def _ready(self, what: int | str, key: str) -> bool:
+        """An API (its port) lists the model; a worker's zone has a live node."""
+        if isinstance(what, int):
+            request = urllib.request.Request(f"http://{self.host}:{what}/v1/models",
+                                             headers={"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(request, timeout=2) as resp:
+                return any(m["id"] == self.model for m in json.load(resp)["data"])
+        with urllib.request.urlopen(f"http://{self.host}:{self.port}/status.json",
+                                    timeout=2) as resp:
+            return json.load(resp)["zones"].get(what, {}).get("nodes_live", 0) > 0
 
     def check_children(self) -> None:
         """Restart a child that died (a few times), so one crash does not stop the network."""
