@@ -15,6 +15,7 @@ from nats.js.api import ConsumerConfig, StreamConfig
 from nats.js.errors import KeyNotFoundError
 
 from bus import signing, subjects
+from bus.content import put
 from bus.credentials import CredentialStore, WorkerGrant
 from bus.events import ChatMessage, JobCompleted, JobSubmitted, Sampling
 from bus.publish import enqueue_job, publish_event
@@ -139,6 +140,22 @@ async def test_worker_user_cannot_log_money_keys_submissions_or_queue_jobs(netwo
     await refused_all(refusals, attempts)
     log = await service.jetstream().stream_info(subjects.EVENTS_STREAM)
     assert log.state.messages == 0
+
+
+async def test_worker_user_cannot_write_content_checks_or_a_copy_of_a_regions_data(network):
+    """Content and check requests are written only by services: a node could
+    otherwise plant a result in the content store, frame another node with a check
+    request, or make a stream that copies a region's content elsewhere."""
+    _, service, worker, refusals, _, _ = network
+    wjs = worker.jetstream(timeout=REFUSED_WAIT_S)
+    spy = "$JS.API.STREAM.CREATE.SPY"
+    await refused_all(refusals, {
+        subjects.content("eu", "job-x", "output"): put(wjs, "eu", "job-x", "output", b"{}"),
+        subjects.check("eu"): wjs.publish(subjects.check("eu"), b"{}", timeout=REFUSED_WAIT_S),
+        spy: worker.request(spy, b'{"name": "SPY", "mirror": {"name": "CONTENT"}}',
+                            timeout=REFUSED_WAIT_S)})
+    content = await service.jetstream().stream_info(subjects.CONTENT_STREAM)
+    assert content.state.messages == 0
 
 
 async def test_worker_user_cannot_take_another_zones_jobs(network):

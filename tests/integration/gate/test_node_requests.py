@@ -138,3 +138,21 @@ async def test_one_attempt_has_one_outcome_whatever_the_node_reports_after(gate_
     assert len(await events_of(w, JobCompleted, "j8")) == 1
     assert await events_of(w, JobFailed, "j8") == []
     assert [s.job_id for s in await events_of(w, NodeStrike)] == ["j8"]
+
+
+async def test_a_lease_naming_a_stream_that_keeps_no_jobs_is_refused(gate_world):
+    """The gate reads the job from the stream a node's ack subject names: a node
+    that names the log or the content store (to have them read back to it as a
+    job) is refused and struck, and the job itself stays free."""
+    w = gate_world
+    await w.queue(a_job("j-own"))
+    msg = await w.take("eu")
+    seq = msg.metadata.sequence.stream
+    for stream in (subjects.EVENTS_STREAM, subjects.CONTENT_STREAM, "JOBS_elsewhere"):
+        forged = LeaseAsk(op="acquire", job_id="j-own", attempt=1, message=seq,
+                          ack=f"$JS.ACK.{stream}.{subjects.consumer_name('eu', MODEL)}.1.{seq}.1.0.0")
+        reply = await w.nc.request(subjects.node_says(w.ids["A"], subjects.NODE_LEASE),
+                                   forged.model_dump_json().encode(), timeout=2)
+        assert LeaseAnswer.model_validate_json(reply.data).action == "stop", stream
+    assert {s.node_id for s in await events_of(w, NodeStrike)} == {w.ids["A"]}
+    assert (await w.gate["A"].lease("acquire", msg, "j-own")).action == "run"
