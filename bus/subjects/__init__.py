@@ -90,11 +90,11 @@ def queue_of(subject: str) -> tuple[str, str] | None:
 
 def zone_jobs(zone: str) -> str:
     """Every queue homed in ``zone``: part of its region's jobs stream."""
-    return f"jobs.{check_token(zone, 'zone')}.>"
+    return below(f"jobs.{check_token(zone, 'zone')}")
 
 
 def zone_events(zone: str) -> str:
-    return f"{_EVENTS}.{check_token(zone, 'zone')}.>"
+    return below(f"{_EVENTS}.{check_token(zone, 'zone')}")
 
 
 def content(zone: str, job_id: str, part: str) -> str:
@@ -103,7 +103,7 @@ def content(zone: str, job_id: str, part: str) -> str:
 
 
 def zone_content(zone: str) -> str:
-    return f"content.{check_token(zone, 'zone')}.>"
+    return below(f"content.{check_token(zone, 'zone')}")
 
 
 def job_content(job_id: str) -> str:
