@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # with AVX512-BF16 or AMX, bfloat16 about doubles batched throughput
     # (bench/worker.py); on other CPUs it is much slower than float32.
     worker_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Models (bus.model_book): with this set, a model name nobody published is served
+    # by no node; unset, such a local model (a directory a worker was pointed at) is
+    # served by any root. Production deployments set it.
+    published_models_only: bool = False
 
     def layout(self) -> Layout:
         """``INFERBUS_REGIONS``, else the regions ``inferbus up --regions`` wrote down."""

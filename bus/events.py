@@ -16,6 +16,7 @@ from bus.bounds import MAX_TOKENS, Attempt, Hash, Id, Name, Text, Tokens
 from bus.contracts import Contract, Event, new_id
 from bus.credit_events import (CreditsDebited, CreditsDeposited, CreditsRefunded,
                                CreditsReimbursed, CreditsReserved, RCPAwarded, RCPRevoked)
+from bus.model_events import ModelPublished, ModelRetired
 from bus.node_events import NodeStrike, NodeSuspended, NodeVerified, SpotChecked
 from bus.subjects import GLOBAL
 
@@ -134,6 +135,9 @@ class JobCompleted(Event):
     output_hash: Hash
     signature: Hash
     probation: bool = False  # its node was on probation: checked, and earns no RCP yet
+    # The root of the weights the node signed it ran (bus.model_manifest); None on
+    # events from before models had roots.
+    model_root: Hash | None = None
 
     def without_content(self) -> "JobCompleted":
         """The copy the log keeps: ``output_hash`` stands for the text (``bus.content``)."""
@@ -213,7 +217,8 @@ AnyEvent = Annotated[
     Union[JobSubmitted, JobStarted, JobEscalated, JobCompleted, JobFailed, JobCancelled,
           JobExpired, ApiKeyIssued, ApiKeyRevoked, SubcloudCreated, CreditsDeposited,
           CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded, CreditsReimbursed,
-          RCPRevoked, NodeStrike, NodeSuspended, NodeVerified, SpotChecked],
+          RCPRevoked, NodeStrike, NodeSuspended, NodeVerified, SpotChecked, ModelPublished,
+          ModelRetired],
     Field(discriminator="type"),
 ]
 

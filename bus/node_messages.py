@@ -14,6 +14,7 @@ from pydantic import Field, TypeAdapter
 
 from bus.bounds import Attempt, Hash, Id, Text
 from bus.events import Contract
+from bus.model_manifest import Sha256
 
 AckSubject = Annotated[str, Field(max_length=256)]
 
@@ -54,6 +55,7 @@ class Completed(Contract):
     text: Text
     finish_reason: Literal["stop", "length"]
     signature: Hash
+    model_root: Sha256 | None = None  # the weights it ran (signed with the rest)
 
 
 class Failed(Contract):

@@ -5,12 +5,16 @@ from pydantic import Field
 
 from bus.bounds import MAX_TOKENS, Id, Name
 from bus.events import Contract
+from bus.model_manifest import Sha256
 
 
 class ModelInfo(Contract):
     name: Name
     context_length: int = Field(ge=1, le=MAX_TOKENS)
     kind: Name = "chat"
+    # The root of the weights it serves (bus.model_manifest): routing offers the
+    # name's jobs only to a root the catalog publishes (bus.model_book).
+    root: Sha256 | None = None
 
 
 class NodeRecord(Contract):

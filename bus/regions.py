@@ -92,6 +92,11 @@ class Layout:
         return subjects.regional(subjects.CONTENT_STREAM, region) if self.split \
             else subjects.CONTENT_STREAM
 
+    def model_store(self, region: str) -> str:
+        """The object store bucket keeping ``region``'s copies of model chunks."""
+        return subjects.regional(subjects.MODEL_CHUNKS, region) if self.split \
+            else subjects.MODEL_CHUNKS
+
     def queue_stream(self, queue: str) -> str:
         """The stream a queue token's jobs are stored in (``subjects.queue_home``)."""
         home = subjects.queue_home(queue)

@@ -1,7 +1,7 @@
 """Node identity and result signatures (ed25519 via pynacl).
 
 A node's id is its hex public key. A node signs what it vouches for: the job,
-the attempt, the model, and the hashes of the input and of its output, so a
+the attempt, the model and the root of its weights, and the hashes of the input and of its output, so a
 result cannot be replayed onto another job, attempt or output
 (:func:`sign_output`). Usage, operator and tier are not the node's to claim:
 the gate recounts and looks them up before it logs the ``JobCompleted``. Older
@@ -49,15 +49,21 @@ def sign_result(key: SigningKey, job_id: str, operator: str, tier: int, attempt:
 
 
 def output_payload(job_id: str, node: str, attempt: int, model: str, input_hash: str,
-                   output_hash: str) -> bytes:
-    return "|".join(["inferbus-output-v3", job_id, node, str(attempt), model, input_hash,
-                     output_hash]).encode()
+                   output_hash: str, model_root: str | None = None) -> bytes:
+    """What a node signs; with ``model_root``, the weights it ran are part of it."""
+    if model_root is None:
+        return "|".join(["inferbus-output-v3", job_id, node, str(attempt), model, input_hash,
+                         output_hash]).encode()
+    return "|".join(["inferbus-output-v4", job_id, node, str(attempt), model, model_root,
+                     input_hash, output_hash]).encode()
 
 
 def sign_output(key: SigningKey, job_id: str, attempt: int, model: str, input_hash: str,
-                output_hash: str) -> str:
-    """The node's signature over its output of one attempt of one job."""
-    payload = output_payload(job_id, node_id(key), attempt, model, input_hash, output_hash)
+                output_hash: str, model_root: str | None = None) -> str:
+    """The node's signature over its output of one attempt of one job, run with the
+    weights whose root is ``model_root``."""
+    payload = output_payload(job_id, node_id(key), attempt, model, input_hash, output_hash,
+                             model_root)
     return key.sign(payload).signature.hex()
 
 
@@ -72,6 +78,10 @@ def verify_signature(node: str, payload: bytes, signature: str) -> bool:
 def verify_result(event: JobCompleted) -> bool:
     """True when ``event.signature`` is its node's signature over its output (or,
     for an event of the earlier form, over the event's fields)."""
+    if event.model_root is not None:
+        return verify_signature(event.node_id, output_payload(
+            event.job_id, event.node_id, event.attempt, event.model, event.input_hash,
+            event.output_hash, event.model_root), event.signature)
     return verify_signature(event.node_id, output_payload(
         event.job_id, event.node_id, event.attempt, event.model, event.input_hash,
         event.output_hash), event.signature) or verify_signature(event.node_id, result_payload(

@@ -92,6 +92,17 @@ def kv_stream_config(bucket: str, ttl_s: float, replicas: int,
         num_replicas=replicas, storage=StorageType.FILE, placement=placement)
 
 
+def object_store_config(bucket: str, replicas: int,
+                        placement: Placement | None) -> StreamConfig:
+    """An object store's stream as nats-py's ``create_object_store`` makes it, plus
+    the placement (given by us, so it can never be left out)."""
+    return StreamConfig(
+        name=subjects.object_stream(bucket), subjects=[f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"],
+        discard=DiscardPolicy.NEW, allow_rollup_hdrs=True, allow_direct=True, max_consumers=-1,
+        max_msgs=-1, max_bytes=-1, num_replicas=replicas, storage=StorageType.FILE,
+        placement=placement)
+
+
 def stream_configs(layout: Layout, replicas: int = 1,
                    retention_s: float = DEFAULT_RETENTION_S) -> list[tuple[StreamConfig, str]]:
     """Every stream of ``layout`` with the region it must live in."""

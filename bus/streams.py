@@ -196,13 +196,20 @@ async def grants_bucket(js: JetStreamContext, replicas: int = 1,
     return await _bucket(js, subjects.GRANTS_BUCKET, 0, replicas, placement)
 
 
+async def models_bucket(js: JetStreamContext, replicas: int = 1,
+                        placement: Placement | None = None) -> KeyValue:
+    """The model catalog (``bus.model_store``): each name's published roots."""
+    return await _bucket(js, subjects.MODELS_BUCKET, 0, replicas, placement)
+
+
 async def ensure_buckets(js: JetStreamContext, layout: Layout, job_life_s: float,
                          replicas: int = 1) -> None:
     """Every bucket, placed in the home region (only the split layout places); one
     found in another cluster raises :class:`PlacementDrift`."""
     at = layout.placement(layout.home)
     for name, ttl in ((subjects.NODES_BUCKET, NODE_TTL_S), (subjects.CANCELS_BUCKET, job_life_s),
-                      (subjects.CLAIMS_BUCKET, job_life_s), (subjects.GRANTS_BUCKET, 0)):
+                      (subjects.CLAIMS_BUCKET, job_life_s), (subjects.GRANTS_BUCKET, 0),
+                      (subjects.MODELS_BUCKET, 0)):
         await _bucket(js, name, ttl, replicas, at)
         info = await _found(js, subjects.kv_stream(name))
         if at is not None and info.cluster is not None and info.cluster.name != at.cluster:

@@ -62,10 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     scc.add_argument("--zones", required=True, help="comma-separated, e.g. eu or eu,me")
     scc.add_argument("--strict", action="store_true",
                      help="residency: its jobs never leave these zones")
-    models = sub.add_parser("models", help="local models").add_subparsers(dest="models_cmd",
-                                                                          required=True)
-    models.add_parser("pull", help="download and convert a model").add_argument("name")
-    models.add_parser("list", help="models in the data dir")
+    models = sub.add_parser("models", help="the network's models, and local ones"
+                            ).add_subparsers(dest="models_cmd", required=True)
+    models.add_parser("pull", help="download and convert a catalog model into the data dir"
+                      ).add_argument("name")
+    mp = models.add_parser("push", help="publish a model directory to the network by its root")
+    mp.add_argument("dir")
+    mp.add_argument("--name", required=True, help="the model name it is served as")
+    mp.add_argument("--regions", help="also replicate to these regions (comma-separated)")
+    models.add_parser("list", help="published models (root, size, state, regions) and local ones")
+    mr = models.add_parser("replicate", help="copy a published model into more regions")
+    mr.add_argument("name")
+    mr.add_argument("--regions", required=True, help="comma-separated")
+    mr.add_argument("--root", help="a version other than the serving one")
+    mx = models.add_parser("remove", help="retire a model (or one version) and collect its chunks")
+    mx.add_argument("name")
+    mx.add_argument("--root", help="retire only this version")
     sub.add_parser("status", help="live nodes")
     nodes = sub.add_parser("nodes", help="node grants").add_subparsers(
         dest="nodes_cmd", required=True)
@@ -168,7 +180,7 @@ def _dispatch(args, settings: Settings) -> int:
         from workers.node import WorkerOptions, run
         opts = WorkerOptions(args.zone, args.model, args.operator, args.tier, args.lat, args.lon,
                              args.node_name, args.subcloud, not args.subcloud or args.public)
-        return _run_until_signal(lambda stop: run(settings, opts, stop))
+        return _run_until_signal(lambda stop: run(settings, opts, stop, sys.stderr.isatty()))
     if args.command == "projector":
         return _run_until_signal(lambda stop: _projector(settings, stop))
     if args.command == "gate":
@@ -211,16 +223,7 @@ def _dispatch(args, settings: Settings) -> int:
         print(report.render())
         return 0 if report.ok else 1
     if args.command == "models":
-        from workers import models
-        if args.models_cmd == "pull":
-            print(models.pull(args.name, settings.models_dir))
-            return 0
-        local = models.list_local(settings.models_dir)
-        for m in local:
-            print(f"{m.name:32} {m.size_bytes / 2**20:8.1f} MiB  ctx {m.context_length}  {m.path}")
-        if not local:
-            print("no local models: try `inferbus models pull smollm2-135m-instruct`")
-        return 0
+        return _models(args, settings)
     if args.command == "status":
         from cli import admin, status_table
         print(status_table.render_status(admin.run(status_table.gather(settings))))
@@ -242,6 +245,27 @@ def _dispatch(args, settings: Settings) -> int:
         from cli import supercluster
         return supercluster.command(args.regions, args.servers, args.out)
     raise AssertionError(args.command)
+
+
+def _models(args, settings: Settings) -> int:
+    from cli import admin
+    from cli import models as network
+    from workers import models
+    if args.models_cmd == "pull":
+        print(models.pull(args.name, settings.models_dir))
+    elif args.models_cmd == "push":
+        print(admin.run(network.push(settings, args.dir, args.name, args.regions)).render())
+    elif args.models_cmd == "replicate":
+        print(admin.run(network.replicate_to(settings, args.name, args.regions, args.root)))
+    elif args.models_cmd == "remove":
+        print(admin.run(network.remove(settings, args.name, args.root)))
+    else:
+        print(network.table(admin.run(network.listing(settings))))
+        local = models.list_local(settings.models_dir)
+        print("\nlocal model directories:" if local else "")
+        for m in local:
+            print(f"{m.name:32} {m.size_bytes / 2**20:8.1f} MiB  ctx {m.context_length}  {m.path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

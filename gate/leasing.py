@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -39,6 +40,7 @@ from bus.replies import Started
 
 log = logging.getLogger("inferbus.gate")
 UNLOCATED_WAIT_S = 5.0  # a strict job a node may not run: back to the queue for this long
+OTHER_ROOT_WAIT_S = 1.0  # a job of a model whose published weights the node does not report
 
 
 class NotTheirs(Exception):
@@ -69,6 +71,9 @@ class Leasing:
         # verified location takes strict jobs; otherwise only a failed one is refused.
         self.check_locations = check_locations
         self.held: dict[str, Held] = {}  # by job id
+        # Why a node may not take a model's jobs (its reported root is not a published
+        # one: bus.model_book); None: it may. Unset: any node may.
+        self.model_refusal: Callable[[str, str], str | None] = lambda node, model: None
 
     async def job_at(self, message: int, stream: str) -> tuple[str, str, JobSubmitted]:
         """(queue, model, job) of jobs stream ``stream``'s message ``message``; the
@@ -97,6 +102,8 @@ class Leasing:
             return LeaseAnswer(action="wait", delay_s=UNLOCATED_WAIT_S,
                                reason=f"a strict-residency job needs a verified location; "
                                       f"this node's is {grant.location}")
+        if why := self.model_refusal(grant.node_id, model):
+            return LeaseAnswer(action="wait", delay_s=OTHER_ROOT_WAIT_S, reason=why)
         ack = ask.ack if _ack_of(ask.ack, stream, queue, model, ask.message) else None
         attempt = _delivered(ack) or ask.attempt
         got = await self.leases.acquire(job.job_id, grant.node_id, attempt, ask.message, stream)

@@ -30,7 +30,12 @@ from bus.leases import Leases
 from bus.node_messages import LeaseAnswer, LeaseAsk, OutcomeAnswer, parse_outcome
 from bus.publish import publish_event
 from bus.streams import cancels_bucket, claims_bucket, grants_bucket
+from bus.model_book import CatalogBook, NodeRoots
+from bus.model_fetch import ModelAnswer, ModelAsk
+from bus.model_store import ModelStore, NotPublished
+from bus.streams import models_bucket, nodes_bucket
 from gate.leasing import Leasing, NotTheirs
+from gate.model_access import ModelAccess, OutsideGrant
 from gate.liveness import Liveness
 from gate.results import Outcomes, Refused
 from gate.usage import Counters
@@ -42,8 +47,8 @@ NO_GRANT_WAIT_S = 1.0  # a node without an active grant gives its deliveries bac
 
 class Gate:
     def __init__(self, nc: Client, grants: GrantBook, leasing: Leasing, outcomes: Outcomes,
-                 liveness: Liveness) -> None:
-        self.nc, self.js, self.grants = nc, nc.jetstream(), grants
+                 liveness: Liveness, models: ModelAccess | None = None) -> None:
+        self.nc, self.js, self.grants, self.models = nc, nc.jetstream(), grants, models
         self.leasing, self.outcomes, self.liveness = leasing, outcomes, liveness
         self._tasks: set[asyncio.Task] = set()
         self._struck: dict[str, float] = {}
@@ -54,6 +59,8 @@ class Gate:
                                         subjects.GATE_QUEUE, cb=self._spawn(self.on_lease)),
                 await self.nc.subscribe(subjects.all_nodes_say(subjects.NODE_OUTCOME),
                                         subjects.GATE_QUEUE, cb=self._spawn(self.on_outcome)),
+                await self.nc.subscribe(subjects.all_nodes_say(subjects.NODE_MODEL),
+                                        subjects.GATE_QUEUE, cb=self._spawn(self.on_model)),
                 await self.nc.subscribe(subjects.all_nodes_say(subjects.NODE_ALIVE),
                                         cb=self.on_alive)]
 
@@ -111,6 +118,24 @@ class Gate:
             return  # no answer: the node's request times out and it reports again
         await _answer(msg, answer)
 
+    async def on_model(self, msg: Msg) -> None:
+        """A node's manifest or fetch request (``gate.model_access``)."""
+        grant = self._grant(msg)
+        if grant is None or self.models is None:
+            return await _answer(msg, ModelAnswer(ok=False, reason="no active grant for this node"
+                                                  if self.models else "no model store here"))
+        try:
+            answer = await self.models.answer(grant, ModelAsk.model_validate_json(msg.data))
+        except (ValidationError, OutsideGrant) as exc:
+            await self.strike(grant, f"model request refused: {_first(exc)}", msg.data)
+            answer = ModelAnswer(ok=False, reason=_first(exc))
+        except NotPublished as exc:
+            answer = ModelAnswer(ok=False, reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the store is away: the node asks again
+            log.warning("model request of %s failed: %s", grant.node_id[:12], exc)
+            answer = ModelAnswer(ok=False, reason="try again")
+        await _answer(msg, answer)
+
     async def _move_on(self, grant: NodeGrant, job_id: str, reason: str) -> None:
         held = await self.leasing.find(job_id)
         if held is not None and held.node_id == grant.node_id and not held.lease.lease.done:
@@ -160,12 +185,19 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
         # The admin's record in this data dir (`nodes add` while no network ran).
         await file_grant(kv, granted.network_grant())
     grants = await GrantBook().follow(kv)
+    catalog = await CatalogBook(settings.published_models_only).follow(
+        await models_bucket(js, replicas, home))
+    roots = await NodeRoots().follow(await nodes_bucket(js, replicas, home))
     leasing = Leasing(nc, js, Leases(claims, settings.job_ack_wait_s), settings.layout(),
                       check_locations=checks_on(settings))
-    counters = counters or Counters(settings.models_dir)
+    leasing.model_refusal = lambda node, model: catalog.refusal(model, roots.root(node, model))
+    store = ModelStore(js, settings.layout(), replicas)
+    counters = counters or Counters(settings.models_dir, store)
     warming = asyncio.create_task(counters.warm())
-    outcomes = Outcomes(nc, js, leasing, counters, cancels, Sampler(settings.spot_check_share))
-    gate = Gate(nc, grants, leasing, outcomes, Liveness(nc, js, leasing, grants))
+    outcomes = Outcomes(nc, js, leasing, counters, cancels, Sampler(settings.spot_check_share),
+                        catalog)
+    gate = Gate(nc, grants, leasing, outcomes, Liveness(nc, js, leasing, grants),
+                ModelAccess(js, store))
     subs = await gate.start()
     log.info("gate serving")
     try:
@@ -176,4 +208,6 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
                 await sub.unsubscribe()
         await gate.close()
         await grants.close()
+        await catalog.close()
+        await roots.close()
         warming.cancel()

@@ -37,6 +37,7 @@ from bus.checks import Sampler, request_check
 from bus.content import put_output
 from bus.events import (Event, JobCancelled, JobCompleted, JobExpired, JobFailed, Usage,
                         output_hash)
+from bus.model_book import CatalogBook
 from bus.grants import NodeGrant
 from bus.node_messages import Cancelled, Completed, Expired, Failed, OutcomeAnswer
 from bus.publish import publish_event
@@ -66,8 +67,10 @@ def outcome_id(job_id: str, attempt: int) -> str:
 
 class Outcomes:
     def __init__(self, nc: Client, js: JetStreamContext, leasing: Leasing, counters: Counters,
-                 cancels: KeyValue, sampler: Sampler | None = None) -> None:
+                 cancels: KeyValue, sampler: Sampler | None = None,
+                 catalog: CatalogBook | None = None) -> None:
         self.nc, self.js, self.leasing = nc, js, leasing
+        self.catalog = catalog  # which roots a model name means (None: any)
         self.counters, self.cancels = counters, cancels
         self.sampler = sampler or Sampler()
 
@@ -87,7 +90,8 @@ class Outcomes:
         if sealed.done and time.time() - sealed.sealed_at > REPEAT_WINDOW_S:
             self.leasing.forget(said.job_id)
             return OutcomeAnswer(logged=True)  # logged long ago: JetStream would not drop it now
-        await self.counters.ready(held.job.model)  # loaded off the event loop
+        root = said.model_root if isinstance(said, Completed) else None
+        await self.counters.ready(held.job.model, root)  # loaded off the event loop
         event = await self._event(grant, held, said)
         if not sealed.done and not await self.leasing.seal(held, digest):
             self.leasing.forget(said.job_id)
@@ -122,10 +126,13 @@ class Outcomes:
         event_id = outcome_id(job.job_id, attempt)
         if isinstance(said, Completed):
             in_hash, out_hash = job.input_hash(), output_hash(said.text)
-            payload = output_payload(job.job_id, node, attempt, job.model, in_hash, out_hash)
+            payload = output_payload(job.job_id, node, attempt, job.model, in_hash, out_hash,
+                                     said.model_root)
             if not verify_signature(node, payload, said.signature):
                 raise Refused("result signature does not verify", strike=True)
-            if (usage := self._usage(held, said.text)) is None:
+            if self.catalog and (why := self.catalog.refusal(job.model, said.model_root)):
+                raise Refused(f"result refused: {why}", strike=True)
+            if (usage := self._usage(held, said.text, said.model_root)) is None:
                 return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,
                                  zone=job.zone, code="usage_unverifiable",
                                  message=f"the network cannot count {job.model}'s tokens")
@@ -134,7 +141,8 @@ class Outcomes:
                 operator=grant.operator, tier=grant.tier, zone=grant.zone, attempt=attempt,
                 text=said.text, finish_reason=said.finish_reason,
                 usage=usage, input_hash=in_hash, output_hash=out_hash,
-                signature=said.signature, probation=grant.status == "probation")
+                signature=said.signature, probation=grant.status == "probation",
+                model_root=said.model_root)
         if isinstance(said, Cancelled):
             if not await has_key(self.cancels, job.job_id):
                 return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,
@@ -150,9 +158,9 @@ class Outcomes:
         return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node, zone=job.zone,
                          code=said.code, message=said.message)
 
-    def _usage(self, held: Held, text: str) -> Usage | None:
+    def _usage(self, held: Held, text: str, root: str | None = None) -> Usage | None:
         """The job's usage as the network counts it; None when it cannot count it."""
-        counter = self.counters.get(held.job.model)
+        counter = self.counters.get(held.job.model, root)
         if counter is None:
             return None
         completion = min(counter.output(text), held.job.sampling.max_tokens)

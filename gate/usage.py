@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Protocol
 
 from bus.events import JobSubmitted
+from bus.model_cache import LocalModels
+from bus.model_fetch import service_fetch
+from bus.model_store import ModelStore, NotPublished
 
 log = logging.getLogger("inferbus.gate")
 ECHO_MODEL_TYPE = "inferbus-echo"  # workers/echo.py's marker in config.json
@@ -65,25 +68,45 @@ class TokenizerCounter:
 
 
 class Counters:
-    """One counter per model served, loaded from ``models_dir`` on first use."""
+    """One counter per model served: by the root a result names, from the tokenizer
+    files of that root (fetched from the model store, weights left out); by name,
+    from ``models_dir/<name>``, for a local model nobody published."""
 
-    def __init__(self, models_dir: Path) -> None:
-        self.models_dir = Path(models_dir)
-        self._loaded: dict[str, Counter | None] = {}
+    def __init__(self, models_dir: Path, store: ModelStore | None = None) -> None:
+        self.models_dir, self.store = Path(models_dir), store
+        self._loaded: dict[str, Counter | None] = {}  # by root, or by name
+        self._by_model: dict[str, Counter] = {}  # the last root loaded of each name
 
-    def get(self, model: str) -> Counter | None:
-        """The model's counter; None when the gate has no copy of its tokenizer."""
+    def get(self, model: str, root: str | None = None) -> Counter | None:
+        """The counter of ``root`` once :meth:`ready` loaded it, else of ``model`` by
+        name; None when the gate has no copy of its tokenizer."""
+        if root is not None and self._loaded.get(root) is not None:
+            return self._loaded[root]
         if model not in self._loaded:
             self._loaded[model] = self._load(model)
-        return self._loaded[model]
+        return self._loaded[model] or self._by_model.get(model)
 
-    async def ready(self, model: str) -> Counter | None:
-        """:meth:`get`, loading a tokenizer in a thread: a first load (transformers'
-        import included) takes seconds, which the gate's event loop must not."""
-        if model not in self._loaded:
-            counter = await asyncio.to_thread(self._load, model)
-            self._loaded.setdefault(model, counter)
-        return self._loaded[model]
+    async def ready(self, model: str, root: str | None = None) -> Counter | None:
+        """:meth:`get`, loading (and fetching) a tokenizer off the event loop: a first
+        load (transformers' import included) takes seconds, which the gate's must not."""
+        key = root or model
+        if key not in self._loaded:
+            path = await self._fetched(root) if root and self.store else None
+            counter = await asyncio.to_thread(self._load, model, path)
+            self._loaded.setdefault(key, counter)
+            if counter is not None:
+                self._by_model[model] = counter
+        return self.get(model, root)
+
+    async def _fetched(self, root: str) -> Path | None:
+        """A local copy of ``root``'s files but its weights; None when unpublished."""
+        try:
+            manifest = (await self.store.manifest(root)).without_weights()
+        except NotPublished:
+            return None
+        regions = self.store.layout.regions
+        return await LocalModels(self.models_dir).materialize(
+            manifest, service_fetch(self.store.js, self.store, regions))
 
     async def warm(self) -> None:
         """Load every model of the models dir now, so no first result waits for it."""
@@ -95,8 +118,8 @@ class Counters:
     def add(self, model: str, counter: Counter) -> None:
         self._loaded[model] = counter
 
-    def _load(self, model: str) -> Counter | None:
-        path = self.models_dir / model
+    def _load(self, model: str, path: Path | None = None) -> Counter | None:
+        path = path or self.models_dir / model
         try:
             config = json.loads((path / "config.json").read_text())
         except (OSError, ValueError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from bus import signing, subjects
 from bus.config import Settings
@@ -28,7 +29,7 @@ from workers.engine import Engine
 from workers.gate_client import GateClient
 from workers.generation import Generator
 from workers.heartbeat import heartbeat
-from workers.models import resolve
+from workers.model_source import is_path, obtain
 from workers.pull_loop import Doorbell, JobSource, pull_loop
 from workers.runner import JobRunner
 
@@ -91,10 +92,10 @@ async def grant_itself(settings: Settings, js, options: WorkerOptions, node: str
     await file_grant(kv, grant)
 
 
-async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -> None:
+async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event,
+              progress: bool = False) -> None:
     subjects.check_token(options.zone, "zone")
-    name, path = resolve(options.model, settings.models_dir)
-    generator = await asyncio.to_thread(load_generator, settings, path, name)
+    name = Path(options.model).name if is_path(options.model) else options.model
     key_name = options.node_name or f"{options.zone}-{name}"
     key = signing.load_or_create_key(settings.data_dir / "node" / f"{key_name}.key")
     nc = await connect(settings, f"worker-{options.zone}-{name}")
@@ -105,6 +106,10 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     await refuse_unsafe_bus(settings, js)
     kv = await nodes_bucket(js, settings.stream_replicas, settings.home_placement())
     node = signing.node_id(key)
+    if nkey_seed(settings) is None:
+        await grant_itself(settings, js, options, node, name)
+    model = await obtain(settings, nc, node, options.model, progress)
+    generator = await asyncio.to_thread(load_generator, settings, model.path, name)
     sources, consumers = [], []  # consumers: (stream, name), each queue's in its region
     for queue in queues(options, node):
         stream = layout.queue_stream(queue)
@@ -126,24 +131,23 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -
     job_life_s = settings.job_timeout_s + settings.expiry_grace_s
     cancels = await cancels_bucket(js, job_life_s, settings.stream_replicas,
                                    settings.home_placement())
-    if nkey_seed(settings) is None:
-        await grant_itself(settings, js, options, node, name)
     gate = GateClient(nc, node)
     runner = JobRunner(nc, generator, key, settings.job_ack_wait_s, settings.job_max_attempts,
-                       cancels, gate)
+                       cancels, gate, model_root=model.root)
     facts = gpu_facts()
 
     def record() -> NodeRecord:
         return NodeRecord(node_id=runner.node_id, zone=options.zone, operator=options.operator,
                           tier=options.tier, lat=options.lat, lon=options.lon, **facts,
-                          models=(ModelInfo(name=name, context_length=generator.context_length),),
+                          models=(ModelInfo(name=name, context_length=generator.context_length,
+                                            root=model.root),),
                           busy=runner.busy, queue_depth=waiting["jobs"],
                           subcloud=options.subcloud, public=options.public)
 
     beats = asyncio.create_task(heartbeat(kv, record, stop, refresh))
     pings = asyncio.create_task(gate.ping(stop))
-    log.info("worker %s… serving %s in zone %s on %s", runner.node_id[:12], name, options.zone,
-             generator.device)
+    log.info("worker %s… serving %s (root %s…) in zone %s on %s", runner.node_id[:12], name,
+             model.root[:16], options.zone, generator.device)
     try:
         await pull_loop(sources, bell, runner.run, stop, settings.max_batch)
     finally:

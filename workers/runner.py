@@ -51,6 +51,7 @@ class JobRunner:
     max_attempts: int
     cancels: KeyValue
     gate: GateClient
+    model_root: str | None = None  # the root of the weights it runs, signed into results
     busy: int = 0
 
     @functools.cached_property
@@ -134,10 +135,10 @@ class JobRunner:
         if stop.is_set():
             return Cancelled(job_id=job.job_id, attempt=attempt, text=text if last else None)
         signature = signing.sign_output(self.key, job.job_id, attempt, job.model,
-                                        job.input_hash(), output_hash(text))
+                                        job.input_hash(), output_hash(text), self.model_root)
         return Completed(job_id=job.job_id, attempt=attempt, text=text,
                          finish_reason=(last.finish_reason if last else None) or "stop",
-                         signature=signature)
+                         signature=signature, model_root=self.model_root)
 
     async def _resume_point(self, job: JobSubmitted, held: LeaseAnswer) -> str:
         """The text the caller already has when this node takes a job over mid-stream,

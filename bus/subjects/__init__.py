@@ -33,7 +33,12 @@ events plus every region's log, sourced.
 - KV bucket ``nodes``: live node heartbeats; ``cancels``: jobs asked to stop;
   ``claims``: which node runs a job (one copy of a job runs, however many
   queues it was put on; only the gate writes it); ``grants``: each node's
-  grant, written by the network's admin.
+  grant, written by the network's admin; ``models``: the model catalog (each
+  name's published roots, their state and regions; ``bus.model_store``).
+- Object store ``model_chunks`` (``model_chunks_<r>`` per region): content-
+  addressed model chunks ``c.<sha256>`` and manifests ``m.<root>``; a node
+  reads them only through its own fetch consumer ``fetch_<id16>``, which the
+  gate makes for the chunks of a model the node is granted.
 """
 from __future__ import annotations
 
@@ -50,6 +55,8 @@ NODES_BUCKET = "nodes"
 CANCELS_BUCKET = "cancels"
 CLAIMS_BUCKET = "claims"
 GRANTS_BUCKET = "grants"
+MODELS_BUCKET = "models"
+MODEL_CHUNKS = "model_chunks"
 GATE_QUEUE = "gate"  # queue group of the gate processes: each node request is answered once
 GLOBAL = "global"
 
@@ -194,6 +201,7 @@ def replies(instance: str) -> str:
 
 _NODE = "node"
 NODE_LEASE, NODE_OUTCOME, NODE_ALIVE, NODE_LIVE = "lease", "outcome", "alive", "live"
+NODE_MODEL = "model"  # a node's model manifest and fetch requests to the gate
 
 
 def node_says(node_id: str, kind: str) -> str:
@@ -253,6 +261,31 @@ def worker_queues(zone: str, node_id: str, subcloud: str | None = None,
     if not subcloud or public:
         own += [check_token(zone, "zone"), GLOBAL]
     return own
+
+
+def object_stream(bucket: str) -> str:
+    """The stream behind object store ``bucket``."""
+    return f"OBJ_{bucket}"
+
+
+def object_chunks(bucket: str, nuid: str) -> str:
+    """The subject holding the parts of one object of store ``bucket``."""
+    return f"$O.{bucket}.C.{check_token(nuid, 'nuid')}"
+
+
+def chunk_object(sha256: str) -> str:
+    """A model chunk's object name: its content address."""
+    return f"c.{sha256}"
+
+
+def manifest_object(root: str) -> str:
+    """A model manifest's object name: its root."""
+    return f"m.{root}"
+
+
+def fetch_consumer(node_id: str) -> str:
+    """The one consumer a node reads model chunks through; only the gate shapes it."""
+    return f"fetch_{check_token(node_id, 'node id')[:16]}"
 
 
 def any_cancel() -> str:
