@@ -29,8 +29,10 @@ from bus.config import Settings
 from bus.content import ContentStore
 from bus.guard import connect_service, preflight
 from bus.grants import GrantBook
+from bus.model_book import CatalogBook
 from bus.node_location import checks_on
-from bus.streams import cancels_bucket, claims_bucket, grants_bucket, nodes_bucket
+from bus.streams import (cancels_bucket, claims_bucket, grants_bucket, models_bucket,
+                         nodes_bucket)
 from ledger import Ledger
 from projections.readmodels import open_store
 
@@ -59,7 +61,9 @@ def create_app(settings: Settings) -> FastAPI:
         js = nc.jetstream()
         replicas, home = settings.stream_replicas, settings.home_placement()
         grants = await GrantBook().follow(await grants_bucket(js, replicas, home))
-        nodes = LiveNodes(grants=grants, check_locations=checks_on(settings))
+        catalog = await CatalogBook(settings.published_models_only).follow(
+            await models_bucket(js, replicas, home))
+        nodes = LiveNodes(grants=grants, check_locations=checks_on(settings), catalog=catalog)
         replies = ReplyRouter(nc)
         await nodes.watch(await nodes_bucket(js, replicas, home))
         await replies.start()
@@ -89,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
             await escalator.close()
             await nodes.close()
             await grants.close()
+            await catalog.close()
             await replies.stop()
             await nc.drain()
             store.close()

@@ -6,7 +6,8 @@ central scheduler. A node is live while its last heartbeat is younger than
 key it was put under (a node's NATS user may put only its own key), only for a
 node with an active grant, and only as far as the grant goes: zone, operator,
 tier, subcloud and publicity come from the grant, models are those it reports
-*and* was granted (``bus.grants``). Its declared coordinates are believed only
+*and* was granted (``bus.grants``) *and* whose reported root the catalog
+publishes for that name. Its declared coordinates are believed only
 while the network believes its location (``NodeGrant.location_believed``):
 otherwise the record has none, so discovery never places it (no ``within_km``
 match, no nearest-node plan; last in a ``near`` ranking) and never shows them.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from nats.js.kv import KeyValue
 
 from bus.grants import GrantBook
+from bus.model_book import CatalogBook
 from bus.node_record import ModelInfo, NodeRecord
 
 log = logging.getLogger("inferbus.api")
@@ -30,8 +32,10 @@ FORGET_S = 30.0  # a crashed node's entry expires silently (no watch event): dro
 
 class LiveNodes:
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 grants: GrantBook | None = None, check_locations: bool = False) -> None:
+                 grants: GrantBook | None = None, check_locations: bool = False,
+                 catalog: CatalogBook | None = None) -> None:
         self._clock, self._grants = clock, grants
+        self.catalog = catalog  # which roots each model name means (None: any)
         # Whether the network checks locations (bus.node_location.checks_on): then only a
         # verified location is believed; otherwise every one that did not fail.
         self._check_locations = check_locations
@@ -63,7 +67,11 @@ class LiveNodes:
 
     def narrowed(self, key: str, record: NodeRecord) -> NodeRecord | None:
         """What the network believes of a heartbeat put under ``key``: None when no
-        grant covers it; otherwise the record within its grant."""
+        grant covers it; otherwise the record within its grant, listing only the models
+        it reports a published root of (``bus.model_book``)."""
+        if self.catalog is not None:
+            record = record.model_copy(update={"models": tuple(
+                m for m in record.models if self.catalog.refusal(m.name, m.root) is None)})
         if self._grants is None:
             return record if record.node_id == key else None
         grant = self._grants.get(key)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from bus.credits import credits
 from bus.bounds import MAX_TOKENS
 from bus.events import ChatMessage, Sampling, Usage
+from bus.model_book import CatalogBook
 from bus.node_record import ModelInfo
 from projections.lifecycle import QUEUED
 
@@ -138,11 +139,20 @@ def accepted_body(job_id: str) -> dict:
     return {"id": job_id, "object": "job", "status": QUEUED}
 
 
-def models_body(served: dict[str, ModelInfo]) -> dict:
-    """``GET /v1/models``: the models live nodes serve, by name."""
-    return {"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0, "owned_by": "inferbus",
-         "context_length": info.context_length} for name, info in sorted(served.items())]}
+def models_body(served: dict[str, ModelInfo], catalog: CatalogBook | None = None) -> dict:
+    """``GET /v1/models``: the models live nodes serve, by name, each with the root
+    that names its weights and, when published, its size and the regions holding it."""
+    data = []
+    for name, info in sorted(served.items()):
+        item = {"id": name, "object": "model", "created": 0, "owned_by": "inferbus",
+                "context_length": info.context_length, "root": info.root}
+        entry = catalog.entries.get(name) if catalog else None
+        if entry is not None and (version := entry.current()) is not None:
+            item.update(root=version.root, size_bytes=version.size,
+                        regions=list(version.regions),
+                        created=int(version.published_at.timestamp()))
+        data.append(item)
+    return {"object": "list", "data": data}
 
 
 def account_body(account: str, balance: int, held: int, spent: int, rcp: int) -> dict:

@@ -47,7 +47,7 @@ async def completions(who: PrincipalDep, call: CompletionCallDep, serving: Servi
 
 @router.get("/v1/models")
 async def models(_: PrincipalDep, nodes: NodesDep) -> dict:
-    return models_body(nodes.models())
+    return models_body(nodes.models(), nodes.catalog)
 
 
 @router.get("/v1/jobs/{job_id}")

@@ -8,8 +8,9 @@ Two kinds of nkey user:
   (:func:`worker_permissions`): pull and ack its own queues' consumers (its own
   node queue, its subcloud's pool, its zone and global, for one model), create
   those consumers with their filter pinned, read cancels, put its own heartbeat
-  key, and publish on ``node.<its own id>.>``: lease and outcome requests to the
-  gate, liveness pings, live replies. Everything else is refused by the server:
+  key, and publish on ``node.<its own id>.>``: lease, outcome and model requests
+  to the gate, liveness pings, live replies; pull model chunks from the one
+  fetch consumer per region's store that the gate shapes for it. Everything else is refused by the server:
   the event log, the claims, the ledger, ``JobSubmitted``, other queues, other
   nodes' subjects and heartbeats, the API's reply inboxes, stream
   create/update/delete/purge, message deletes.
@@ -61,6 +62,10 @@ def worker_permissions(user: str, node_id: str, model: str, queues: Sequence[str
         publish += [subjects.consumer_create(stream, consumer, filter_subject),
                     subjects.consumer_info(stream, consumer),
                     subjects.pull_next(stream, consumer), subjects.acks(stream, consumer)]
+    # Model chunks: only through the fetch consumer the gate makes, per region's store,
+    # for a model the grant lists (gate.model_access); never the store itself.
+    publish += [subjects.pull_next(subjects.object_stream(layout.model_store(r)),
+                                   subjects.fetch_consumer(node_id)) for r in layout.regions]
     publish += [subjects.own_node_subjects(node_id),
                 subjects.kv_key(subjects.NODES_BUCKET, node_id)]
     publish += subjects.kv_reads(subjects.CANCELS_BUCKET)

@@ -249,7 +249,7 @@ def _dispatch(args, settings: Settings) -> int:
 
 def _models(args, settings: Settings) -> int:
     from cli import admin
-    from cli import models as network
+    from cli import model_admin as network
     from workers import models
     if args.models_cmd == "pull":
         print(models.pull(args.name, settings.models_dir))

@@ -1,7 +1,8 @@
 """``inferbus up``: the whole network on one machine, as child processes.
 
-Order: NATS (embedded unless ``INFERBUS_NATS_URL``), the demo key, projector, gate,
-verifier, workers, API. The embedded server runs with nkey auth on (bus/credentials.py): the
+Order: NATS (embedded unless ``INFERBUS_NATS_URL``), the demo key, the model
+published into the network's store (converted first if it never was), projector,
+gate, verifier, workers (each fetches the model by its root), API. The embedded server runs with nkey auth on (bus/credentials.py): the
 API, projector and admin commands use the service user, and each worker its own
 user, which may only pull its queues and log its jobs' outcomes. Children run in their own sessions so Ctrl-C reaches only this
 supervisor, which stops them in reverse order and NATS last. Everything
@@ -24,7 +25,8 @@ from bus.config import NATS_URL_FILE, REGIONS_FILE, Settings
 from bus.credentials import CredentialStore
 from bus.credits import MICRO
 from bus.subjects import GLOBAL
-from cli import admin, natsserver, node_grants
+from cli import admin, model_admin, natsserver, node_grants
+from workers import models
 from workers.models import resolve
 
 ZONES = ("eu", "na")
@@ -60,8 +62,21 @@ class Network:
     stopping: bool = False
 
     def _env(self, nats_url: str) -> dict[str, str]:
-        return {**os.environ, "INFERBUS_NATS_URL": nats_url,
+        # Only published roots are served: up publishes the one model it runs.
+        return {**os.environ, "INFERBUS_NATS_URL": nats_url, "INFERBUS_PUBLISHED_MODELS_ONLY": "1",
                 "INFERBUS_DATA_DIR": str(self.settings.data_dir), "PYTHONUNBUFFERED": "1"}
+
+    def _local_model(self) -> tuple[str, Path]:
+        """(name, directory) of the model to publish: a directory given, or a catalog
+        model, converted into the models dir the first time."""
+        try:
+            return resolve(self.model, self.settings.models_dir)
+        except FileNotFoundError:
+            if self.model not in models.CATALOG:
+                raise
+        print(f"converting {self.model} (once) ...", flush=True)
+        return self.model, models.pull(self.model, self.settings.models_dir,
+                                       progress=sys.stderr.isatty())
 
     def _grant(self, model_name: str, node_names: dict[str, str]) -> Path:
         """The service user and one user per worker; returns the users file."""
@@ -112,7 +127,8 @@ class Network:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.settings.data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        model_name, _ = resolve(self.model, self.settings.models_dir)
+        model_name, model_dir = self._local_model()
+        self.model = model_name  # what the workers serve and the API lists
         layout = self.settings.layout()
         # A worker in each region's first zone (eu and na with one region).
         zones = [layout.zones(r)[0] for r in layout.regions] if layout.split else ZONES
@@ -121,6 +137,11 @@ class Network:
         url = self._nats_url(model_name, node_names)
         self.settings = self.settings.model_copy(update={"nats_url": url})
         key = self._demo_key()
+        # Published into the network's own store: every worker fetches it by its root.
+        pushed = admin.run(model_admin.push(self.settings, model_dir, model_name,
+                                            ",".join(layout.regions)))
+        print(f"model {model_name}: root {pushed.root[:16]}… in {', '.join(pushed.regions)}",
+              flush=True)
         store = CredentialStore(self.settings.data_dir)
         auth = self.nats is not None  # our server: each child gets its own user
 
@@ -139,7 +160,7 @@ class Network:
             self.children += [Child(f"gate{suffix}", ["gate"], {**service, **where(None, region)}),
                               Child(f"verifier{suffix}", ["verifier"],
                                     {**service, **where(None, region)})]
-        self.children += [Child(f"worker-{z}", ["worker", "--zone", z, "--model", self.model,
+        self.children += [Child(f"worker-{z}", ["worker", "--zone", z, "--model", model_name,
                                                 "--node-name", n],
                                 {**seed(store.worker_seed(n)), **where(z)})
                           for z, n in node_names.items()]
@@ -245,7 +266,7 @@ def run(settings: Settings, model: str, host: str, port: int) -> int:
                             if c.name.startswith("worker-"))
         print(f"inferbus is up: API on {apis}, workers in {workers}\n"
               f"demo API key (account {DEMO_ACCOUNT!r}, {DEMO_CREDITS} credits): {key}\n\ntry:\n"
-              f"{curl_line(host, port, key, model)}\n\nCtrl-C stops everything.", flush=True)
+              f"{curl_line(host, port, key, net.model)}\n\nCtrl-C stops everything.", flush=True)
         while not stop["now"]:
             net.check_children()
             time.sleep(0.2)

@@ -19,6 +19,9 @@ from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 from bus.events import ChatMessage, JobSubmitted, Sampling
+from bus.model_cache import LocalModels
+from bus.model_fetch import service_fetch
+from bus.model_store import ModelStore, NotPublished
 from verifier.verdict import Judge, Verdict
 from workers.echo import is_echo_model
 
@@ -62,23 +65,40 @@ def confirms_itself(judge, max_tokens: int = 16) -> bool:
 
 
 class Judges:
-    """One judge per model, loaded from ``models_dir`` on first use (off the loop)."""
+    """One judge per root a result names: the very weights the node signed it ran,
+    fetched from the model store (and verified) on first use, off the loop. A
+    result of an unpublished local model is judged by ``models_dir/<name>``."""
 
-    def __init__(self, models_dir: Path) -> None:
-        self.models_dir = Path(models_dir)
-        self._loaded: dict[str, Judge | None] = {}
-        self.unjudgeable: set[str] = set()  # models whose judge cannot confirm honest output
+    def __init__(self, models_dir: Path, store: ModelStore | None = None) -> None:
+        self.models_dir, self.store = Path(models_dir), store
+        self._loaded: dict[str, Judge | None] = {}  # by root, or by name
+        self.unjudgeable: set[str] = set()  # roots (names) whose judge fails honest output
 
     def add(self, model: str, judge: Judge) -> None:
         self._loaded[model] = judge
 
-    async def get(self, model: str) -> Judge | None:
-        if model not in self._loaded:
-            self._loaded[model] = await asyncio.to_thread(self._load, model)
-        return self._loaded[model]
+    async def get(self, model: str, root: str | None = None) -> Judge | None:
+        if (root or model) not in self._loaded:
+            path = await self._fetched(root) if root and self.store else None
+            if path is not None:
+                self._loaded[root] = await asyncio.to_thread(self._load, model, path, root)
+            else:  # no root, or one the store does not publish: judged by name
+                if model not in self._loaded:
+                    self._loaded[model] = await asyncio.to_thread(self._load, model)
+                if root:
+                    self._loaded[root] = self._loaded[model]
+        return self._loaded[root or model]
 
-    def _load(self, model: str) -> Judge | None:
-        path = self.models_dir / model
+    async def _fetched(self, root: str) -> Path | None:
+        try:
+            manifest = await self.store.manifest(root)
+        except NotPublished:
+            return None
+        return await LocalModels(self.models_dir).materialize(
+            manifest, service_fetch(self.store.js, self.store, self.store.layout.regions))
+
+    def _load(self, model: str, path: Path | None = None, key: str | None = None) -> Judge | None:
+        path = path or self.models_dir / model
         if not (path / "config.json").is_file():
             log.error("no copy of model %s in %s: its checks wait for a verifier that has it",
                       model, self.models_dir)
@@ -93,6 +113,6 @@ class Judges:
             return None
         if not confirms_itself(judge):
             log.error("model %s is not judged: its checks are set aside unjudged", model)
-            self.unjudgeable.add(model)
+            self.unjudgeable.add(key or model)
             return None
         return judge

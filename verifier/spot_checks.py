@@ -40,6 +40,7 @@ from bus.grants import GrantBook, NodeGrant, change_grant
 from bus.publish import publish_event
 from bus.signing import verify_result
 from bus.streams import batches, grants_bucket, patiently
+from bus.model_store import ModelStore
 from verifier.judges import Judges
 from verifier.location import follow_locations
 from verifier.probes import Prober
@@ -80,9 +81,9 @@ class Verifier:
             log.error("check request for job %s not signed by its node for it: dropped",
                       done.job_id)
             return await msg.ack()
-        judge = await self.judges.get(done.model)
+        judge = await self.judges.get(done.model, done.model_root)
         if judge is None:
-            if done.model in self.judges.unjudgeable:
+            if (done.model_root or done.model) in self.judges.unjudgeable:
                 return await msg.ack()  # no verdict rather than a wrong one
             return await msg.nak(delay=NO_JUDGE_DELAY_S)
         verdict = await asyncio.to_thread(judge.check, job, done.text, done.finish_reason)
@@ -158,7 +159,8 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
     kv = await grants_bucket(js, settings.stream_replicas, settings.home_placement())
     book = await GrantBook().follow(kv)
     prober = Prober(js)
-    verifier = Verifier(js, kv, judges or Judges(settings.models_dir), settings, prober)
+    store = ModelStore(js, settings.layout(), settings.stream_replicas)
+    verifier = Verifier(js, kv, judges or Judges(settings.models_dir, store), settings, prober)
     config = ConsumerConfig(durable_name=subjects.VERIFIER_DURABLE, ack_policy=AckPolicy.EXPLICIT,
                             ack_wait=120.0, max_deliver=MAX_DELIVER)
     # One verifier per region (or several): each judges its own region's checks,

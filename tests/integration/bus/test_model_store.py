@@ -15,7 +15,7 @@ from bus.model_cache import ChunkRefused, LocalModels
 from bus.model_fetch import pull, plan, service_fetch
 from bus.model_manifest import build_manifest
 from bus.model_store import ModelStore
-from cli import models as network
+from cli import model_admin as network
 from tests.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.asyncio

@@ -75,7 +75,10 @@ async def push(settings: Settings, directory: Path, name: str, regions: str | No
             await _put_chunks(store, first, directory, manifest, todo, bar.update)
         await store.put_manifest(first, manifest)
         root = manifest.root()
-        await store.publish(name, manifest, (first,))
+        entry, _ = await store.entry(name)
+        current = entry.current() if entry else None
+        if current is None or current.root != root:  # a push of the serving root is a no-op
+            await store.publish(name, manifest, (first,))
         for region in wanted[1:]:
             with _progress(sum(need.values()), f"replicate {name} to {region}") as bar:
                 await replicate(js, store, name, root, region, bar.update)
