@@ -9,7 +9,6 @@ import nats
 import pytest
 from safetensors.torch import load_file, save_file
 
-from bus import subjects
 from bus.config import Settings
 from bus.model_cache import ChunkRefused, LocalModels
 from bus.model_fetch import pull, plan, service_fetch
@@ -172,6 +171,3 @@ async def _chunk_bytes(store: ModelStore, sha: str) -> bytes:
     assert hashlib.sha256(got[sha]).hexdigest() == sha
     return got[sha]
 
-
-def test_subjects_name_chunks_by_content():
-    assert subjects.chunk_object("ab" * 32) == "c." + "ab" * 32
