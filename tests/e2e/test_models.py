@@ -25,7 +25,8 @@ from tests.natsauth import AuthNatsServer, connect_as, job_events
 from tests.stack import Stack
 
 NODES = {"node-eu": ("eu", TINY_MODEL), "node-na": ("na", TINY_MODEL),
-         "node-me": ("me", TINY_MODEL), "node-x": ("eu", "other-model")}
+         "node-me": ("me", TINY_MODEL), "node-x": ("eu", "other-model"),
+         "node-sa": ("sa", TINY_MODEL)}
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +162,53 @@ def _wait_for_log(path, text: str, timeout: float = 60) -> None:
     while text not in path.read_text(errors="replace"):
         assert time.monotonic() < deadline, path.read_text(errors="replace")[-2000:]
         time.sleep(0.2)
+
+
+def test_a_new_version_rolls_out_while_the_old_one_serves_until_it_is_removed(network):
+    stack, ids, root, tmp, models_dir = network
+    v2_dir = tmp / "v2" / TINY_MODEL
+    shutil.copytree(models_dir / TINY_MODEL, v2_dir)
+    weights = load_file(v2_dir / "model.safetensors")
+    last = sorted(weights)[-1]
+    weights[last] = weights[last] + 0.25
+    save_file(weights, v2_dir / "model.safetensors", metadata={"format": "pt"})
+    v2 = build_manifest(v2_dir).root()
+    pushed = stack.cli("models", "push", str(v2_dir), "--name", TINY_MODEL)
+    assert "stored 1 new chunks" in pushed.stdout, pushed.stdout  # one tensor changed
+    listed = stack.cli("models", "list").stdout
+    assert f"{v2[:16]}" in listed and "draining" in listed
+    if "node-eu" not in stack.procs:
+        start_node(stack, tmp, "node-eu", TINY_MODEL)
+    start_node(stack, tmp, "node-sa", TINY_MODEL)  # a new node gets the new version
+    key = stack.new_key("ola", "100")
+    stack.wait_for_model(key, TINY_MODEL, zones=2)
+    _wait_for_log(tmp / "node-sa.log", "serving")
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key, max_retries=0,
+                           timeout=60)
+
+    def served(zone: str) -> JobCompleted:
+        reply = ask(client, zone)
+        (done,) = [e for e in job_events(stack.nats_url, stack.data_dir,
+                                         reply.headers["x-inferbus-job"])
+                   if isinstance(e, JobCompleted)]
+        return done
+    old, new = served("eu"), _eventually(lambda: served("sa"), ids["node-sa"])
+    assert (old.node_id, old.model_root) == (ids["node-eu"], root)  # both versions serve
+    assert new.model_root == v2
+    removed = stack.cli("models", "remove", TINY_MODEL, "--root", root)
+    assert root[:16] in removed.stdout, removed.stdout + removed.stderr
+    time.sleep(3)  # the old root's nodes drop out of routing at their next heartbeat
+    for _ in range(3):
+        done = served("eu")
+        assert (done.node_id, done.model_root) == (ids["node-sa"], v2)
+
+
+def _eventually(call, node: str, tries: int = 5):
+    """``call()`` until the job it returns ran on ``node`` (a zone's first job may go
+    global while the node's first heartbeat is on its way)."""
+    for _ in range(tries):
+        done = call()
+        if done.node_id == node:
+            return done
+        time.sleep(1)
+    return done
