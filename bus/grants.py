@@ -22,7 +22,6 @@ an open network or while the network does not check; ``location_note`` says why.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Callable, Literal
 
@@ -33,6 +32,7 @@ from pydantic import Field, ValidationError
 from bus import subjects
 from bus.bounds import Id, Name
 from bus.events import Contract
+from bus.kv_book import KVBook
 
 log = logging.getLogger("inferbus.grants")
 Status = Literal["probation", "verified", "unverified", "suspended"]
@@ -131,12 +131,12 @@ async def file_grant(kv: KeyValue, grant: NodeGrant) -> NodeGrant | None:
     return await change_grant(kv, grant.node_id, merged)
 
 
-class GrantBook:
+class GrantBook(KVBook):
     """The grants bucket as it is now, followed in the background."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._grants: dict[str, NodeGrant] = {}
-        self._task: asyncio.Task | None = None
 
     def get(self, node_id: str) -> NodeGrant | None:
         return self._grants.get(node_id)
@@ -158,26 +158,3 @@ class GrantBook:
             log.warning("ignoring grant filed under another node's key %s", key)
             return
         self._grants[key] = grant
-
-    async def follow(self, kv: KeyValue) -> "GrantBook":
-        """Load the bucket, then keep following it until :meth:`close`."""
-        watcher = await kv.watchall()
-        async for entry in watcher:  # the current values end with a None marker
-            if entry is None:
-                break
-            self._entry(entry)
-        self._task = asyncio.create_task(self._follow(watcher))
-        return self
-
-    async def _follow(self, watcher) -> None:
-        async for entry in watcher:
-            if entry is not None:
-                self._entry(entry)
-
-    def _entry(self, entry) -> None:
-        gone = entry.operation in ("DEL", "PURGE")
-        self.apply(entry.key, None if gone else entry.value)
-
-    async def close(self) -> None:
-        if self._task:
-            self._task.cancel()

@@ -16,55 +16,12 @@ against that root's weights.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
-from nats.js.kv import KeyValue
-
+from bus.kv_book import KVBook
 from bus.model_store import CatalogEntry
 from bus.node_record import NodeRecord
 
-log = logging.getLogger("inferbus.models")
 
-
-class _Followed:
-    def __init__(self) -> None:
-        self._task: asyncio.Task | None = None
-
-    def apply(self, key: str, value: bytes | None) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    async def follow(self, kv: KeyValue):
-        """Load the bucket now, then follow it in the background."""
-        watcher = await kv.watchall()
-        async for entry in watcher:
-            if entry is None:  # the initial values are in
-                break
-            self._entry(entry)
-        self._task = asyncio.create_task(self._follow(watcher))
-        return self
-
-    async def _follow(self, watcher) -> None:
-        async for entry in watcher:
-            if entry is not None:
-                self._entry(entry)
-
-    def _entry(self, entry) -> None:
-        gone = entry.operation in ("DEL", "PURGE") or not entry.value
-        try:
-            self.apply(entry.key, None if gone else entry.value)
-        except ValueError as exc:
-            log.warning("ignoring malformed entry %s: %s", entry.key, exc)
-
-    async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
-class CatalogBook(_Followed):
+class CatalogBook(KVBook):
     def __init__(self, published_only: bool = False) -> None:
         super().__init__()
         self.published_only = published_only
@@ -94,7 +51,7 @@ class CatalogBook(_Followed):
                 f"({', '.join(r[:16] + '…' for r in sorted(accepted))})")
 
 
-class NodeRoots(_Followed):
+class NodeRoots(KVBook):
     def __init__(self) -> None:
         super().__init__()
         self.roots: dict[str, dict[str, str | None]] = {}

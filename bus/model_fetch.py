@@ -158,12 +158,7 @@ async def replicate(js: JetStreamContext, store: ModelStore, name: str, root: st
         if progress:
             progress(len(data))
     for source in version.regions:
-        for at in range(0, len(missing), MAX_ASK):
-            fetch_plan = await plan(js, store, source, missing[at:at + MAX_ASK])
-            try:
-                await pull(js, fetch_plan, put)
-            finally:
-                await _drop(js, fetch_plan)
+        await _pull_from(js, store, source, missing, put)
         missing = [s for s in need if s not in await store.held(region, need)]
         if not missing:
             break
@@ -172,6 +167,17 @@ async def replicate(js: JetStreamContext, store: ModelStore, name: str, root: st
     await store.put_manifest(region, manifest)
     await store.add_region(name, root, region)
     return copied
+
+
+async def _pull_from(js: JetStreamContext, store: ModelStore, region: str, shas: list[str],
+                     deliver: Callable[[str, bytes], Awaitable[None]]) -> None:
+    """Pull ``shas`` from ``region``'s store through consumers of our own, in rounds."""
+    for at in range(0, len(shas), MAX_ASK):
+        fetch_plan = await plan(js, store, region, shas[at:at + MAX_ASK])
+        try:
+            await pull(js, fetch_plan, deliver)
+        finally:
+            await _drop(js, fetch_plan)
 
 
 async def _drop(js: JetStreamContext, fetch_plan: FetchPlan) -> None:
@@ -189,12 +195,7 @@ def service_fetch(js: JetStreamContext, store: ModelStore, regions: tuple[str, .
         wanted = dict(missing)
         for region in order:
             have = list(await store.held(region, wanted))
-            for at in range(0, len(have), MAX_ASK):
-                fetch_plan = await plan(js, store, region, have[at:at + MAX_ASK])
-                try:
-                    await pull(js, fetch_plan, deliver)
-                finally:
-                    await _drop(js, fetch_plan)
+            await _pull_from(js, store, region, have, deliver)
             wanted = {s: n for s, n in wanted.items() if s not in have}
             if not wanted:
                 return

@@ -153,6 +153,9 @@ async def test_a_node_not_granted_the_model_cannot_read_it(network):
         for subject, result in zip(attempts, results):
             assert isinstance(result, Exception), (subject, result)
             await refusals.expect(subject)
+        forged = subjects.object_chunks(subjects.MODEL_CHUNKS, "forged")
+        await nc.publish(forged, b"other weights")  # nor can it write the store
+        await refusals.expect(forged)
     finally:
         await nc.close()
 
