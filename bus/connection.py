@@ -8,6 +8,8 @@ it is unset, the data dir's service seed (``nats-auth/service.seed``, made by
 """
 from __future__ import annotations
 
+import asyncio
+
 from pathlib import Path
 
 import nats
@@ -51,4 +53,12 @@ async def connect(settings: Settings, name: str, *, retry: bool = True,
         options["nkeys_seed"] = str(seed)
         # Replies come to an inbox of this user's own, the only one a worker may read.
         options["inbox_prefix"] = subjects.inbox_prefix(public_key(seed))
-    return await nats.connect(server_list(settings.resolved_nats_url()), **options)
+    servers = server_list(settings.resolved_nats_url())
+    if retry:
+        return await nats.connect(servers, **options)
+    # nats-py goes on trying a refused first connect whatever it is told: bound it.
+    try:
+        return await asyncio.wait_for(nats.connect(servers, **options),
+                                      connect_timeout * (len(servers) + 1))
+    except asyncio.TimeoutError:
+        raise ConnectionError(f"no NATS server answered at {', '.join(servers)}") from None

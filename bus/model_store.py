@@ -26,7 +26,8 @@ from typing import Literal
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError,
+                            NoKeysError, NotFoundError)
 from nats.js.object_store import ObjectStore
 from pydantic import Field
 
@@ -177,7 +178,7 @@ class ModelStore:
         kv = await self.catalog()
         try:
             keys = await kv.keys()
-        except NotFoundError:  # nats-py: NoKeysError, an empty bucket
+        except NoKeysError:  # an empty catalog
             return []
         entries = [(await self.entry(k))[0] for k in sorted(keys)]
         return [e for e in entries if e is not None]

@@ -260,7 +260,10 @@ def _models(args, settings: Settings) -> int:
     elif args.models_cmd == "remove":
         print(admin.run(network.remove(settings, args.name, args.root)))
     else:
-        print(network.table(admin.run(network.listing(settings))))
+        try:
+            print(network.table(admin.run(network.listing(settings))))
+        except RuntimeError as exc:  # no network running: the local models still count
+            print(f"published models: unknown ({exc})")
         local = models.list_local(settings.models_dir)
         print("\nlocal model directories:" if local else "")
         for m in local:

@@ -215,3 +215,14 @@ def _eventually(call, node: str, tries: int = 5):
             return done
         time.sleep(1)
     return done
+
+
+def test_a_worker_asking_for_a_model_outside_its_grant_exits_with_one_line(network):
+    stack, ids, root, tmp, models_dir = network
+    proc = start_node(stack, tmp, "node-x", TINY_MODEL)
+    assert proc.wait(timeout=60) == 1
+    stack.procs.pop("node-x")
+    last = (tmp / "node-x.log").read_text().strip().splitlines()[-1]
+    assert last == (f"inferbus worker: model {TINY_MODEL}: this node's grant does not list "
+                    f"model {TINY_MODEL}")
+    assert not (tmp / "node-x" / "models" / "roots").exists()
