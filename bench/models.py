@@ -2,16 +2,17 @@
 once) pushed to a store, then fetched by 1 and by N fresh nodes through the
 gate, against a raw Object Store ``get`` of the same weights, in the same run.
 
-    .venv/bin/python -m bench.models [--workers 4] [--model-dir DIR] [--keep]
+    .venv/bin/python -m bench.models [--workers 4] [--model-dir DIR] [--no-get] [--keep]
 
 On one nats-server (loopback, no auth): ``models push`` (seconds, MB/s), the
-raw baseline (the weights file as one object, nats-py ``ObjectStore.get``),
+raw baselines (the weights file as one object: nats-py ``ObjectStore.get``, and
+the stream's fastest raw read of it),
 then nodes in processes of their own, each with an empty data dir, running
 the worker's own fetch (``workers.model_source.obtain``: manifest and plans
 from the gate, chunks pulled and hash-checked, written, renamed into place).
 A node's time is from its first request to the gate to the model dir being
-whole (the Python start-up before it is not counted; the wall clock of the
-N-node round is printed too). Then a second version with one tensor changed
+whole (the Python start-up before it is not counted); rounds of 2 and N nodes
+at once follow (on one machine they share its cores with the server). Then a second version with one tensor changed
 is pushed (what it stored: the dedup ratio) under a new name, and a fresh
 node is started as a real ``inferbus worker``: the time from the push's
 start to the first streamed token from it. Prints ratios; writes
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,11 +33,13 @@ from pathlib import Path
 
 import httpx
 import nats
+from nats.js import api
 
 from bench.report import save
 from bus import signing
 from bus.config import Settings
 from bus.grants import NodeGrant, put_grant
+from bus.model_store import PART_SIZE
 from bus.streams import grants_bucket
 from cli import model_admin
 from tests.natsd import NatsServer
@@ -60,7 +64,7 @@ def child(data_dir: str, node_key: str) -> None:
         seconds = time.monotonic() - started
         await nc.close()
         size = sum(f.stat().st_size for f in got.path.rglob("*") if f.is_file())
-        return {"seconds": seconds, "bytes": size, "root": got.root}
+        return {"seconds": seconds, "bytes": size, "root": got.root, "cpu_s": time.process_time()}
     print(json.dumps(asyncio.run(go())))
 
 
@@ -73,20 +77,35 @@ async def grant(url: str, ids: list[str], zone: str = "eu") -> None:
     await nc.close()
 
 
-async def raw_get(url: str, weights: Path) -> dict:
-    """The baseline: the weights as one object, read back with ``ObjectStore.get``."""
+async def raw_reads(url: str, weights: Path, with_get: bool) -> dict:
+    """The baselines: the weights as one object (512 KiB parts, as ours), read back
+    with ``ObjectStore.get``, and with the fastest raw read the stream offers (a
+    pull consumer on the object's subject, no acks, batches of 64, bytes kept in
+    memory, nothing checked or written)."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     obj = await js.create_object_store("raw")
     data = weights.read_bytes()
-    await obj.put("weights", data)
+    info = await obj.put("weights", data, meta=api.ObjectMeta(
+        name="weights", options=api.ObjectMetaOptions(max_chunk_size=PART_SIZE)))
+    out = {"bytes": len(data)}
     started = time.monotonic()
-    got = await obj.get("weights")
+    sub = await js.pull_subscribe(f"$O.raw.C.{info.nuid}", stream="OBJ_raw", config=api.ConsumerConfig(
+        ack_policy=api.AckPolicy.NONE), pending_bytes_limit=256 << 20)
+    got = 0
+    while got < info.chunks:
+        got += len(await sub.fetch(min(64, info.chunks - got), timeout=10))
     seconds = time.monotonic() - started
-    assert got.data == data
+    out["pull"] = {"seconds": seconds, "mb_s": len(data) / MB / seconds}
+    if with_get:
+        started = time.monotonic()
+        read = await obj.get("weights")
+        seconds = time.monotonic() - started
+        assert read.data == data
+        out["get"] = {"seconds": seconds, "mb_s": len(data) / MB / seconds}
     await js.delete_object_store("raw")
     await nc.close()
-    return {"seconds": seconds, "bytes": len(data), "mb_s": len(data) / MB / seconds}
+    return out
 
 
 def fetch_round(env: dict, tmp: Path, url: str, n: int, tag: str) -> dict:
@@ -109,7 +128,8 @@ def fetch_round(env: dict, tmp: Path, url: str, n: int, tag: str) -> dict:
     slowest = max(r["seconds"] for r in results)
     size = results[0]["bytes"]
     return {"nodes": n, "slowest_s": slowest, "wall_s": wall, "bytes": size,
-            "mb_s_per_node": size / MB / slowest, "each_s": [r["seconds"] for r in results]}
+            "mb_s_per_node": size / MB / slowest, "each_s": [r["seconds"] for r in results],
+            "cpu_s": [r["cpu_s"] for r in results]}
 
 
 def one_tensor_changed(src: Path, dest: Path) -> str:
@@ -152,6 +172,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--model-dir", type=Path, help="a model dir (default: SmolLM2, converted)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir")
+    ap.add_argument("--no-get", action="store_true",
+                    help="skip the ObjectStore.get baseline (minutes: nats-py reads ~1 MB/s)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -168,16 +190,23 @@ def main() -> None:
         pushed = asyncio.run(model_admin.push(admin, model, NAME, None))
         push_s = time.monotonic() - started
         print(pushed.render())
-        raw = asyncio.run(raw_get(server.url, model / "model.safetensors"))
-        print(f"raw ObjectStore.get of the weights: {raw['seconds']:.2f} s, "
-              f"{raw['mb_s']:.0f} MB/s")
+        raw = asyncio.run(raw_reads(server.url, model / "model.safetensors", not args.no_get))
+        for how, r in raw.items():
+            if how != "bytes":
+                print(f"raw {how} of the weights: {r['seconds']:.2f} s, {r['mb_s']:.0f} MB/s")
         stack.start("gate", "gate")
         one = fetch_round(env, tmp, server.url, 1, "one")
         print(f"1 node: {one['slowest_s']:.2f} s, {one['mb_s_per_node']:.0f} MB/s "
-              f"({one['mb_s_per_node'] / raw['mb_s']:.2f}x raw get)")
-        many = fetch_round(env, tmp, server.url, args.workers, "many")
-        print(f"{args.workers} nodes at once: slowest {many['slowest_s']:.2f} s "
-              f"({many['slowest_s'] / one['slowest_s']:.2f}x one node), wall {many['wall_s']:.1f} s")
+              + ", ".join(f"{one['mb_s_per_node'] / r['mb_s']:.2f}x raw {how}"
+                          for how, r in raw.items() if how != "bytes"))
+        rounds = {}
+        for n in sorted({2, args.workers}):
+            many = rounds[n] = fetch_round(env, tmp, server.url, n, f"many{n}")
+            print(f"{n} nodes at once: slowest {many['slowest_s']:.2f} s "
+                  f"({many['slowest_s'] / one['slowest_s']:.2f}x one node), the store delivering "
+                  f"{n * many['bytes'] / MB / many['slowest_s']:.0f} MB/s in all; the nodes used "
+                  f"{sum(many['cpu_s']):.1f} CPU-s (one node alone: {one['cpu_s'][0]:.1f}) of the "
+                  f"machine's {os.cpu_count()} cores")
         v2 = tmp / "v2"
         tensor = one_tensor_changed(model, v2)
         again = asyncio.run(model_admin.push(admin, v2, NAME, None))
@@ -188,9 +217,10 @@ def main() -> None:
         print(f"push -> first token on a new node: {ft['first_token_s']:.1f} s (push "
               f"{ft['push_s']:.1f} s, listed {ft['listed_s']:.1f} s)")
         result = {"model_bytes": pushed.size, "chunks": pushed.chunks, "push_s": push_s,
-                  "push_mb_s": pushed.size / MB / push_s, "raw_get": raw, "one_node": one,
-                  "many_nodes": many, "one_vs_raw": one["mb_s_per_node"] / raw["mb_s"],
-                  "many_vs_one": many["slowest_s"] / one["slowest_s"],
+                  "push_mb_s": pushed.size / MB / push_s, "raw": raw, "one_node": one,
+                  "rounds": rounds, "one_vs_raw": {how: one["mb_s_per_node"] / r["mb_s"]
+                                                   for how, r in raw.items() if how != "bytes"},
+                  "many_vs_one": {n: r["slowest_s"] / one["slowest_s"] for n, r in rounds.items()},
                   "dedup": {"tensor": tensor, "stored_bytes": again.stored_bytes,
                             "stored_chunks": again.stored_chunks, "size": again.size,
                             "dedup_ratio": 1 - again.stored_bytes / again.size},

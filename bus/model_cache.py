@@ -134,7 +134,7 @@ class LocalModels:
         async def deliver(sha: str, data: bytes) -> None:
             if sha not in places or sha in done:
                 return
-            got = hashlib.sha256(data).hexdigest()
+            got = await asyncio.to_thread(_sha256, data)  # off the loop: reads go on meanwhile
             if got != sha:
                 refused[sha] = refused.get(sha, 0) + 1
                 log.warning("refused chunk %s (%s): its %d bytes hash to %s; fetching it again",
@@ -170,6 +170,10 @@ def _locked(path: Path):
     fh = open(path, "a")
     fcntl.flock(fh, fcntl.LOCK_EX)
     return fh
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _read(path: Path, offset: int, size: int) -> bytes:

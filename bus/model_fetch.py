@@ -34,6 +34,7 @@ from bus.model_store import ModelStore, NotPublished
 
 BATCH = 64  # messages a pull asks for at once
 MAX_ASK = 1024  # chunks one plan covers (4 GiB): a bigger model is fetched in rounds
+AHEAD = 8  # whole chunks read ahead of the one being checked and written
 CONSUMER_IDLE_S = 120.0  # a fetch consumer nobody reads vanishes by itself
 
 
@@ -103,7 +104,9 @@ async def pull(js: JetStreamContext, fetch_plan: FetchPlan,
                deliver: Callable[[str, bytes], Awaitable[None]], stall_s: float = 10.0) -> None:
     """Read every chunk of ``fetch_plan`` and ``deliver(sha256, bytes)`` each, whole;
     returns early when the store stops sending for ``stall_s`` (the caller sees
-    which chunks never came and asks again)."""
+    which chunks never came and asks again). Chunks are delivered by a task of
+    their own, a few behind the reads, so checking and writing one overlaps
+    fetching the next."""
     by_nuid = {c.nuid: c for c in fetch_plan.chunks}
     for c in fetch_plan.chunks:
         if c.parts == 0:
@@ -113,13 +116,28 @@ async def pull(js: JetStreamContext, fetch_plan: FetchPlan,
         return
     sub = await js.pull_subscribe_bind(consumer=fetch_plan.consumer, stream=fetch_plan.stream,
                                        pending_bytes_limit=256 << 20)
+    ready: asyncio.Queue = asyncio.Queue(maxsize=AHEAD)
+
+    async def delivering() -> None:
+        while (item := await ready.get()) is not None:
+            await deliver(*item)
+    writer = asyncio.create_task(delivering())
+
+    async def hand_over(item) -> None:
+        """Queue ``item`` for the writer; its failure ends the pull with its error."""
+        put = asyncio.ensure_future(ready.put(item))
+        await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+        if writer.done():
+            writer.result()
     parts: dict[str, list[bytes]] = {}
     try:
         while left > 0:
             try:
                 msgs = await sub.fetch(min(left, BATCH), timeout=stall_s)
             except asyncio.TimeoutError:
-                return
+                break
             for msg in msgs:
                 chunk = by_nuid.get(msg.subject.rsplit(".", 1)[-1])
                 if chunk is None:
@@ -128,8 +146,11 @@ async def pull(js: JetStreamContext, fetch_plan: FetchPlan,
                 got = parts.setdefault(chunk.nuid, [])
                 got.append(msg.data)
                 if len(got) == chunk.parts:
-                    await deliver(chunk.sha256, b"".join(parts.pop(chunk.nuid)))
+                    await hand_over((chunk.sha256, b"".join(parts.pop(chunk.nuid))))
+        await hand_over(None)
+        await writer
     finally:
+        writer.cancel()
         await sub.unsubscribe()
 
 
