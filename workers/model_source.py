@@ -105,8 +105,9 @@ async def obtain(settings: Settings, nc: Client, node_id: str, model: str,
 
 
 async def _ask(nc: Client, node_id: str, ask: ModelAsk, patience_s: float) -> ModelAnswer | None:
-    """The gate's answer; None when no gate answered within ``patience_s``."""
-    deadline = time.monotonic() + patience_s
+    """The gate's answer (its last, when it kept saying "not yet" for ``patience_s``);
+    None when no gate answered in that time."""
+    deadline, answer = time.monotonic() + patience_s, None
     while True:
         try:
             reply = await nc.request(subjects.node_says(node_id, subjects.NODE_MODEL),
@@ -117,5 +118,5 @@ async def _ask(nc: Client, node_id: str, ask: ModelAsk, patience_s: float) -> Mo
         except (NatsError, asyncio.TimeoutError):
             pass
         if time.monotonic() > deadline:
-            return None
+            return answer
         await asyncio.sleep(0.5)
