@@ -110,12 +110,12 @@ async def test_an_interrupted_fetch_resumes_without_fetching_again(settings, sto
     async def dies_halfway(missing, deliver, attempt):
         async def counted(sha, data):
             if len(fetched) == len(manifest.chunk_set()) // 2:
-                raise KeyboardInterrupt  # the process is killed mid-fetch
+                raise Killed  # the process is killed mid-fetch
             fetched.append(sha)
             await deliver(sha, data)
         await inner(missing, counted, attempt)
     local = LocalModels(tmp_path / "node")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         await local.materialize(manifest, dies_halfway)
     first_half = list(fetched)
     fetched.clear()
@@ -159,6 +159,10 @@ async def test_removing_a_model_collects_the_chunks_only_it_used(settings, store
     only_tiny = set(build_manifest(models_dir / TINY_MODEL).chunk_set()) - set(
         build_manifest(tmp_path / "v2").chunk_set())
     assert only_tiny and not await store.held(store.layout.home, only_tiny)
+
+
+class Killed(Exception):
+    """The fetching process dies here (what it wrote and journaled stays on disk)."""
 
 
 async def _chunk_bytes(store: ModelStore, sha: str) -> bytes:
