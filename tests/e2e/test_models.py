@@ -13,6 +13,7 @@ import time
 import httpx
 import openai
 import pytest
+import torch
 from nats.js.api import ConsumerConfig
 from safetensors.torch import load_file, save_file
 
@@ -26,7 +27,7 @@ from tests.stack import Stack
 
 NODES = {"node-eu": ("eu", TINY_MODEL), "node-na": ("na", TINY_MODEL),
          "node-me": ("me", TINY_MODEL), "node-x": ("eu", "other-model"),
-         "node-sa": ("sa", TINY_MODEL)}
+         "node-sa": ("sa", TINY_MODEL), "node-oc": ("oc", "big")}
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +227,31 @@ def test_a_worker_asking_for_a_model_outside_its_grant_exits_with_one_line(netwo
     assert last == (f"inferbus worker: model {TINY_MODEL}: this node's grant does not list "
                     f"model {TINY_MODEL}")
     assert not (tmp / "node-x" / "models" / "roots").exists()
+
+
+def test_a_fetch_killed_midway_resumes_where_it_stopped(network):
+    stack, ids, root, tmp, models_dir = network
+    big = tmp / "big"
+    shutil.copytree(models_dir / TINY_MODEL, big)
+    # Ballast the loader never reads, so the fetch lasts long enough to be killed in.
+    save_file({"ballast": torch.rand(96 << 20)}, big / "ballast.safetensors")
+    big_root = build_manifest(big).root()
+    stack.cli("models", "push", str(big), "--name", "big")
+    proc = start_node(stack, tmp, "node-oc", "big")
+    journal = tmp / "node-oc" / "models" / "roots" / f".partial-{big_root}" / ".journal"
+    deadline = time.monotonic() + 90
+    while not (journal.exists() and journal.read_text().strip()):
+        assert time.monotonic() < deadline and proc.poll() is None, \
+            (tmp / "node-oc.log").read_text()[-2000:]
+        time.sleep(0.005)
+    proc.kill()  # SIGKILL mid-fetch
+    proc.wait(timeout=10)
+    stack.procs.pop("node-oc")
+    had = len(journal.read_text().split())
+    assert not (tmp / "node-oc" / "models" / "roots" / big_root).exists()
+    start_node(stack, tmp, "node-oc", "big")
+    _wait_for_log(tmp / "node-oc.log", "serving", timeout=120)
+    log = (tmp / "node-oc.log").read_text()
+    resumed = [line for line in log.splitlines() if f"resuming {big_root[:16]}" in line]
+    assert resumed and int(resumed[0].split(": ")[-1].split(" of ")[0]) >= had >= 1
+    assert build_manifest(tmp / "node-oc" / "models" / "roots" / big_root).root() == big_root
