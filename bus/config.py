@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # by no node; unset, such a local model (a directory a worker was pointed at) is
     # served by any root. Production deployments set it.
     published_models_only: bool = False
+    # A draining version (replaced by a newer push) that no live node has served for
+    # this long is retired by the gate (gate/model_drain.py).
+    model_drain_s: float = Field(default=300.0, ge=0.0)
 
     def layout(self) -> Layout:
         """``INFERBUS_REGIONS``, else the regions ``inferbus up --regions`` wrote down."""

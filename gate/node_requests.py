@@ -36,6 +36,7 @@ from bus.model_store import ModelStore, NotPublished
 from bus.streams import models_bucket, nodes_bucket
 from gate.leasing import Leasing, NotTheirs
 from gate.model_access import ModelAccess, OutsideGrant
+from gate.model_drain import Drain
 from gate.liveness import Liveness
 from gate.results import Outcomes, Refused
 from gate.usage import Counters
@@ -199,10 +200,13 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
     gate = Gate(nc, grants, leasing, outcomes, Liveness(nc, js, leasing, grants),
                 ModelAccess(js, store))
     subs = await gate.start()
+    draining = asyncio.create_task(Drain(store, catalog, roots, gate.liveness.alive,
+                                         settings.model_drain_s).run(stop))
     log.info("gate serving")
     try:
         await gate.liveness.watch(stop)
     finally:
+        draining.cancel()
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -11,6 +11,7 @@ from bus import signing, subjects
 from bus.config import Settings
 from bus.events import JobCompleted, NodeStrike, output_hash
 from bus.model_cache import ChunkRefused
+from bus.model_events import ModelRetired
 from bus.model_fetch import ModelAnswer, ModelAsk
 from bus.model_manifest import build_manifest
 from bus.model_store import ModelStore
@@ -128,3 +129,39 @@ async def test_an_unpublished_name_without_a_local_copy_is_unavailable(gate_worl
     settings = Settings(nats_url=fresh_nats.url, data_dir=tmp_path / "node-c")
     with pytest.raises(ModelUnavailable, match="not published"):
         await obtain(settings, gate_world.nc, gate_world.ids["C"], MODEL)
+
+
+@pytest.fixture
+def quick_drain(monkeypatch):
+    monkeypatch.setenv("INFERBUS_MODEL_DRAIN_S", "0.5")
+
+
+async def test_a_replaced_version_is_retired_once_no_live_node_serves_it(
+        quick_drain, gate_world, fresh_nats, tmp_path):
+    w = gate_world
+    settings = Settings(nats_url=fresh_nats.url, data_dir=tmp_path / "admin")
+    old = (await model_admin.push(settings, write_echo_model(tmp_path / "v1"), MODEL, None)).root
+    await heartbeat(w, "A", old)
+    stop = asyncio.Event()
+
+    async def pinging() -> None:  # node A lives, serving the old root
+        while not stop.is_set():
+            await w.nc.publish(subjects.node_says(w.ids["A"], subjects.NODE_ALIVE), b"")
+            await asyncio.sleep(0.1)
+    pings = asyncio.create_task(pinging())
+    new = (await model_admin.push(settings, write_echo_model(tmp_path / "v2", 1024), MODEL,
+                                  None)).root
+    store = ModelStore(w.js, Settings().layout())
+    await asyncio.sleep(2.0)
+    entry, _ = await store.entry(MODEL)
+    assert entry.version(old).state == "draining"  # still served: still routed
+    stop.set()
+    await pings
+    for _ in range(40):
+        entry, _ = await store.entry(MODEL)
+        if entry.version(old).state == "retired":
+            break
+        await asyncio.sleep(0.1)
+    assert entry.version(old).state == "retired" and entry.current().root == new
+    (retired,) = await events_of(w, ModelRetired)
+    assert (retired.root, retired.reason) == (old, "drained")
