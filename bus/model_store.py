@@ -43,6 +43,7 @@ from bus.streams import models_bucket, patiently
 
 PART_SIZE = 512 << 10  # one stored message of a chunk: well under NATS's 1 MiB payload
 PUT_CONCURRENCY = 4
+COLLECT_GRACE_S = 3600.0  # a chunk stored this recently may belong to a push in progress
 State = Literal["serving", "draining", "retired"]
 
 
@@ -150,16 +151,6 @@ class ModelStore:
             return manifest
         raise NotPublished(f"no manifest {root[:16]}… in {', '.join(regions or self.layout.regions)}")
 
-    async def drop_chunks(self, region: str, shas) -> int:
-        store, dropped = await self.store(region), 0
-        for sha in shas:
-            try:
-                await store.delete(subjects.chunk_object(sha))
-                dropped += 1
-            except NotFoundError:
-                pass
-        return dropped
-
     # -- the catalog
 
     async def catalog(self):
@@ -245,11 +236,38 @@ class ModelStore:
             await publish_event(self.js, ModelRetired(name=name, root=r, reason=reason))
         return retired
 
-    async def collect(self) -> dict[str, int]:
+    async def collect(self, grace_s: float = COLLECT_GRACE_S) -> dict[str, int]:
         """Delete, in every region, the chunks and manifests no live version uses;
-        how many chunks each region dropped."""
+        how many chunks each region dropped. Objects stored in the last ``grace_s``
+        stay (a push in progress has not published what it stores yet), and the
+        catalog is read again just before deleting, so a version published meanwhile
+        keeps what it shares."""
+        live, keep = await self._in_use()
+        cutoff = datetime.now(timezone.utc).timestamp() - grace_s
+        unused: dict[str, list[str]] = {}
+        for region in self.layout.regions:
+            unused[region] = [
+                info.name for info in await _objects(await self.store(region))
+                if _stored_at(info) < cutoff and info.name[2:] not in (
+                    live[region] if info.name.startswith("c.") else keep[region])]
+        live, keep = await self._in_use()
+        dropped = {}
+        for region, names in unused.items():
+            store, dropped[region] = await self.store(region), 0
+            for name in names:
+                if name[2:] in (live[region] if name.startswith("c.") else keep[region]):
+                    continue
+                try:
+                    await store.delete(name)
+                    dropped[region] += name.startswith("c.")
+                except NotFoundError:
+                    pass
+        return dropped
+
+    async def _in_use(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """Per region: the chunks and the roots of every version not retired."""
         live: dict[str, set[str]] = {r: set() for r in self.layout.regions}
-        keep_roots: dict[str, set[str]] = {r: set() for r in self.layout.regions}
+        keep: dict[str, set[str]] = {r: set() for r in self.layout.regions}
         for entry in await self.entries():
             for v in entry.versions:
                 if v.state == "retired":
@@ -257,24 +275,20 @@ class ModelStore:
                 manifest = await self.manifest(v.root, v.regions or None)
                 for region in v.regions:
                     live.setdefault(region, set()).update(manifest.chunk_set())
-                    keep_roots.setdefault(region, set()).add(v.root)
-        dropped = {}
-        for region in self.layout.regions:
-            names = await _object_names(await self.store(region))
-            chunks = [n[2:] for n in names if n.startswith("c.") and n[2:] not in live[region]]
-            roots = [n for n in names if n.startswith("m.") and n[2:] not in keep_roots[region]]
-            dropped[region] = await self.drop_chunks(region, chunks)
-            store = await self.store(region)
-            for name in roots:
-                try:
-                    await store.delete(name)
-                except NotFoundError:
-                    pass
-        return dropped
+                    keep.setdefault(region, set()).add(v.root)
+        return live, keep
 
 
-async def _object_names(store: ObjectStore) -> list[str]:
+async def _objects(store: ObjectStore) -> list[api.ObjectInfo]:
     try:
-        return [info.name for info in await store.list(ignore_deletes=True)]
+        return [i for i in await store.list(ignore_deletes=True)
+                if (i.name or "").startswith(("c.", "m."))]
     except (NotFoundError, NatsError, json.JSONDecodeError):
         return []
+
+
+def _stored_at(info: api.ObjectInfo) -> float:
+    try:
+        return datetime.fromisoformat(info.mtime).timestamp()
+    except (TypeError, ValueError):
+        return 0.0

@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     mx = models.add_parser("remove", help="retire a model (or one version) and collect its chunks")
     mx.add_argument("name")
     mx.add_argument("--root", help="retire only this version")
+    mx.add_argument("--grace", type=float, default=3600.0,
+                    help="seconds: chunks stored more recently stay (a push may be using them)")
     sub.add_parser("status", help="live nodes")
     nodes = sub.add_parser("nodes", help="node grants").add_subparsers(
         dest="nodes_cmd", required=True)
@@ -258,7 +260,7 @@ def _models(args, settings: Settings) -> int:
     elif args.models_cmd == "replicate":
         print(admin.run(network.replicate_to(settings, args.name, args.regions, args.root)))
     elif args.models_cmd == "remove":
-        print(admin.run(network.remove(settings, args.name, args.root)))
+        print(admin.run(network.remove(settings, args.name, args.root, args.grace)))
     else:
         try:
             print(network.table(admin.run(network.listing(settings))))

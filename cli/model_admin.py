@@ -20,7 +20,7 @@ from tqdm import tqdm
 from bus.config import Settings
 from bus.model_fetch import replicate
 from bus.model_manifest import Manifest, build_manifest
-from bus.model_store import CatalogEntry, ModelStore
+from bus.model_store import COLLECT_GRACE_S, CatalogEntry, ModelStore
 from bus.subjects import check_token
 from cli.admin import connect_admin
 
@@ -79,6 +79,11 @@ async def push(settings: Settings, directory: Path, name: str, regions: str | No
         current = entry.current() if entry else None
         if current is None or current.root != root:  # a push of the serving root is a no-op
             await store.publish(name, manifest, (first,))
+        # A chunk found stored at the start may have been collected before the version
+        # named it (a collection spares only recent objects): store any such again.
+        held = await store.held(first, need)
+        if gone := {s: n for s, n in need.items() if s not in held}:
+            await _put_chunks(store, first, directory, manifest, gone, lambda n: None)
         for region in wanted[1:]:
             with _progress(sum(need.values()), f"replicate {name} to {region}") as bar:
                 await replicate(js, store, name, root, region, bar.update)
@@ -152,14 +157,16 @@ async def replicate_to(settings: Settings, name: str, regions: str, root: str | 
         await nc.close()
 
 
-async def remove(settings: Settings, name: str, root: str | None) -> str:
+async def remove(settings: Settings, name: str, root: str | None,
+                 grace_s: float = COLLECT_GRACE_S) -> str:
     nc, js = await connect_admin(settings)
     try:
         store = ModelStore(js, settings.layout(), settings.stream_replicas)
         retired = await store.retire(name, root, "removed")
-        dropped = await store.collect()
+        dropped = await store.collect(grace_s)
         roots = ", ".join(r[:16] + "…" for r in retired) or "nothing live"
-        return (f"model {name}: retired {roots}; chunks no live model uses were collected "
+        return (f"model {name}: retired {roots}; chunks no live model uses and stored over "
+                f"{grace_s:.0f} s ago were collected "
                 f"({', '.join(f'{r}: {n}' for r, n in dropped.items())})")
     finally:
         await nc.close()

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from bus.config import Settings
 from bus.model_cache import ChunkRefused, LocalModels
 from bus.model_fetch import pull, plan, service_fetch
-from bus.model_manifest import build_manifest
+from bus.model_manifest import build_manifest, iter_chunks
 from bus.model_store import ModelStore
 from cli import model_admin as network
 from tests.conftest import TINY_MODEL
@@ -149,7 +149,7 @@ async def test_removing_a_model_collects_the_chunks_only_it_used(settings, store
     first = await network.push(settings, models_dir / TINY_MODEL, "tiny", None)
     _changed_copy(models_dir / TINY_MODEL, tmp_path / "v2")
     await network.push(settings, tmp_path / "v2", "tiny-b", None)
-    out = await network.remove(settings, "tiny", None)
+    out = await network.remove(settings, "tiny", None, grace_s=0)
     assert first.root[:16] in out
     entry, _ = await store.entry("tiny")
     assert entry.accepted() == frozenset()
@@ -159,6 +159,18 @@ async def test_removing_a_model_collects_the_chunks_only_it_used(settings, store
     only_tiny = set(build_manifest(models_dir / TINY_MODEL).chunk_set()) - set(
         build_manifest(tmp_path / "v2").chunk_set())
     assert only_tiny and not await store.held(store.layout.home, only_tiny)
+
+
+async def test_a_collection_spares_chunks_a_push_in_progress_just_stored(settings, store,
+                                                                         models_dir):
+    manifest = build_manifest(models_dir / TINY_MODEL)
+    sha, size = next(iter(manifest.chunk_set().items()))
+    data = next(d for _, _, d in iter_chunks(models_dir / TINY_MODEL) if len(d) == size
+                and hashlib.sha256(d).hexdigest() == sha)
+    await store.put_chunk(store.layout.home, sha, data)  # no version names it yet
+    assert await store.collect() == {store.layout.home: 0}
+    assert await store.held(store.layout.home, [sha])
+    assert await store.collect(grace_s=0) == {store.layout.home: 1}
 
 
 class Killed(Exception):
