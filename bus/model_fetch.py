@@ -10,14 +10,14 @@ a :class:`FetchPlan`. The node's NATS user may only pull from that consumer
 the gate's tokenizers, the verifier) make such a consumer for themselves
 (:func:`plan`).
 
-:func:`pull` reads a plan's messages in batches with no acks (the fastest
-read the store offers: a few hundred MB/s on loopback, where the object
-store's own ``get`` manages a tenth of that) and hands each chunk whole to
-its caller, who checks its hash (``bus.model_cache``).
+:func:`pull` reads a plan's messages in batches with no acks, by raw pull
+requests (``bus.pull``; the fastest read the store offers: a few hundred MB/s
+on loopback, where nats-py's object store ``get`` managed 1-23 MB/s), and
+hands each chunk whole to its caller, who checks its hash
+(``bus.model_cache``).
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Literal
@@ -31,10 +31,10 @@ from bus.bounds import Name, Text
 from bus.contracts import Contract
 from bus.model_manifest import Manifest, Sha256
 from bus.model_store import ModelStore, NotPublished
+from bus.pull import Pull
 
 BATCH = 64  # messages a pull asks for at once
 MAX_ASK = 1024  # chunks one plan covers (4 GiB): a bigger model is fetched in rounds
-AHEAD = 8  # whole chunks read ahead of the one being checked and written
 CONSUMER_IDLE_S = 120.0  # a fetch consumer nobody reads vanishes by itself
 
 
@@ -103,10 +103,10 @@ async def plan(js: JetStreamContext, store: ModelStore, region: str, shas,
 async def pull(js: JetStreamContext, fetch_plan: FetchPlan,
                deliver: Callable[[str, bytes], Awaitable[None]], stall_s: float = 10.0) -> None:
     """Read every chunk of ``fetch_plan`` and ``deliver(sha256, bytes)`` each, whole;
-    returns early when the store stops sending for ``stall_s`` (the caller sees
-    which chunks never came and asks again). Chunks are delivered by a task of
-    their own, a few behind the reads, so checking and writing one overlaps
-    fetching the next."""
+    returns early when the store stops sending for ``stall_s`` or has nothing more
+    (the caller sees which chunks never came and asks again). The next batch is
+    asked for before the last one is handed over (``bus.pull``), so the store
+    keeps sending while chunks are checked and written."""
     by_nuid = {c.nuid: c for c in fetch_plan.chunks}
     for c in fetch_plan.chunks:
         if c.parts == 0:
@@ -114,44 +114,27 @@ async def pull(js: JetStreamContext, fetch_plan: FetchPlan,
     left = sum(c.parts for c in fetch_plan.chunks)
     if left == 0:
         return
-    sub = await js.pull_subscribe_bind(consumer=fetch_plan.consumer, stream=fetch_plan.stream,
-                                       pending_bytes_limit=256 << 20)
-    ready: asyncio.Queue = asyncio.Queue(maxsize=AHEAD)
-
-    async def delivering() -> None:
-        while (item := await ready.get()) is not None:
-            await deliver(*item)
-    writer = asyncio.create_task(delivering())
-
-    async def hand_over(item) -> None:
-        """Queue ``item`` for the writer; its failure ends the pull with its error."""
-        put = asyncio.ensure_future(ready.put(item))
-        await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if not put.done():
-            put.cancel()
-        if writer.done():
-            writer.result()
+    reader = await Pull(js._nc, fetch_plan.stream, fetch_plan.consumer).start()
     parts: dict[str, list[bytes]] = {}
     try:
+        await reader.request(min(left, BATCH))
         while left > 0:
-            try:
-                msgs = await sub.fetch(min(left, BATCH), timeout=stall_s)
-            except asyncio.TimeoutError:
-                break
+            if not await reader.wait(stall_s) or not reader.messages:
+                return
+            msgs = reader.messages
+            left -= len(msgs)
+            if left > 0:
+                await reader.request(min(left, BATCH))
             for msg in msgs:
                 chunk = by_nuid.get(msg.subject.rsplit(".", 1)[-1])
                 if chunk is None:
                     continue
-                left -= 1
                 got = parts.setdefault(chunk.nuid, [])
                 got.append(msg.data)
                 if len(got) == chunk.parts:
-                    await hand_over((chunk.sha256, b"".join(parts.pop(chunk.nuid))))
-        await hand_over(None)
-        await writer
+                    await deliver(chunk.sha256, b"".join(parts.pop(chunk.nuid)))
     finally:
-        writer.cancel()
-        await sub.unsubscribe()
+        await reader.close()
 
 
 async def replicate(js: JetStreamContext, store: ModelStore, name: str, root: str, region: str,
