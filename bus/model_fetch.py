@@ -73,11 +73,10 @@ class ModelAnswer(Contract):
     plan: FetchPlan | None = None
 
 
-async def plan(js: JetStreamContext, store: ModelStore, region: str, shas,
-               consumer: str | None = None) -> FetchPlan:
+async def plan(store: ModelStore, region: str, shas, consumer: str | None = None) -> FetchPlan:
     """A consumer on ``region``'s store delivering exactly the chunks ``shas``;
     ``consumer``: its name (a node's, remade from scratch), else a fresh one."""
-    shas = list(dict.fromkeys(shas))
+    js, shas = store.js, list(dict.fromkeys(shas))
     held = await store.held(region, shas)
     if missing := [s for s in shas if s not in held]:
         raise NotPublished(f"{len(missing)} chunks missing in {region}, e.g. {missing[0][:16]}…")
@@ -137,7 +136,7 @@ async def pull(js: JetStreamContext, fetch_plan: FetchPlan,
         await reader.close()
 
 
-async def replicate(js: JetStreamContext, store: ModelStore, name: str, root: str, region: str,
+async def replicate(store: ModelStore, name: str, root: str, region: str,
                     progress: Callable[[int], None] | None = None) -> int:
     """Copy ``root`` of ``name`` into ``region``'s store from a region holding it
     (each chunk checked on the way), then record the region; bytes copied."""
@@ -162,7 +161,7 @@ async def replicate(js: JetStreamContext, store: ModelStore, name: str, root: st
         if progress:
             progress(len(data))
     for source in version.regions:
-        await _pull_from(js, store, source, missing, put)
+        await _pull_from(store, source, missing, put)
         missing = [s for s in need if s not in await store.held(region, need)]
         if not missing:
             break
@@ -173,15 +172,15 @@ async def replicate(js: JetStreamContext, store: ModelStore, name: str, root: st
     return copied
 
 
-async def _pull_from(js: JetStreamContext, store: ModelStore, region: str, shas: list[str],
+async def _pull_from(store: ModelStore, region: str, shas: list[str],
                      deliver: Callable[[str, bytes], Awaitable[None]]) -> None:
     """Pull ``shas`` from ``region``'s store through consumers of our own, in rounds."""
     for at in range(0, len(shas), MAX_ASK):
-        fetch_plan = await plan(js, store, region, shas[at:at + MAX_ASK])
+        fetch_plan = await plan(store, region, shas[at:at + MAX_ASK])
         try:
-            await pull(js, fetch_plan, deliver)
+            await pull(store.js, fetch_plan, deliver)
         finally:
-            await _drop(js, fetch_plan)
+            await _drop(store.js, fetch_plan)
 
 
 async def _drop(js: JetStreamContext, fetch_plan: FetchPlan) -> None:
@@ -191,15 +190,17 @@ async def _drop(js: JetStreamContext, fetch_plan: FetchPlan) -> None:
         pass
 
 
-def service_fetch(js: JetStreamContext, store: ModelStore, regions: tuple[str, ...]):
+def service_fetch(store: ModelStore):
     """A ``bus.model_cache.Fetch`` for services: each round reads what is missing
-    from the regions holding it, nearest first, the next region first on a retry."""
+    from the regions holding it, the layout's first first, the next region first on
+    a retry."""
+    regions = store.layout.regions
     async def fetch(missing: dict[str, int], deliver, attempt: int) -> None:
         order = regions[attempt % len(regions):] + regions[:attempt % len(regions)]
         wanted = dict(missing)
         for region in order:
             have = list(await store.held(region, wanted))
-            await _pull_from(js, store, region, have, deliver)
+            await _pull_from(store, region, have, deliver)
             wanted = {s: n for s, n in wanted.items() if s not in have}
             if not wanted:
                 return

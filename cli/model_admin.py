@@ -86,7 +86,7 @@ async def push(settings: Settings, directory: Path, name: str, regions: str | No
             await _put_chunks(store, first, directory, manifest, gone, lambda n: None)
         for region in wanted[1:]:
             with _progress(sum(need.values()), f"replicate {name} to {region}") as bar:
-                await replicate(js, store, name, root, region, bar.update)
+                await replicate(store, name, root, region, bar.update)
         regions_held = (await store.entry(name))[0].version(root).regions
         return Pushed(name, root, manifest.size, len(need), len(todo), sum(todo.values()),
                       regions_held)
@@ -149,7 +149,7 @@ async def replicate_to(settings: Settings, name: str, regions: str, root: str | 
             raise ValueError(f"no published model {name!r}" + (f" with root {root}" if root else ""))
         for region in wanted:
             with _progress(version.size, f"replicate {name} to {region}") as bar:
-                copied = await replicate(js, store, name, version.root, region, bar.update)
+                copied = await replicate(store, name, version.root, region, bar.update)
             print(f"{name} in {region}: {copied / 2**20:.1f} MiB copied")
         held = (await store.entry(name))[0].version(version.root).regions
         return f"model {name} ({version.root[:16]}…) is held in: {', '.join(held)}"

@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from nats.js import JetStreamContext
-
 from bus import subjects
 from bus.grants import NodeGrant
 from bus.model_fetch import FetchPlan, ModelAnswer, ModelAsk, plan, replicate
@@ -35,8 +33,8 @@ class OutsideGrant(Exception):
 
 
 class ModelAccess:
-    def __init__(self, js: JetStreamContext, store: ModelStore) -> None:
-        self.js, self.store = js, store
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
         self._manifests: dict[str, Manifest] = {}
         self._copying: dict[tuple[str, str], asyncio.Task] = {}
 
@@ -68,7 +66,7 @@ class ModelAccess:
         holders = sorted(version.regions, key=lambda r: (r in ask.avoid, r != home))
         for region in holders:
             try:
-                return await plan(self.js, self.store, region, ask.chunks,
+                return await plan(self.store, region, ask.chunks,
                                   consumer=subjects.fetch_consumer(grant.node_id))
             except NotPublished as exc:  # that region's copy is incomplete: the next one
                 log.warning("model %s in %s: %s", ask.name, region, exc)
@@ -88,7 +86,7 @@ class ModelAccess:
 
         async def copy() -> None:
             try:
-                copied = await replicate(self.js, self.store, name, root, region)
+                copied = await replicate(self.store, name, root, region)
                 log.info("replicated %s into %s: %d bytes", name, region, copied)
             except Exception:  # noqa: BLE001 - the next node's request tries again
                 log.exception("replicating %s into %s failed", name, region)

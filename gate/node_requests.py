@@ -198,7 +198,7 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
     outcomes = Outcomes(nc, js, leasing, counters, cancels, Sampler(settings.spot_check_share),
                         catalog)
     gate = Gate(nc, grants, leasing, outcomes, Liveness(nc, js, leasing, grants),
-                ModelAccess(js, store))
+                ModelAccess(store))
     subs = await gate.start()
     draining = asyncio.create_task(Drain(store, catalog, roots, gate.liveness.alive,
                                          settings.model_drain_s).run(stop))

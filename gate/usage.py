@@ -104,9 +104,7 @@ class Counters:
             manifest = (await self.store.manifest(root)).without_weights()
         except NotPublished:
             return None
-        regions = self.store.layout.regions
-        return await LocalModels(self.models_dir).materialize(
-            manifest, service_fetch(self.store.js, self.store, regions))
+        return await LocalModels(self.models_dir).materialize(manifest, service_fetch(self.store))
 
     async def warm(self) -> None:
         """Load every model of the models dir now, so no first result waits for it."""

@@ -95,7 +95,7 @@ class Judges:
         except NotPublished:
             return None
         return await LocalModels(self.models_dir).materialize(
-            manifest, service_fetch(self.store.js, self.store, self.store.layout.regions))
+            manifest, service_fetch(self.store))
 
     def _load(self, model: str, path: Path | None = None, key: str | None = None) -> Judge | None:
         path = path or self.models_dir / model

@@ -55,7 +55,7 @@ async def test_a_model_is_served_near_its_node_after_its_first_fetch(sc, models_
     try:
         js = nc.jetstream()
         store = ModelStore(js, settings.layout())
-        access = ModelAccess(js, store)
+        access = ModelAccess(store)
         node = NodeGrant(node_id="ab" * 32, node_name="na-1", operator="op", zone="na",
                          models=(NAME,))
         first = await access.answer(node, ModelAsk(op="manifest", name=NAME))

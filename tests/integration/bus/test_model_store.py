@@ -46,7 +46,7 @@ def _changed_copy(src, dest, tensor_index: int = 0):
 async def _fetch(store: ModelStore, models_dir, root: str):
     manifest = await store.manifest(root)
     return await LocalModels(models_dir).materialize(
-        manifest, service_fetch(store.js, store, store.layout.regions))
+        manifest, service_fetch(store))
 
 
 async def test_a_pushed_model_is_fetched_byte_for_byte_under_its_root(settings, store, models_dir,
@@ -104,7 +104,7 @@ async def test_an_interrupted_fetch_resumes_without_fetching_again(settings, sto
                                                                    tmp_path):
     pushed = await network.push(settings, models_dir / TINY_MODEL, "tiny", None)
     manifest = await store.manifest(pushed.root)
-    inner = service_fetch(store.js, store, store.layout.regions)
+    inner = service_fetch(store)
     fetched: list[str] = []
 
     async def dies_halfway(missing, deliver, attempt):
@@ -135,7 +135,7 @@ async def test_chunks_held_from_another_version_are_reused(settings, store, mode
     second = await network.push(settings, tmp_path / "v2", "tiny", None)
     await _fetch(store, tmp_path / "node", first.root)
     fetched = []
-    inner = service_fetch(store.js, store, store.layout.regions)
+    inner = service_fetch(store)
 
     async def counting(missing, deliver, attempt):
         fetched.extend(missing)
@@ -182,7 +182,7 @@ async def _chunk_bytes(store: ModelStore, sha: str) -> bytes:
 
     async def keep(s, data):
         got[s] = data
-    fetch_plan = await plan(store.js, store, store.layout.home, [sha])
+    fetch_plan = await plan(store, store.layout.home, [sha])
     await pull(store.js, fetch_plan, keep)
     assert hashlib.sha256(got[sha]).hexdigest() == sha
     return got[sha]
