@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bus.model_manifest import Manifest
+from bus.model_manifest import Manifest, read_span
 
 log = logging.getLogger("inferbus.models")
 ROOTS = "roots"
@@ -122,7 +122,7 @@ class LocalModels:
         held = self._held(root)
         for sha in [s for s in sizes if s not in done and s in held]:
             path, offset, size = held[sha]
-            data = await asyncio.to_thread(_read, path, offset, size)
+            data = await asyncio.to_thread(read_span, path, offset, size)
             if hashlib.sha256(data).hexdigest() == sha:
                 write(sha, data)
         reused = sum(1 for s in sizes if s in held)
@@ -176,12 +176,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read(path: Path, offset: int, size: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return fh.read(size)
-
-
 def _still_good(journal: Path, places: dict[str, list[tuple[Path, int]]],
                 sizes: dict[str, int]) -> set[str]:
     """The journaled chunks whose bytes on disk still match their hash."""
@@ -191,7 +185,7 @@ def _still_good(journal: Path, places: dict[str, list[tuple[Path, int]]],
     for sha in journal.read_text().split():
         if sha in places and sha not in good:
             path, offset = places[sha][0]
-            if hashlib.sha256(_read(path, offset, sizes[sha])).hexdigest() == sha:
+            if hashlib.sha256(read_span(path, offset, sizes[sha])).hexdigest() == sha:
                 good.add(sha)
     return good
 

@@ -175,6 +175,13 @@ def read_config(directory: Path) -> tuple[str | None, int]:
     return (kind[:64] if isinstance(kind, str) else None), max(0, min(length, 1 << 24))
 
 
+def read_span(path: Path, offset: int, length: int) -> bytes:
+    """``length`` bytes of the file at ``path`` from ``offset``: one chunk's bytes."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(length)
+
+
 def iter_chunks(directory: Path, chunk_size: int = CHUNK_SIZE,
                 ) -> Iterator[tuple[str, int, bytes]]:
     """(relative path, offset, bytes) of every chunk of a model directory."""

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from bus.config import Settings
 from bus.model_fetch import replicate
-from bus.model_manifest import Manifest, build_manifest
+from bus.model_manifest import Manifest, build_manifest, read_span
 from bus.model_store import COLLECT_GRACE_S, CatalogEntry, ModelStore
 from bus.subjects import check_token
 from cli.admin import connect_admin
@@ -107,18 +107,12 @@ async def _put_chunks(store: ModelStore, region: str, directory: Path, manifest:
 
     async def one(sha: str, path: Path, offset: int, length: int) -> None:
         async with gate:
-            data = await asyncio.to_thread(_read, path, offset, length)
+            data = await asyncio.to_thread(read_span, path, offset, length)
             if hashlib.sha256(data).hexdigest() != sha:
                 raise RuntimeError(f"{path} changed while it was pushed: push again")
             await store.put_chunk(region, sha, data)
             advance(len(data))
     await asyncio.gather(*(one(sha, *place) for sha, place in places.items()))
-
-
-def _read(path: Path, offset: int, length: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return fh.read(length)
 
 
 async def listing(settings: Settings) -> list[CatalogEntry]:
