@@ -46,13 +46,13 @@ class Pushed:
                 f"  regions: {', '.join(self.regions)}")
 
 
-def _regions(settings: Settings, text: str | None) -> tuple[str, ...]:
-    """The regions asked for, the uploader's own first."""
+def _asked(settings: Settings, text: str | None) -> tuple[str, ...]:
+    """The regions a comma-separated ``text`` names; an unknown one is one line."""
     layout = settings.layout()
-    asked = [r.strip() for r in (text or "").split(",") if r.strip()]
+    asked = tuple(dict.fromkeys(r.strip() for r in (text or "").split(",") if r.strip()))
     for r in asked:
-        layout.zones(r)  # one line naming the known regions
-    return tuple(dict.fromkeys([settings.this_region(), *asked]))
+        layout.zones(r)  # raises RegionError naming the known ones
+    return asked
 
 
 def _progress(total: int, desc: str):
@@ -62,7 +62,7 @@ def _progress(total: int, desc: str):
 async def push(settings: Settings, directory: Path, name: str, regions: str | None) -> Pushed:
     check_token(name, "model name")
     directory = Path(directory).expanduser()
-    wanted = _regions(settings, regions)
+    wanted = tuple(dict.fromkeys([settings.this_region(), *_asked(settings, regions)]))
     manifest = await asyncio.to_thread(build_manifest, directory)
     nc, js = await connect_admin(settings)
     try:
@@ -133,7 +133,7 @@ def table(entries: list[CatalogEntry]) -> str:
 
 
 async def replicate_to(settings: Settings, name: str, regions: str, root: str | None) -> str:
-    wanted = [r for r in _regions(settings, regions) if r in regions.split(",")]
+    wanted = _asked(settings, regions)
     nc, js = await connect_admin(settings)
     try:
         store = ModelStore(js, settings.layout(), settings.stream_replicas)
