@@ -36,7 +36,7 @@ import nats
 from nats.js import api
 
 from bench.report import save
-from bus import signing
+from bus import signing, subjects
 from bus.config import Settings
 from bus.grants import NodeGrant, put_grant
 from bus.model_store import PART_SIZE
@@ -90,8 +90,9 @@ async def raw_reads(url: str, weights: Path, with_get: bool) -> dict:
         name="weights", options=api.ObjectMetaOptions(max_chunk_size=PART_SIZE)))
     out = {"bytes": len(data)}
     started = time.monotonic()
-    sub = await js.pull_subscribe(f"$O.raw.C.{info.nuid}", stream="OBJ_raw", config=api.ConsumerConfig(
-        ack_policy=api.AckPolicy.NONE), pending_bytes_limit=256 << 20)
+    sub = await js.pull_subscribe(
+        subjects.object_chunks("raw", info.nuid), stream=subjects.object_stream("raw"),
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE), pending_bytes_limit=256 << 20)
     got = 0
     while got < info.chunks:
         got += len(await sub.fetch(min(64, info.chunks - got), timeout=10))

@@ -97,7 +97,7 @@ def object_store_config(bucket: str, replicas: int,
     """An object store's stream as nats-py's ``create_object_store`` makes it, plus
     the placement (given by us, so it can never be left out)."""
     return StreamConfig(
-        name=subjects.object_stream(bucket), subjects=[f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"],
+        name=subjects.object_stream(bucket), subjects=subjects.object_store_subjects(bucket),
         discard=DiscardPolicy.NEW, allow_rollup_hdrs=True, allow_direct=True, max_consumers=-1,
         max_msgs=-1, max_bytes=-1, num_replicas=replicas, storage=StorageType.FILE,
         placement=placement)

@@ -263,16 +263,6 @@ def worker_queues(zone: str, node_id: str, subcloud: str | None = None,
     return own
 
 
-def object_stream(bucket: str) -> str:
-    """The stream behind object store ``bucket``."""
-    return f"OBJ_{bucket}"
-
-
-def object_chunks(bucket: str, nuid: str) -> str:
-    """The subject holding the parts of one object of store ``bucket``."""
-    return f"$O.{bucket}.C.{check_token(nuid, 'nuid')}"
-
-
 def chunk_object(sha256: str) -> str:
     """A model chunk's object name: its content address."""
     return f"c.{sha256}"
@@ -295,4 +285,5 @@ def any_cancel() -> str:
 # The JetStream API's own subjects live beside these (one home for every subject).
 from bus.subjects.jetstream import (acked_stream, acked_stream_sequence, acks,  # noqa: E402
                                     below, consumer_create, consumer_info, inbox_prefix,
-                                    kv_key, kv_reads, kv_stream, stream_info)
+                                    kv_key, kv_reads, kv_stream, object_chunks,
+                                    object_store_subjects, object_stream, stream_info)

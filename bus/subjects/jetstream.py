@@ -1,4 +1,4 @@
-"""JetStream API and KV subjects, named here so NATS permissions (``bus.auth``)
+"""JetStream API, KV and object store subjects, named here so NATS permissions (``bus.auth``)
 can grant exactly what one process does. Part of :mod:`bus.subjects`, which
 re-exports all of it.
 """
@@ -69,3 +69,16 @@ def kv_reads(bucket: str) -> list[str]:
             f"$JS.API.STREAM.MSG.GET.{stream}"]
 
 
+def object_stream(bucket: str) -> str:
+    """The stream behind object store ``bucket``."""
+    return f"OBJ_{bucket}"
+
+
+def object_chunks(bucket: str, nuid: str) -> str:
+    """The subject holding the parts of one object of store ``bucket``."""
+    return f"$O.{bucket}.C.{check_token(nuid, 'nuid')}"
+
+
+def object_store_subjects(bucket: str) -> list[str]:
+    """Every object's parts and every object's metadata, in store ``bucket``."""
+    return [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
