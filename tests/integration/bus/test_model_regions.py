@@ -25,14 +25,6 @@ pytestmark = pytest.mark.asyncio
 NAME = "tiny"
 
 
-@pytest.fixture(scope="module")
-def sc(tmp_path_factory):
-    cluster = Supercluster(tmp_path_factory.mktemp("model-regions"), ["eu", "na", "ap"])
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
 def marker_of(models_dir) -> bytes:
     """Bytes found only in this model's weights (random values)."""
     data = (models_dir / TINY_MODEL / "model.safetensors").read_bytes()

@@ -20,18 +20,9 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from cli.natsserver import binary
-from tests.supercluster import Supercluster
 
 ROOT = Path(__file__).parents[3]
 NO_SUITABLE_PEERS = 10005
-
-
-@pytest.fixture(scope="module")
-def sc(tmp_path_factory):
-    cluster = Supercluster(tmp_path_factory.mktemp("supercluster"), ["eu", "na", "ap"])
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 async def connect(url: str) -> nats.NATS:
