@@ -60,35 +60,30 @@ async def test_a_node_reporting_other_weights_is_offered_no_jobs(gate_world, pub
     assert (await w.gate["A"].lease("acquire", msg, "m1")).action == "run"
 
 
+async def report_run_with(world, job_id: str, published: str, root: str):
+    """Node A, reporting ``published``, leases job ``job_id`` and reports "one two"
+    signed as run with ``root``; the gate's answer."""
+    await heartbeat(world, "A", published)
+    job = a_job(job_id)
+    await world.queue(job)
+    await world.gate["A"].lease("acquire", await world.take("eu"), job_id)
+    sig = signing.sign_output(world.keys["A"], job_id, 1, MODEL, job.input_hash(),
+                              output_hash("one two"), root)
+    return await world.gate["A"].report(Completed(job_id=job_id, attempt=1, text="one two",
+                                                  finish_reason="stop", signature=sig,
+                                                  model_root=root))
+
+
 async def test_a_result_signed_for_another_root_is_refused(gate_world, published):
-    w = gate_world
-    await heartbeat(w, "A", published)
-    job = a_job("m2")
-    await w.queue(job)
-    await w.gate["A"].lease("acquire", await w.take("eu"), "m2")
-    other = "1" * 64
-    sig = signing.sign_output(w.keys["A"], job.job_id, 1, MODEL, job.input_hash(),
-                              output_hash("one two"), other)
-    answer = await w.gate["A"].report(Completed(job_id="m2", attempt=1, text="one two",
-                                                finish_reason="stop", signature=sig,
-                                                model_root=other))
+    answer = await report_run_with(gate_world, "m2", published, "1" * 64)
     assert not answer.logged and "not a published one" in answer.reason
-    assert await events_of(w, NodeStrike)
+    assert await events_of(gate_world, NodeStrike)
 
 
 async def test_a_result_names_the_root_it_was_signed_for(gate_world, published):
-    w = gate_world
-    await heartbeat(w, "A", published)
-    job = a_job("m3")
-    await w.queue(job)
-    await w.gate["A"].lease("acquire", await w.take("eu"), "m3")
-    sig = signing.sign_output(w.keys["A"], job.job_id, 1, MODEL, job.input_hash(),
-                              output_hash("one two"), published)
-    answer = await w.gate["A"].report(Completed(job_id="m3", attempt=1, text="one two",
-                                                finish_reason="stop", signature=sig,
-                                                model_root=published))
+    answer = await report_run_with(gate_world, "m3", published, published)
     assert answer.logged
-    (done,) = await events_of(w, JobCompleted, "m3")
+    (done,) = await events_of(gate_world, JobCompleted, "m3")
     assert done.model_root == published and signing.verify_result(done)
 
 
