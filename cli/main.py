@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return _dispatch(args, Settings())
-    except (RuntimeError, ValueError, KeyError, FileNotFoundError, OSError) as exc:
+    except (RuntimeError, ValueError, LookupError, OSError) as exc:  # LookupError: KeyError too
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"inferbus {args.command}: {msg}", file=sys.stderr)
         return 1
