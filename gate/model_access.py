@@ -12,12 +12,14 @@ A node asks on ``node.<id>.model`` (``bus.model_fetch.ModelAsk``):
   last.
 
 A name outside the grant, or chunks outside the root, are refused; the gate
-counts a strike for them as for any request outside a grant.
+counts a strike for them as for any request outside a grant. A node asking for
+plans faster than ``PLAN_EVERY_S`` is told to try again.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from bus import subjects
 from bus.grants import NodeGrant
@@ -26,6 +28,9 @@ from bus.model_manifest import Manifest
 from bus.model_store import CatalogEntry, ModelStore, NotPublished
 
 log = logging.getLogger("inferbus.gate")
+# A plan costs the gate a lookup per chunk and a consumer; a node gets one this often
+# at most (an honest fetch asks once per 1,024 chunks, seconds apart).
+PLAN_EVERY_S = 0.25
 
 
 class OutsideGrant(Exception):
@@ -33,9 +38,10 @@ class OutsideGrant(Exception):
 
 
 class ModelAccess:
-    def __init__(self, store: ModelStore) -> None:
-        self.store = store
+    def __init__(self, store: ModelStore, clock=time.monotonic) -> None:
+        self.store, self.clock = store, clock
         self._manifests: dict[str, Manifest] = {}
+        self._planned: dict[str, float] = {}  # node id -> when the gate last made it a plan
         self._copying: dict[tuple[str, str], asyncio.Task] = {}
 
     async def answer(self, grant: NodeGrant, ask: ModelAsk) -> ModelAnswer:
@@ -50,6 +56,10 @@ class ModelAccess:
         if ask.op == "manifest":
             return ModelAnswer(ok=True, root=current.root,
                                manifest=await self._manifest(current.root, current.regions))
+        now = self.clock()
+        if now - self._planned.get(grant.node_id, -1e9) < PLAN_EVERY_S:
+            return ModelAnswer(ok=False, reason="try again")  # the node asks again, later
+        self._planned[grant.node_id] = now
         return ModelAnswer(ok=True, root=ask.root,
                            plan=await self._plan(grant, ask, entry))
 

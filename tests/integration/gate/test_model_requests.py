@@ -160,3 +160,15 @@ async def test_a_replaced_version_is_retired_once_no_live_node_serves_it(
     assert entry.version(old).state == "retired" and entry.current().root == new
     (retired,) = await events_of(w, ModelRetired)
     assert (retired.root, retired.reason) == (old, "drained")
+
+
+async def test_a_node_asking_for_plans_in_a_flood_is_told_to_try_again(gate_world, published):
+    w = gate_world
+    manifest = (await ask(w, "A", ModelAsk(op="manifest", name=MODEL))).manifest
+    chunks = tuple(manifest.chunk_set())
+    fetch = ModelAsk(op="fetch", name=MODEL, root=published, chunks=chunks)
+    answers = [await ask(w, "A", fetch) for _ in range(5)]
+    assert answers[0].ok and all(a.reason == "try again" for a in answers[1:])
+    await asyncio.sleep(0.3)
+    assert (await ask(w, "A", fetch)).ok
+    assert (await ask(w, "B", fetch)).ok  # another node's plans are its own
