@@ -25,7 +25,7 @@ from bus import subjects
 from bus.grants import NodeGrant
 from bus.model_fetch import FetchPlan, ModelAnswer, ModelAsk, plan, replicate
 from bus.model_manifest import Manifest
-from bus.model_store import CatalogEntry, ModelStore, NotPublished
+from bus.model_store import ModelStore, ModelVersion, NotPublished
 
 log = logging.getLogger("inferbus.gate")
 # A plan costs the gate a lookup per chunk and a consumer; a node gets one this often
@@ -56,31 +56,34 @@ class ModelAccess:
         if ask.op == "manifest":
             return ModelAnswer(ok=True, root=current.root,
                                manifest=await self._manifest(current.root, current.regions))
-        now = self.clock()
-        if now - self._planned.get(grant.node_id, -1e9) < PLAN_EVERY_S:
-            return ModelAnswer(ok=False, reason="try again")  # the node asks again, later
-        self._planned[grant.node_id] = now
-        return ModelAnswer(ok=True, root=ask.root,
-                           plan=await self._plan(grant, ask, entry))
-
-    async def _plan(self, grant: NodeGrant, ask: ModelAsk, entry: CatalogEntry) -> FetchPlan:
         version = entry.version(ask.root or "")
         if version is None or version.state == "retired":
             raise OutsideGrant(f"{(ask.root or '')[:16]}… is not a live root of {ask.name}")
         manifest = await self._manifest(version.root, version.regions)
         if stray := set(ask.chunks) - set(manifest.chunk_set()):
             raise OutsideGrant(f"{len(stray)} chunks asked are not {ask.name}'s")
+        now = self.clock()
+        if now - self._planned.get(grant.node_id, -1e9) < PLAN_EVERY_S:
+            return ModelAnswer(ok=False, reason="try again")  # the node asks again, later
+        self._planned[grant.node_id] = now
+        return ModelAnswer(ok=True, root=ask.root,
+                           plan=await self._plan(grant, ask, ask.name, version))
+
+    async def _plan(self, grant: NodeGrant, ask: ModelAsk, name: str,
+                    version: ModelVersion) -> FetchPlan:
+        """The node's consumer on the nearest store holding ``version`` (its own
+        region's, else another's while a copy into its own starts)."""
         home = self.store.layout.region_of(grant.zone)
         if home not in version.regions:
-            self._copy(ask.name, version.root, home)
+            self._copy(name, version.root, home)
         holders = sorted(version.regions, key=lambda r: (r in ask.avoid, r != home))
         for region in holders:
             try:
                 return await plan(self.store, region, ask.chunks,
                                   consumer=subjects.fetch_consumer(grant.node_id))
             except NotPublished as exc:  # that region's copy is incomplete: the next one
-                log.warning("model %s in %s: %s", ask.name, region, exc)
-        raise NotPublished(f"no region holds all of {ask.name} {version.root[:16]}…")
+                log.warning("model %s in %s: %s", name, region, exc)
+        raise NotPublished(f"no region holds all of {name} {version.root[:16]}…")
 
     async def _manifest(self, root: str, regions) -> Manifest:
         if root not in self._manifests:

@@ -218,6 +218,42 @@ def _eventually(call, node: str, tries: int = 5):
     return done
 
 
+async def test_a_granted_node_gets_plans_only_for_its_models_chunks(network):
+    stack, ids, root, tmp, models_dir = network
+    seed = stack.data_dir / "nats-auth" / "workers" / "node-eu.seed"
+    nc, refusals = await connect_as(stack.nats_url, tmp / "node-eu", seed)
+
+    async def ask(request: ModelAsk) -> ModelAnswer:
+        reply = await nc.request(subjects.node_says(ids["node-eu"], subjects.NODE_MODEL),
+                                 request.model_dump_json().encode(), timeout=10)
+        return ModelAnswer.model_validate_json(reply.data)
+    try:
+        manifest = await ask(ModelAsk(op="manifest", name=TINY_MODEL))
+        assert manifest.ok and manifest.manifest.root() == manifest.root
+        stray = await ask(ModelAsk(op="fetch", name=TINY_MODEL, root=manifest.root,
+                                   chunks=("ab" * 32,)))
+        assert not stray.ok and f"are not {TINY_MODEL}'s" in stray.reason
+        other = await ask(ModelAsk(op="fetch", name=TINY_MODEL, root="cd" * 32,
+                                   chunks=tuple(manifest.manifest.chunk_set())))
+        assert not other.ok and "is not a live root" in other.reason
+        assert refusals.seen == []  # all within its permissions: the gate said no
+    finally:
+        await nc.close()
+
+
+def test_bad_model_commands_are_one_line_errors(network):
+    stack, ids, root, tmp, models_dir = network
+    for args, says in ((("models", "remove", "nosuch"), "no model 'nosuch' is published"),
+                       (("models", "push", str(tmp / "nowhere"), "--name", "x"),
+                        "is not a model directory"),
+                       (("models", "replicate", TINY_MODEL, "--regions", "mars"),
+                        "no region 'mars'")):
+        done = stack.cli(*args, check=False)
+        assert done.returncode == 1, done
+        assert done.stderr.strip().splitlines()[-1].startswith("inferbus models: ")
+        assert says in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_worker_asking_for_a_model_outside_its_grant_exits_with_one_line(network):
     stack, ids, root, tmp, models_dir = network
     proc = start_node(stack, tmp, "node-x", TINY_MODEL)

@@ -62,6 +62,12 @@ async def test_a_model_is_served_near_its_node_after_its_first_fetch(sc, models_
                                                   chunks=chunks))
         assert near.plan.region == "na"
 
+        eu_node = NodeGrant(node_id="cd" * 32, node_name="eu-1", operator="op", zone="eu",
+                            models=(NAME,))
+        burned = await access.answer(eu_node, ModelAsk(op="fetch", name=NAME, root=first.root,
+                                                       chunks=chunks, avoid=("eu",)))
+        assert burned.plan.region == "na"  # its own region sent it bad bytes: the other first
+
         async def fetch(missing, deliver, attempt):
             await pull(js, near.plan, deliver)
         path = await LocalModels(tmp_path / "node").materialize(first.manifest, fetch)
