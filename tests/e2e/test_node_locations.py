@@ -22,6 +22,7 @@ from gate.usage import Counters, WordCounter
 from tests.eventlog import read_log
 from tests.locations import LONDON, MODEL, NEW_YORK, heartbeat, located_network
 from tests.natsauth import connect_as
+from tests.stack import wait_until
 from verifier.location import LocationChecker
 from workers.gate_client import GateClient
 from workers.pull_loop import JobSource
@@ -73,6 +74,9 @@ async def test_the_gate_gives_a_strict_job_only_to_a_node_whose_location_checked
                                       bounds_of(s), s.zone_table())
             await asyncio.sleep(0.3)  # the gate filed the admin's grants and follows them
             await checker.check(net.sys, net.book.all())
+            # The book follows the bucket through a watch: give it the verdicts' updates.
+            await wait_until(lambda: net.book.get(net.ids["na-1"]).location != "unchecked"
+                             and net.book.get(net.ids["eu-1"]).location != "unchecked")
             assert net.book.get(net.ids["na-1"]).location == "failed"  # loopback is in GB
             assert net.book.get(net.ids["eu-1"]).location == "verified"
             await asyncio.sleep(0.3)  # the gate's grant book follows the bucket
