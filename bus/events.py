@@ -7,6 +7,7 @@ JetStream ``Nats-Msg-Id``, so a republish is deduplicated) and
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime
 from typing import Annotated, Literal, Union
 
@@ -18,6 +19,7 @@ from bus.credit_events import (CreditsDebited, CreditsDeposited, CreditsRefunded
                                CreditsReimbursed, CreditsReserved, RCPAwarded, RCPRevoked)
 from bus.model_events import ModelPublished, ModelRetired
 from bus.node_events import NodeStrike, NodeSuspended, NodeVerified, SpotChecked
+from bus.sampling import Logprobs, Sampling
 from bus.subjects import GLOBAL
 
 __all__ = [  # the node and money events live in their own modules; all are named here
@@ -29,16 +31,6 @@ __all__ = [  # the node and money events live in their own modules; all are name
 class ChatMessage(Contract):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: Text
-
-
-class Sampling(Contract):
-    """Per-request generation parameters; the worker honours each one."""
-
-    max_tokens: int = Field(ge=1, le=MAX_TOKENS)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: tuple[Annotated[str, Field(max_length=256)], ...] = Field(default=(), max_length=16)
-    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
 
 
 class JobSubmitted(Event):
@@ -78,7 +70,9 @@ class JobSubmitted(Event):
         """Hash of what the model is asked, bound into the result signature."""
         if self.messages is None and self.prompt is None and self.input_sha256:
             return self.input_sha256  # the log's copy: the content is in the content store
-        body = self.model_dump_json(include={"model", "kind", "messages", "prompt", "sampling"})
+        # Sampling fields added later count only when set, so older jobs hash as they did.
+        body = self.model_dump_json(include={"model", "kind", "messages", "prompt", "sampling"},
+                                    exclude={"sampling": self.sampling.off()})
         return hashlib.sha256(body.encode()).hexdigest()
 
     def without_content(self) -> "JobSubmitted":
@@ -138,10 +132,13 @@ class JobCompleted(Event):
     # The root of the weights the node signed it ran (bus.model_manifest); None on
     # events from before models had roots.
     model_root: Hash | None = None
+    # Per-token log probabilities, when the job asked for them; content, like the text,
+    # and covered by ``output_hash`` (see ``output_hash``).
+    logprobs: Logprobs | None = None
 
     def without_content(self) -> "JobCompleted":
         """The copy the log keeps: ``output_hash`` stands for the text (``bus.content``)."""
-        return self.model_copy(update={"text": ""})
+        return self.model_copy(update={"text": "", "logprobs": None})
 
 
 class JobFailed(Event):
@@ -230,5 +227,11 @@ def parse_event(data: bytes | str) -> Event:
     return _any_event.validate_json(data)
 
 
-def output_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def output_hash(text: str, logprobs: tuple | None = None) -> str:
+    """The hash a node signs for its output: the text, and its log probabilities
+    when the job asked for them (so a gate or a reader can check those too)."""
+    if logprobs is None:
+        return hashlib.sha256(text.encode()).hexdigest()
+    listed = json.dumps([p.model_dump(mode="json") for p in logprobs], separators=(",", ":"),
+                        sort_keys=True)
+    return hashlib.sha256(text.encode() + b"\x00" + listed.encode()).hexdigest()

@@ -15,6 +15,7 @@ from pydantic import Field, TypeAdapter
 from bus.bounds import Attempt, Hash, Id, Text
 from bus.events import Contract
 from bus.model_manifest import Sha256
+from bus.sampling import Logprobs
 
 AckSubject = Annotated[str, Field(max_length=256)]
 
@@ -56,6 +57,7 @@ class Completed(Contract):
     finish_reason: Literal["stop", "length"]
     signature: Hash
     model_root: Sha256 | None = None  # the weights it ran (signed with the rest)
+    logprobs: Logprobs | None = None  # when the job asked; in the signed output hash
 
 
 class Failed(Contract):

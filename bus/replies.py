@@ -13,6 +13,7 @@ from pydantic import Field, TypeAdapter
 
 from bus.bounds import MAX_TEXT, Attempt, Id, Name, Text
 from bus.events import Contract, JobCancelled, JobCompleted, JobExpired, JobFailed
+from bus.sampling import Logprobs
 
 
 class Started(Contract):
@@ -32,6 +33,7 @@ class Delta(Contract):
     offset: int = Field(ge=0, le=MAX_TEXT)
     text: Text
     attempt: Attempt = 1  # the delivery that made it: text of a superseded attempt is dropped
+    logprobs: Logprobs | None = None  # the tokens of ``text``, when the job asked for them
 
 
 class Finished(Contract):
