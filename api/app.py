@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from api import errors
+from api import dashboard, errors
 from api.admission import Admission
 from api.cancellation import Cancellation
 from api.deps import Services
@@ -102,6 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="inferbus", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(router)
+    app.include_router(dashboard.router)
     app.add_middleware(RequestCounter)
     app.add_middleware(RegionHeader, region=settings.this_region())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
