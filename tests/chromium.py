@@ -118,11 +118,12 @@ class Page:
         return out["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 20.0):
-        """The first truthy value of ``expression``, polled every 0.1 s."""
+        """The first truthy value of ``expression``, polled every 0.1 s (an
+        element counts as ``True``: as JSON it would be an empty, falsy ``{}``)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                value = self.js(expression)
+                value = self.js(f"(v => v instanceof Node ? true : v)({expression})")
             except BrowserError:  # the page is still loading: no document yet
                 value = None
             if value:
