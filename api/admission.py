@@ -81,7 +81,7 @@ class Admission:
         one waits live)."""
         model = self._check_model(req)
         is_chat = isinstance(req, ChatCompletionRequest)
-        messages = tuple(m.to_contract() for m in req.messages) if is_chat else None
+        messages = req.contract_messages() if is_chat else None
         prompt = None if is_chat else req.prompt
         route: Route = await self._routing.decide(
             who, model, zone, constraints=constraints, location=location,

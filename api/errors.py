@@ -56,14 +56,59 @@ def outcome_error(event: JobFailed | JobExpired | JobCancelled) -> APIError:
     return APIError(_FAILURE_STATUS.get(event.code, 500), event.message, event.code)
 
 
+# Pydantic names the union member an error came from in its path ("str",
+# "list[TextPart]", "function-after[...]", a model's class name): not the request's.
+_PRIMITIVES = {"str", "int", "float", "bool", "list", "dict", "none", "tuple"}
+# What a field that takes several shapes must be, said once instead of per shape.
+_SHAPES = {"stop": "must be a string or a list of at most 4 strings",
+           "content": "must be a string or a list of text parts",
+           "tool_choice": 'must be "none", "auto", "required" or '
+                          '{"type": "function", "function": {"name": ...}}',
+           "prompt": "must be a string"}
+
+
+def _request_path(loc) -> list:
+    return [p for p in loc if p != "body" and not (isinstance(p, str) and (
+        "[" in p or "-" in p or p[:1].isupper() or p in _PRIMITIVES))]
+
+
+def _spelled(path: list) -> str:
+    """``["messages", 1, "content"]`` as ``messages[1].content``."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    if first.get("type") == "json_invalid":
+    """The first problem of a request body, spoken of as the request's fields."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    kind, ctx = first.get("type"), first.get("ctx") or {}
+    if kind == "json_invalid":
         return APIError(400, "We could not parse the JSON body of your request.", "invalid_json")
-    where = ".".join(loc) or None
-    message = first.get("msg", "invalid request")
-    return APIError(400, f"{where}: {message}" if where else message, "invalid_request", where)
+    path = _request_path(first.get("loc", ()))
+    if kind in ("invalid_parameter", "unsupported_parameter"):
+        code = "unsupported_parameter" if kind == "unsupported_parameter" else "invalid_request"
+        return APIError(400, f"{ctx['param']}: {ctx['message']}", code, ctx["param"])
+    if not path:
+        return APIError(400, "the request body must be a JSON object", "invalid_request")
+    param = str(path[0])
+    if kind == "extra_forbidden" and len(path) == 1:
+        return APIError(400, f"Unrecognized request argument supplied: {param}",
+                        "unknown_parameter", param)
+    if "part" in ctx:
+        path = [*path, ctx["part"]]
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if kind == "missing":
+        message = "is required"
+    elif kind == "extra_forbidden":
+        message = "is not a field of this object"
+    elif sum(_request_path(e.get("loc", ())) == path for e in errors) > 1 \
+            or str(kind).endswith("_type"):
+        message = _SHAPES.get(next((p for p in reversed(path) if isinstance(p, str)), ""),
+                              "has the wrong type" if kind == "union" else message)
+    return APIError(400, f"{_spelled(path)}: {message}", "invalid_request", param)
 
 
 def install(app: FastAPI) -> None:

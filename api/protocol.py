@@ -1,93 +1,36 @@
-"""OpenAI request and response shapes (the subset inferbus serves).
+"""OpenAI response shapes (the request bodies are :mod:`api.chat_request`).
 
-Requests validate strictly on what we honour and ignore unknown fields, as
-OpenAI clients send many optional ones. Response builders are shared by the
-sync path and ``GET /v1/jobs/{id}`` so both return the same body. Credits are
-shown as JSON numbers (:func:`bus.credits.credits`).
+Response builders are shared by the sync path, the stream (:mod:`api.sse`)
+and ``GET /v1/jobs/{id}`` so all return the same body. A choice of a tool job
+(:func:`api.tools.is_tool_job`) whose text is a call is answered as
+``message.tool_calls`` with ``content: null`` and ``finish_reason:
+"tool_calls"``. Credits are shown as JSON numbers (:func:`bus.credits.credits`).
 """
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
+# The request bodies moved to api.chat_request; importers of the old home keep working.
+from api.chat_request import ChatCompletionRequest, CompletionRequest  # noqa: F401
+from api.logprob_shapes import logprobs_body
+from api.tools import is_tool_job, parse_calls
 from bus.credits import credits
-from bus.bounds import MAX_TOKENS
-from bus.events import ChatMessage, Sampling, Usage
+from bus.events import JobCompleted, JobSubmitted, Usage
 from bus.model_book import CatalogBook
 from bus.node_record import ModelInfo
+from bus.sampling import TokenLogprob
 from projections.lifecycle import QUEUED
 
-DEFAULT_MAX_TOKENS = 256
 
+@dataclass(frozen=True)
+class Choice:
+    """One finished choice of a call (``n`` > 1 gives several, one job each)."""
 
-class TextPart(BaseModel):
-    type: Literal["text"]
     text: str
-
-
-class RequestMessage(BaseModel):
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[TextPart]
-
-    def to_contract(self) -> ChatMessage:
-        text = self.content if isinstance(self.content, str) else "".join(
-            p.text for p in self.content)
-        return ChatMessage(role=self.role, content=text)
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-StopText = Annotated[str, Field(max_length=256)]
-
-
-class _Generation(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = Field(min_length=1, max_length=64)
-    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: StopText | list[StopText] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
-    n: int = Field(default=1, ge=1, le=1, description="only n=1 is served")
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four(cls, v):
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
-
-    def limit(self) -> int | None:
-        return self.max_tokens
-
-    def sampling(self) -> Sampling:
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return Sampling(max_tokens=self.limit() or DEFAULT_MAX_TOKENS,
-                        temperature=self.temperature, top_p=self.top_p, stop=stop, seed=self.seed)
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
-
-
-class ChatCompletionRequest(_Generation):
-    messages: list[RequestMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
-
-    def limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
-
-
-class CompletionRequest(_Generation):
-    prompt: str
-    max_tokens: int | None = Field(default=16, gt=0, le=MAX_TOKENS)  # OpenAI's legacy default
+    finish_reason: str
+    logprobs: Sequence[TokenLogprob] | None = None
 
 
 def usage_body(usage: Usage) -> dict:
@@ -99,33 +42,73 @@ def completion_id(kind: str, job_id: str) -> str:
     return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{job_id}"
 
 
+def message_body(text: str, finish_reason: str, *, job_id: str = "", index: int = 0,
+                 tools: bool = False) -> tuple[dict, str]:
+    """A chat choice's ``message`` and its ``finish_reason``: for a tool job whose
+    text is a call, the call as ``tool_calls`` (ids from ``job_id`` and ``index``)."""
+    calls = parse_calls(text, job_id, index) if tools else None
+    if calls:
+        return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+    return {"role": "assistant", "content": text}, finish_reason
+
+
+def choices_body(kind: str, job_id: str, model: str, created: int, choices: Sequence[Choice],
+                 usage: Usage, *, tools: bool = False) -> dict:
+    """The body of a finished call with one or more choices (indexed in order);
+    ``usage`` is their sum."""
+    out = []
+    for index, c in enumerate(choices):
+        logprobs = logprobs_body(kind, c.logprobs)
+        if kind == "chat":
+            message, reason = message_body(c.text, c.finish_reason, job_id=job_id, index=index,
+                                           tools=tools)
+            out.append({"index": index, "message": message, "finish_reason": reason,
+                        "logprobs": logprobs})
+        else:
+            out.append({"index": index, "text": c.text, "finish_reason": c.finish_reason,
+                        "logprobs": logprobs})
+    return {"id": completion_id(kind, job_id), "created": created, "model": model,
+            "object": "chat.completion" if kind == "chat" else "text_completion",
+            "choices": out, "usage": usage_body(usage)}
+
+
 def result_body(kind: str, job_id: str, model: str, created: int, text: str,
-                finish_reason: str, usage: Usage) -> dict:
+                finish_reason: str, usage: Usage, *,
+                logprobs: Sequence[TokenLogprob] | None = None, tools: bool = False) -> dict:
     """The body of a finished sync call, also the ``result`` of ``GET /v1/jobs/{id}``."""
-    if kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                  "finish_reason": finish_reason, "logprobs": None}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
-        obj = "text_completion"
-    return {"id": completion_id(kind, job_id), "object": obj, "created": created, "model": model,
-            "choices": [choice], "usage": usage_body(usage)}
+    return choices_body(kind, job_id, model, created, [Choice(text, finish_reason, logprobs)],
+                        usage, tools=tools)
+
+
+def completed_body(job: JobSubmitted, created: int, outcome: JobCompleted) -> dict:
+    """The sync body of ``job`` finished as ``outcome``: its logprobs when it asked
+    for them, its call as ``tool_calls`` when it is a tool job."""
+    return result_body(job.kind, job.job_id, job.model, created, outcome.text,
+                       outcome.finish_reason, outcome.usage,
+                       logprobs=outcome.logprobs if job.sampling.logprobs is not None else None,
+                       tools=is_tool_job(job.sampling))
 
 
 def chunk_body(kind: str, job_id: str, model: str, created: int, text: str | None = None,
                finish_reason: str | None = None, usage: Usage | None = None,
-               first: bool = False) -> dict:
-    """One SSE chunk; with ``usage`` set it is the final usage-only chunk."""
+               first: bool = False, *, index: int = 0,
+               logprobs: Sequence[TokenLogprob] | None = None, text_offset: int = 0,
+               tool_calls: list[dict] | None = None) -> dict:
+    """One SSE chunk of choice ``index``; with ``usage`` set it is the final
+    usage-only chunk. ``logprobs``: the tokens of ``text`` (``text_offset``: where
+    it starts in the completion); ``tool_calls``: a ``delta.tool_calls`` list."""
     if usage is not None:
         choices = []
     elif kind == "chat":
         delta = {"role": "assistant", "content": ""} if first else (
             {"content": text} if text else {})
-        choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        if tool_calls:
+            delta["tool_calls"] = tool_calls
+        choices = [{"index": index, "delta": delta, "finish_reason": finish_reason,
+                    "logprobs": logprobs_body(kind, logprobs)}]
     else:
-        choices = [{"index": 0, "text": text or "", "finish_reason": finish_reason,
-                    "logprobs": None}]
+        choices = [{"index": index, "text": text or "", "finish_reason": finish_reason,
+                    "logprobs": logprobs_body(kind, logprobs, text_offset)}]
     obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
     body = {"id": completion_id(kind, job_id), "object": obj, "created": created,
             "model": model, "choices": choices}
