@@ -17,6 +17,9 @@ from bus.bounds import MAX_TOKENS, Attempt, Hash, Id, Name, Text, Tokens
 from bus.contracts import Contract, Event, new_id
 from bus.credit_events import (CreditsDebited, CreditsDeposited, CreditsRefunded,
                                CreditsReimbursed, CreditsReserved, RCPAwarded, RCPRevoked)
+from bus.account_events import (ACCOUNT_EVENTS, PlanDefined, ReferralLinked, ReferralRewarded,
+                                ReferralRewardRevoked, SubscriptionCancelled, SubscriptionLapsed,
+                                SubscriptionRenewed, SubscriptionStarted)
 from bus.model_events import ModelPublished, ModelRetired
 from bus.node_events import NodeStrike, NodeSuspended, NodeVerified, SpotChecked
 from bus.sampling import Logprobs, Sampling
@@ -25,7 +28,9 @@ from bus.subjects import GLOBAL
 __all__ = [  # the node and money events live in their own modules; all are named here
     "Contract", "Event", "new_id", "NodeStrike", "NodeSuspended", "NodeVerified", "SpotChecked",
     "CreditsDebited", "CreditsDeposited", "CreditsRefunded", "CreditsReimbursed",
-    "CreditsReserved", "RCPAwarded", "RCPRevoked"]
+    "CreditsReserved", "RCPAwarded", "RCPRevoked", "ACCOUNT_EVENTS", "PlanDefined",
+    "ReferralLinked", "ReferralRewarded", "ReferralRewardRevoked", "SubscriptionCancelled",
+    "SubscriptionLapsed", "SubscriptionRenewed", "SubscriptionStarted"]
 
 
 class ChatMessage(Contract):
@@ -215,7 +220,9 @@ AnyEvent = Annotated[
           JobExpired, ApiKeyIssued, ApiKeyRevoked, SubcloudCreated, CreditsDeposited,
           CreditsReserved, CreditsDebited, CreditsRefunded, RCPAwarded, CreditsReimbursed,
           RCPRevoked, NodeStrike, NodeSuspended, NodeVerified, SpotChecked, ModelPublished,
-          ModelRetired],
+          ModelRetired,
+          ReferralLinked, ReferralRewarded, ReferralRewardRevoked, PlanDefined,
+          SubscriptionStarted, SubscriptionRenewed, SubscriptionCancelled, SubscriptionLapsed],
     Field(discriminator="type"),
 ]
 

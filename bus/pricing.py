@@ -34,6 +34,11 @@ class Pricing(BaseModel):
     default: ModelPrice = ModelPrice()
     rcp_per_token: int = 1
     tier_multiplier: dict[int, float] = {1: 1.0, 2: 1.25, 3: 1.5, 4: 2.0, 5: 2.5, 6: 3.0}
+    # Referrals (docs/referrals.md): a referrer earns ``referral_share`` of what the
+    # accounts it referred pay for completed jobs, as RCP at ``rcp_per_credit`` points
+    # per credit (by default 10% x 500 = 50 points per credit they spend).
+    referral_share: Decimal = Field(default=Decimal("0.1"), ge=0, le=1)
+    rcp_per_credit: int = Field(default=500, ge=0)
 
     def price(self, model: str) -> ModelPrice:
         return self.models.get(model, self.default)
@@ -48,6 +53,10 @@ class Pricing(BaseModel):
 
     def points(self, completion_tokens: int, tier: int) -> int:
         return int(completion_tokens * self.rcp_per_token * self.tier_multiplier.get(tier, 1.0))
+
+    def referral_rate(self) -> int:
+        """RCP points per credit a referred account pays, for its referrer."""
+        return int(self.referral_share * self.rcp_per_credit)
 
 
 def prompt_tokens_bound(messages: tuple[ChatMessage, ...] | None, prompt: str | None) -> int:

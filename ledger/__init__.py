@@ -11,7 +11,10 @@
 - :mod:`ledger.relay`: the ledger's money events onto the event log, in order;
 - :mod:`ledger.settlement`: each job outcome on the log becomes one resolution;
 - :mod:`ledger.expiry`: reservations held past their deadline are refunded;
-- :mod:`ledger.service`: the three loops above as one running service.
+- :mod:`ledger.referrals`: referral codes, sign-up links (rewards: ``Settle``);
+- :mod:`ledger.subscriptions`: plans and subscriptions (aggregates:
+  :mod:`ledger.plans`), renewed by :mod:`ledger.renewals`;
+- :mod:`ledger.service`: the loops above as one running service.
 
 Amounts are integer micro-credits (:mod:`bus.credits`).
 """

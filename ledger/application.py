@@ -29,12 +29,14 @@ from bus.events import Event
 from ledger.bookkeeping import Bookkeeping
 from ledger.bulk_load import select_many
 from ledger.commands import Refund, Reserve, Resolve, Revoke, Settle
-from ledger.domain import (Account, Deposit, InsufficientCredits, Reservation, deposit_receipt_id,
-                           replay, reservation_id)
+from ledger.domain import (Account, Deposit, InsufficientCredits, LedgerConflict, Reservation,
+                           deposit_receipt_id, replay, reservation_id)
 from ledger.log_events import MONEY_TOPICS, to_bus_event
 from ledger.outcomes import (AccountView, ReservationView, Resolution, UnknownReservation,
                              account_view, reservation_view, resolution)
 from ledger.persistence import guarded
+from ledger.referrals import Referrals
+from ledger.subscriptions import Subscriptions
 
 T = TypeVar("T")
 Reserved = Union[ReservationView, InsufficientCredits]
@@ -48,9 +50,10 @@ def returned_or_raised(outcome: T | Exception) -> T:
     return outcome
 
 
-class Ledger(Bookkeeping):
+class Ledger(Bookkeeping, Referrals, Subscriptions):
     """Credits in integer micro-credits. ``Ledger()`` is in memory;
-    ``Ledger.open(settings)`` is SQLite, or PostgreSQL when ``database_url`` is set."""
+    ``Ledger.open(settings)`` is SQLite, or PostgreSQL when ``database_url`` is set.
+    Referrals and subscriptions: :mod:`ledger.referrals`, :mod:`ledger.subscriptions`."""
 
     name = "Ledger"  # eventsourcing names its tables and settings after it
 
@@ -191,12 +194,16 @@ class Ledger(Bookkeeping):
             for c in commands:
                 if (res := held[c.job_id]) is not None and c.applies(res):
                     names.update((res.account, *c.accounts(res)))
+            # A settlement may reward the job's account's referrer: lock the ones we
+            # know (a link never changes once made); an unknown one is learnt by
+            # _Accounts, which asks for a retry that locks it.
+            names.update([self.referrers[n] for n in names if n in self.referrers])
             # A reservation read above may be resolved by another thread before
             # we hold the locks: its save then conflicts on the reservation's
             # version (or the account refuses: LedgerConflict) and the retry
             # reads it resolved.
             with self.serialized(*names):
-                accounts, resolved, outcomes = _Accounts(self), [], []
+                accounts, resolved, outcomes = _Accounts(self, locked=names), [], []
                 for c in commands:
                     res = held[c.job_id]
                     if res is None:
@@ -224,13 +231,20 @@ class Ledger(Bookkeeping):
 
 class _Accounts:
     """The accounts one group attempt works on: each loaded at most once, so
-    every command of the group changes the same object."""
+    every command of the group changes the same object. With ``locked``, an
+    account outside it is refused (LedgerConflict: the attempt is retried, by
+    then with its lock) instead of changed without this process's lock on it."""
 
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
+    def __init__(self, ledger: Ledger, locked: set[str] | None = None) -> None:
+        self.ledger, self.locked = ledger, locked
         self.loaded: dict[str, Account] = {}
 
     def __call__(self, name: str) -> Account:
         if name not in self.loaded:
-            self.loaded[name] = self.ledger.load_account(name) or Account(name=name)
+            if self.locked is not None and name not in self.locked:
+                raise LedgerConflict(f"account {name} is not locked yet")
+            acct = self.ledger.load_account(name) or Account(name=name)
+            if acct.referrer is not None:
+                self.ledger.referrers[name] = acct.referrer
+            self.loaded[name] = acct
         return self.loaded[name]

@@ -55,6 +55,9 @@ class Bookkeeping(Application):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self.outage = Outage()  # open() arms it for PostgreSQL
+        # account -> its referrer, as learnt from loads: a link never changes once
+        # made, so resolutions lock the referrer before they award it (ledger.referrals)
+        self.referrers: dict[str, str] = {}
         super().__init__(dict(env) if env is not None else None)
 
     def construct_env(self, name: str, env: Any = None) -> Environment:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Union
 
+from bus.credits import MICRO
 from ledger.domain import Account, Reservation
 
 
@@ -43,17 +44,20 @@ class Reserve:
 @dataclass(frozen=True)
 class Settle:
     """Debit ``min(actual, reserved)``, refund the rest, award ``points`` RCP to
-    ``operator`` (never to the job's own account)."""
+    ``operator`` (never to the job's own account), and ``referral_rate`` RCP per
+    credit debited to the referrer of the job's account, if it has one (settlement
+    sets it for completed jobs only: see ``bus.pricing.Pricing.referral_rate``)."""
 
     job_id: str
     actual: int
     operator: str | None = None
     node_id: str | None = None
     points: int = 0
+    referral_rate: int = 0
 
     def __post_init__(self) -> None:
-        if self.actual < 0 or self.points < 0:
-            raise ValueError("actual cost and points cannot be negative")
+        if self.actual < 0 or self.points < 0 or self.referral_rate < 0:
+            raise ValueError("actual cost, points and referral rate cannot be negative")
 
     def applies(self, res: Reservation) -> bool:
         return res.status == "pending"
@@ -75,6 +79,12 @@ class Settle:
             assert self.operator is not None
             account(self.operator).award_rcp(self.job_id, self.node_id or "", self.points,
                                              res.zone)
+        referrer = acct.referrer
+        reward = debit * self.referral_rate // MICRO
+        if referrer is not None and referrer != res.account and reward > 0:
+            res.note_referral(referrer=referrer, points=reward)
+            account(referrer).reward_referral(account=referrer, referred=res.account,
+                                              job_id=self.job_id, points=reward, zone=res.zone)
 
 
 @dataclass(frozen=True)
@@ -111,8 +121,9 @@ class Revoke:
             res.status == "settled" and getattr(res, "node_id", None) == self.node_id)
 
     def accounts(self, res: Reservation) -> tuple[str, ...]:
-        operator = getattr(res, "operator", None) if res.status == "settled" else None
-        return (operator,) if operator else ()
+        if res.status != "settled":
+            return ()
+        return tuple(a for a in (getattr(res, "operator", None), res.referrer) if a)
 
     def apply(self, res: Reservation, acct: Account, account: Callable[[str], Account]) -> None:
         if res.status == "pending":
@@ -123,6 +134,10 @@ class Revoke:
         if res.rcp and res.operator:
             account(res.operator).revoke_rcp(self.job_id, res.node_id or "", res.rcp, res.zone,
                                              self.reason)
+        if res.referrer and res.referral_points:
+            account(res.referrer).revoke_referral_reward(
+                account=res.referrer, referred=res.account, job_id=self.job_id,
+                points=res.referral_points, zone=res.zone, reason=self.reason)
 
 
 Resolve = Union[Settle, Refund, Revoke]

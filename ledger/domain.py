@@ -72,7 +72,10 @@ class LedgerConflict(Exception):
 
 
 class Account(Aggregate):
-    """Balances in micro-credits. ``balance`` = what can still be reserved."""
+    """Balances in micro-credits. ``balance`` = what can still be reserved.
+    ``referrer``: the account whose code it signed up with (``ledger.referrals``)."""
+
+    referrer: str | None = None  # a class default: snapshots from before referrals lack it
 
     @staticmethod
     def create_id(name: str) -> UUID:
@@ -178,6 +181,21 @@ class Account(Aggregate):
                      reason: str) -> None:
         self.rcp -= points
 
+    # Referrals: the checks (self, second link, cycle) are ledger.referrals'.
+    @event("ReferralLinked")
+    def link_referrer(self, account: str, referrer: str, code: str) -> None:
+        self.referrer = referrer
+
+    @event("ReferralRewarded")
+    def reward_referral(self, account: str, referred: str, job_id: str, points: int,
+                        zone: str) -> None:
+        self.rcp += points
+
+    @event("ReferralRewardRevoked")
+    def revoke_referral_reward(self, account: str, referred: str, job_id: str, points: int,
+                               zone: str, reason: str) -> None:
+        self.rcp -= points
+
 
 class Reservation(Aggregate):
     """One job's hold: ``pending`` until settled or refunded, exactly once."""
@@ -225,6 +243,13 @@ class Reservation(Aggregate):
     @event("Revoked")
     def _revoked(self, reason: str) -> None:
         self.status = "revoked"
+
+    referrer: str | None = None  # who earned a referral reward on its debit, and how much
+    referral_points = 0
+
+    @event("Referred")
+    def note_referral(self, referrer: str, points: int) -> None:
+        self.referrer, self.referral_points = referrer, points
 
     def refund(self, reason: str) -> None:
         self._check_pending()

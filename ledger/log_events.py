@@ -13,9 +13,13 @@ from uuid import uuid5
 from eventsourcing.utils import get_topic
 
 from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReimbursed,
-                        CreditsReserved, Event, RCPAwarded, RCPRevoked)
+                        CreditsReserved, Event, PlanDefined, RCPAwarded, RCPRevoked,
+                        ReferralLinked, ReferralRewarded, ReferralRewardRevoked,
+                        SubscriptionCancelled, SubscriptionLapsed, SubscriptionRenewed,
+                        SubscriptionStarted)
 from bus.subjects import GLOBAL
 from ledger.domain import Account
+from ledger.plans import Plan, Subscription
 
 
 def bus_event_id(originator_id: Any, version: int) -> str:
@@ -64,6 +68,16 @@ def _rcp_revoked(e: Any) -> tuple[Event, str]:
                       points=e.points, zone=e.zone, reason=e.reason), e.zone
 
 
+def _global(contract: type[Event], **renamed: str) -> Callable[[Any], tuple[Event, str]]:
+    """A mapper of a stored referral or subscription event whose fields are the
+    contract's (``renamed``: contract field -> stored field), logged on ``global``."""
+    fields = [f for f in contract.model_fields if f not in ("type", "event_id", "occurred_at")]
+
+    def mapper(e: Any) -> tuple[Event, str]:
+        return contract(**_base(e), **{f: getattr(e, renamed.get(f, f)) for f in fields}), GLOBAL
+    return mapper
+
+
 # Stored topic -> mapper. Topics name classes in ledger.domain: renaming one
 # would orphan its stored history.
 MAPPERS: dict[str, Callable[[Any], tuple[Event, str]]] = {
@@ -74,6 +88,17 @@ MAPPERS: dict[str, Callable[[Any], tuple[Event, str]]] = {
     get_topic(Account.RCPAwarded): _rcp_awarded,
     get_topic(Account.Reimbursed): _reimbursed,
     get_topic(Account.RCPRevoked): _rcp_revoked,
+    # Referrals: the stored events name the referrer ``account`` (the event's account).
+    get_topic(Account.ReferralLinked): _global(ReferralLinked),
+    get_topic(Account.ReferralRewarded): _global(ReferralRewarded, referrer="account",
+                                                 account="referred"),
+    get_topic(Account.ReferralRewardRevoked): _global(ReferralRewardRevoked, referrer="account",
+                                                      account="referred"),
+    get_topic(Plan.Defined): _global(PlanDefined, plan="name"),
+    get_topic(Subscription.Started): _global(SubscriptionStarted),
+    get_topic(Subscription.Renewed): _global(SubscriptionRenewed),
+    get_topic(Subscription.Cancelled): _global(SubscriptionCancelled),
+    get_topic(Subscription.Lapsed): _global(SubscriptionLapsed),
 }
 MONEY_TOPICS: tuple[str, ...] = tuple(MAPPERS)
 

@@ -24,22 +24,23 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus import subjects
-from bus.events import CREDIT_EVENTS
+from bus.events import ACCOUNT_EVENTS, CREDIT_EVENTS
 from bus.publish import ATOMIC_DISABLED, BatchRefused, publish_batch, publish_event
 
 log = logging.getLogger("inferbus.relay")
 NOTIFICATION_HEADER = "Inferbus-Ledger-Notification"
+RELAYED = (*CREDIT_EVENTS, *ACCOUNT_EVENTS)  # every type the ledger logs (ledger.log_events)
 IDLE_S = 0.05
 
 
 async def last_relayed(js: JetStreamContext) -> int:
-    """The ledger notification id of the newest credit event on the log (0 if none)."""
+    """The ledger notification id of the newest relayed event on the log (0 if none)."""
     info = await js.stream_info(subjects.EVENTS_STREAM)
     if info.state.messages == 0:
         return 0
     sub = await js.pull_subscribe(
         "", stream=subjects.EVENTS_STREAM, config=ConsumerConfig(
-            filter_subjects=subjects.events_of(*(e.__name__ for e in CREDIT_EVENTS)),
+            filter_subjects=subjects.events_of(*(e.__name__ for e in RELAYED)),
             deliver_policy=DeliverPolicy.LAST, ack_policy=AckPolicy.NONE,
             inactive_threshold=30.0))
     try:

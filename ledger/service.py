@@ -1,10 +1,12 @@
-"""The money service: settlement, the ledger relay and the expiry sweep, run
-together until ``stop`` is set (``inferbus projector`` runs it beside the read
-models, on one connection; see ``cli/main.py``).
+"""The money service: settlement, the ledger relay, the expiry sweep and the
+subscription renewal clock, run together until ``stop`` is set (``inferbus
+projector`` runs it beside the read models, on one connection; see
+``cli/main.py``).
 
 Settlement is a nats-py durable pull consumer that settles each pull's
 outcomes in one ledger save; the relay reads the ledger's new money events and
-appends them to the log; the sweep refunds what no outcome resolved.
+appends them to the log; the sweep refunds what no outcome resolved; the
+renewal clock (:mod:`ledger.renewals`) renews or lapses subscriptions due.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from bus.streams import claims_bucket
 from ledger.application import Ledger
 from ledger.expiry import sweep_expired
 from ledger.relay import Relay
+from ledger.renewals import RenewalClock
 from ledger.settlement import Settlement, consume
 from projections.store import Store
 
@@ -26,7 +29,7 @@ log = logging.getLogger("inferbus.settlement")
 
 
 async def serve(settings: Settings, nc: Client, store: Store, stop: asyncio.Event) -> None:
-    """Run the three until ``stop``, over ``nc`` (a service's connection: see
+    """Run the four until ``stop``, over ``nc`` (a service's connection: see
     ``bus.guard.connect_service``); the sweep reads ``store``'s balances."""
     js = nc.jetstream()
     ledger = await asyncio.to_thread(Ledger.open, settings)
@@ -37,7 +40,8 @@ async def serve(settings: Settings, nc: Client, store: Store, stop: asyncio.Even
             consume(js, Settlement(ledger, settings.pricing),
                     Leases(claims, settings.job_ack_wait_s), stop, settings.job_ack_wait_s),
             Relay(ledger, js).run(stop),
-            sweep_expired(store, ledger, js, settings.expiry_grace_s, stop))
+            sweep_expired(store, ledger, js, settings.expiry_grace_s, stop),
+            RenewalClock(ledger).run(stop))
     finally:
         await asyncio.to_thread(ledger.close)
     log.info("settlement stopped")

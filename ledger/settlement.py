@@ -4,12 +4,14 @@ A durable pull consumer reads the four terminal job events and drives the
 ledger, a pull's worth at a time in one ledger save (group commit); the
 ledger resolves a reservation at most once, so a redelivered or repeated
 outcome changes nothing. A verified ``JobCompleted``
-is charged its counted usage and earns its node's operator RCP; an
+is charged its counted usage and earns its node's operator RCP (and the
+referrer of its account, if any, a share: ``ledger.referrals``); an
 unverifiable one, a failure, an expiry or a cancel before any output is
 refunded in full; a cancel charges what was produced. What no outcome ever
 resolves, :mod:`ledger.expiry` refunds. A completion of a node on probation
 earns no RCP. A failed spot check (``SpotChecked``, from ``verifier/``) is
-compensated: the consumer's debit reimbursed, the operator's RCP revoked.
+compensated: the consumer's debit reimbursed, the operator's RCP revoked
+(and the referral reward).
 
 Only services write the log: a node's outcome is there because the gate
 (``gate/``) checked it against the job's lease and the node's grant, sealed the
@@ -115,10 +117,12 @@ class Settlement:
         if isinstance(event, JobCompleted):
             if not verify_result(event):
                 return Refund(event.job_id, "result signature invalid")
+            # A completed job also earns its account's referrer, if any, a share.
             return Settle(event.job_id, self.pricing.cost(event.model, event.usage),
                           operator=event.operator, node_id=event.node_id,
                           points=0 if event.probation else
-                          self.pricing.points(event.usage.completion_tokens, event.tier))
+                          self.pricing.points(event.usage.completion_tokens, event.tier),
+                          referral_rate=self.pricing.referral_rate())
         if isinstance(event, JobCancelled) and event.usage and event.model:
             return Settle(event.job_id, self.pricing.cost(event.model, event.usage))
         reason = {JobFailed: "failed", JobExpired: "expired"}.get(type(event), "cancelled")

@@ -72,7 +72,7 @@ class AuditReport:
                else f"{self.ledger_accounts} ledger accounts compared"),
         ]
         if self.ok:
-            lines.append("OK: I1 I2 I3 I4 I5 I6 I7 hold")
+            lines.append("OK: I1 I2 I3 I4 I5 I6 I7 I8 I9 hold")
         else:
             total = len(self.violations) + self.unlisted
             lines.append(f"FAILED: {total} violation(s)")

@@ -25,6 +25,9 @@ Tables (amounts in integer micro-credits):
   ledger relay may log a reservation after the job's own events.
 - ``operator_rcp``: per operator account, points and jobs awarded (a revoked
   award takes its points and its job back).
+- ``referrals``: per referred account, its referrer, when it joined, and the
+  RCP (and jobs) its paid jobs earned the referrer; a referral reward also
+  counts in the referrer's ``accounts.rcp`` (``docs/referrals.md``).
 
 The projection records facts, it does not judge them: a debit or refund with
 no reservation still moves the account and creates a reservation row (amount
@@ -37,7 +40,8 @@ from datetime import datetime, timedelta
 
 from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, CreditsReimbursed,
                         CreditsReserved, Event, JobCancelled, JobCompleted, RCPAwarded,
-                        RCPRevoked, Usage)
+                        RCPRevoked, ReferralLinked, ReferralRewarded, ReferralRewardRevoked,
+                        Usage)
 from projections.lifecycle import ACTIVE, CANCELLED, COMPLETED, sql_set
 from projections.store import Store, Table, Tx, utc
 
@@ -46,6 +50,7 @@ TABLES = (
     Table("reservations", "job_id", ("deadline", "created_at", "resolved_at")),
     Table("key_usage", "key_id"),
     Table("operator_rcp", "operator"),
+    Table("referrals", "account", ("joined_at",)),
 )
 # Money columns are BIGINT micro-credits: an INTEGER would overflow at 2,147 credits.
 SCHEMA = (
@@ -70,6 +75,10 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS operator_rcp (
         operator TEXT PRIMARY KEY,
         points BIGINT NOT NULL DEFAULT 0, jobs BIGINT NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS referrals (
+        account TEXT PRIMARY KEY, referrer TEXT NOT NULL, code TEXT, joined_at {ts},
+        rcp_earned BIGINT NOT NULL DEFAULT 0, jobs BIGINT NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS referrals_by_referrer ON referrals (referrer, joined_at)",
 )
 
 
@@ -165,6 +174,31 @@ def _rcp_revoked(tx: Tx, e: RCPRevoked) -> None:
         "jobs = operator_rcp.jobs - 1", (e.operator, -e.points))
 
 
+def _referral_linked(tx: Tx, e: ReferralLinked) -> None:
+    # The first link stands (a second one is a breach the audit reports).
+    tx.execute("INSERT INTO referrals (account, referrer, code, joined_at) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT (account) DO NOTHING",
+               (e.account, e.referrer, e.code, utc(e.occurred_at)))
+
+
+def _referral_reward(tx: Tx, e: ReferralRewarded | ReferralRewardRevoked, sign: int) -> None:
+    _account(tx, e.referrer, rcp=sign * e.points)
+    tx.execute(
+        "INSERT INTO referrals (account, referrer, rcp_earned, jobs) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (account) DO UPDATE SET rcp_earned = referrals.rcp_earned + "
+        "excluded.rcp_earned, jobs = referrals.jobs + excluded.jobs",
+        (e.account, e.referrer, sign * e.points, sign))
+
+
+def referrals_of(store: Store, referrer: str, limit: int = 1000) -> list[dict]:
+    """The accounts ``referrer`` referred, oldest first: ``account``, ``joined_at``,
+    ``rcp_earned``, ``jobs``."""
+    with store.transaction(write=False) as tx:
+        return tx.query("SELECT account, joined_at, rcp_earned, jobs FROM referrals "
+                        "WHERE referrer = ? ORDER BY joined_at, account LIMIT ?",
+                        (referrer, limit))
+
+
 def _usage(tx: Tx, job_id: str, usage: Usage) -> None:
     # Runs before the jobs read model sees this event (see readmodels.PROJECTIONS):
     # a job row still active (or absent) means this is the job's first outcome.
@@ -195,6 +229,12 @@ def apply(tx: Tx, event: Event, log_zone: str | None = None) -> bool:
         _reimbursed(tx, event)
     elif isinstance(event, RCPRevoked):
         _rcp_revoked(tx, event)
+    elif isinstance(event, ReferralLinked):
+        _referral_linked(tx, event)
+    elif isinstance(event, ReferralRewarded):
+        _referral_reward(tx, event, 1)
+    elif isinstance(event, ReferralRewardRevoked):
+        _referral_reward(tx, event, -1)
     elif isinstance(event, JobCompleted):
         _usage(tx, event.job_id, event.usage)
     elif isinstance(event, JobCancelled) and event.usage is not None:

@@ -18,6 +18,9 @@ judged at once; :meth:`Checker.finish` judges what needs the whole log.
   on probation earns no RCP.
 - I7 a strict subcloud's job runs only in its zones and its content stays off
   the log (:mod:`projections.residency`).
+- I8 referrals and I9 subscriptions: :mod:`projections.account_checks`
+  (referral rewards count in the referrer's replayed ``rcp``; they are not node
+  awards, so I4 never sees them).
 - I6 no job whose paid work failed its spot check stays paid or rewarded: its
   debit is reimbursed and its RCP revoked (``CreditsReimbursed``,
   ``RCPRevoked``) within ``grace_s`` of the failed check; and nothing is
@@ -37,6 +40,7 @@ from bus.events import (CreditsDebited, CreditsDeposited, CreditsRefunded, Credi
                         JobSubmitted, RCPAwarded, RCPRevoked, SpotChecked, parse_event)
 from bus.signing import verify_result
 from projections.audit_state import Balance, Job, Violations
+from projections.account_checks import AccountChecks
 from projections.residency import Residency
 from projections.lifecycle import COMPLETED, ending
 from projections.replay import Delivery
@@ -51,6 +55,7 @@ class Checker:
         self.accounts: dict[str, Balance] = {}
         self.v = Violations()
         self.residency = Residency(self.v)
+        self.account_checks = AccountChecks(self.v, self._account)
         self.events = self.malformed = self.open_reservations = 0
         self._handlers = {
             CreditsDeposited: self._deposited, CreditsReserved: self._reserved,
@@ -70,6 +75,7 @@ class Checker:
         if handler is not None:
             handler(d.seq, event)
         self.residency.observe(event)
+        self.account_checks.observe(d.seq, event)
 
     def observe_raw(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
@@ -225,6 +231,7 @@ class Checker:
                 self.v.add("I5", f"job {job_id}: paid JobCompleted at seq {job.completed_seq} "
                                  f"has no valid signature of node {job.node_id}")
             self._check_compensation(job_id, job, now, grace)
+        self.account_checks.finish(self.jobs)
         for name, acct in self.accounts.items():
             expected = open_hold.get(name, 0)
             if acct.held != expected:

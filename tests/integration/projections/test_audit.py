@@ -89,7 +89,7 @@ async def test_consistent_randomized_history_passes(js, stores, keys) -> None:
     assert (report.events, report.live_position, report.stream_last) == (last, last, last)
     assert report.reservations >= 250 and report.open_reservations > 0
     assert report.accounts == len(history.ledger) and report.ledger_accounts == report.accounts
-    assert "OK: I1 I2 I3 I4 I5 I6 I7 hold" in report.render()
+    assert "OK: I1 I2 I3 I4 I5 I6 I7 I8 I9 hold" in report.render()
 
 
 async def test_in_process_and_parallel_rebuilds_report_alike(world: World) -> None:
