@@ -29,6 +29,7 @@ from api.discovery import Constraints
 from api.errors import APIError
 from api.escalation import Escalator
 from api.keys import Principal
+from api.limits import SpendGuard
 from api.live_nodes import LiveNodes
 from api.protocol import ChatCompletionRequest, CompletionRequest
 from api.routing import Route, Routing
@@ -66,8 +67,10 @@ class Repeat:
 
 class Admission:
     def __init__(self, js: JetStreamContext, nodes: LiveNodes, routing: Routing, ledger: Ledger,
-                 pricing: Pricing, escalator: Escalator, job_timeout_s: float) -> None:
+                 pricing: Pricing, escalator: Escalator, job_timeout_s: float,
+                 spend: SpendGuard | None = None) -> None:
         self._js, self._nodes, self._routing = js, nodes, routing
+        self._spend = spend  # keys' spend limits, checked before each hold
         self._ledger, self._pricing, self._escalator = ledger, pricing, escalator
         # Concurrent requests' holds are written together, one transaction per group.
         self._reserves = ReserveGroup(ledger)
@@ -156,6 +159,8 @@ class Admission:
         job = prepared.job
         bound = prompt_tokens_bound(job.messages, job.prompt)
         amount = self._pricing.worst_case(job.model, bound, job.sampling.max_tokens)
+        if self._spend is not None:
+            await self._spend.check(job.key_id, amount)
         try:
             held = await self._reserves.reserve(
                 job.account, job.job_id, amount, key_id=job.key_id, zone=job.zone,

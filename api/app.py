@@ -17,7 +17,11 @@ from api.escalation import Escalator
 from api.geoip import ZoneResolver
 from api.job_serving import JobServing
 from api.keys import KeyRing
-from api.limits import BodyLimit, KeyLimiter
+from api.limits import BodyLimit, KeyLimiter, SpendGuard
+from api import account_routes
+from api.account_rate import account_rate_of
+from api.account_serving import Accounts
+from api.auth_failures import AuthFailures
 from api.live_nodes import LiveNodes
 from api.reply_router import ReplyRouter
 from api.routes import router
@@ -78,14 +82,19 @@ def create_app(settings: Settings) -> FastAPI:
         jobs = JobServing(store, ledger, cancellation, content)
         routing = Routing(nodes, Subclouds(js), Policy(), settings.layout(),
                           settings.this_region(), RegionProbe(js, settings.layout()))
+        keys = KeyRing(js, AuthFailures(settings.auth_failures_per_window,
+                                        settings.auth_failure_window_s))
         admission = Admission(js, nodes, routing, ledger,
-                              settings.pricing, escalator, settings.job_timeout_s)
+                              settings.pricing, escalator, settings.job_timeout_s,
+                              spend=SpendGuard(store, keys))
         serving = Serving(ServingConfig.of(settings), admission=admission, replies=replies,
                           jobs=jobs, cancellation=cancellation,
                           limits=KeyLimiter(store, settings.rate_per_minute,
-                                            settings.max_jobs_in_flight))
+                                            settings.max_jobs_in_flight,
+                                            await account_rate_of(js, settings)))
         zones = ZoneResolver(settings.geoip_db, settings.trusted_proxies, settings.zone_table())
-        app.state.services = Services(KeyRing(js), zones, nodes, ledger, serving, jobs,
+        app.state.accounts = Accounts(js, store, keys)
+        app.state.services = Services(keys, zones, nodes, ledger, serving, jobs,
                                       StatusBoard(nodes, store))
         try:
             yield
@@ -102,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="inferbus", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(router)
+    app.include_router(account_routes.router)
     app.include_router(dashboard.router)
     app.add_middleware(RequestCounter)
     app.add_middleware(RegionHeader, region=settings.this_region())

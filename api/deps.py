@@ -74,15 +74,16 @@ StatusDep = Annotated[StatusBoard, Depends(status_board)]
 
 
 async def principal(request: Request) -> Principal:
-    """Who calls: the account of the ``Authorization: Bearer`` key (401 otherwise)."""
+    """Who calls: the account of the ``Authorization: Bearer`` key (401 for a
+    missing, wrong, revoked or expired key)."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
                        "missing_api_key")
-    who = await services(request).keys.lookup(key.strip())
-    if who is None:
-        raise APIError(401, "Incorrect API key provided.", "invalid_api_key")
-    return who
+    # Wrong keys are counted per client address (429 after too many, api.auth_failures).
+    client = services(request).zones.client_ip(request.client.host if request.client else None,
+                                               request.headers.get("x-forwarded-for"))
+    return await services(request).keys.authenticate(key.strip(), client)
 
 
 PrincipalDep = Annotated[Principal, Depends(principal)]

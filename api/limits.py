@@ -8,7 +8,9 @@
   across instances (a burst inside the projection lag, a few milliseconds,
   can pass it; the rate limit bounds such bursts). Far below the cap the
   count may be up to ``ACTIVE_READ_S`` old, with the jobs admitted here since
-  added; near the cap it is read for each request.
+  added; near the cap it is read for each request. With ``account_rate``
+  (:class:`api.account_rate.AccountRate`), the account's requests are also
+  counted network-wide, once the local checks passed.
 """
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ import json
 import math
 import time
 
+from api.account_rate import AccountRate
 from api.errors import APIError
 from api.keys import Principal
+from bus.credits import credits
+from projections.api_keys import key_spend
 from projections.job_status import active_jobs
 
 # How stale the read-model count of a key's unfinished jobs may be. Reading it for
@@ -67,8 +72,10 @@ def _replay(messages: list[dict], then=None):
 
 
 class KeyLimiter:
-    def __init__(self, store, per_minute: int, max_in_flight: int) -> None:
+    def __init__(self, store, per_minute: int, max_in_flight: int,
+                 account_rate: AccountRate | None = None) -> None:
         self._store, self._rate, self._max_in_flight = store, per_minute, max_in_flight
+        self._account_rate = account_rate  # network-wide, per account; after the local checks
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
         # key -> (unfinished jobs when read, admitted here since, read at)
         self._active: dict[str, tuple[int, int, float]] = {}
@@ -91,6 +98,8 @@ class KeyLimiter:
         self._buckets[who.key_id] = (tokens - 1.0, now)
         count, since, at = self._active[who.key_id]
         self._active[who.key_id] = (count, since + 1, at)
+        if self._account_rate is not None:  # last: the one check that costs a round trip
+            await self._account_rate.admit(who.account)
 
     async def _active_jobs(self, key_id: str, now: float) -> int:
         """The key's unfinished jobs. Far below the cap, the read-model count of up to
@@ -102,3 +111,24 @@ class KeyLimiter:
         count = await asyncio.to_thread(active_jobs, self._store, key_id)
         self._active[key_id] = (count, 0, now)
         return count
+
+
+class SpendGuard:
+    """A key's spend limit, checked when a job's worst case is about to be held:
+    what the key has spent and holds now, plus this hold, must stay within it
+    (402 otherwise; nothing is held). Spent and held come from the read models,
+    which trail the ledger by the projection lag (milliseconds): a burst inside
+    it can pass the limit by what it holds, as with the in-flight cap."""
+
+    def __init__(self, store, keys) -> None:
+        self._store, self._keys = store, keys  # keys: api.keys.KeyRing (limits by key id)
+
+    async def check(self, key_id: str, amount: int) -> None:
+        who = self._keys.resolved(key_id)
+        if who is None or who.spend_limit is None:
+            return
+        used = await asyncio.to_thread(key_spend, self._store, key_id)
+        if used + amount > who.spend_limit:
+            raise APIError(402, f"This request may cost up to {float(credits(amount))} credits; "
+                           f"this key has used {float(credits(used))} of its spend limit of "
+                           f"{float(credits(who.spend_limit))}.", "spend_limit_exceeded")

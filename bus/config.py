@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_048_576  # 413 above
     rate_per_minute: int = 600  # per key and API instance; 429 above
     max_jobs_in_flight: int = 64  # per key, unfinished jobs; 429 above
+    # Per account, counted by the NATS server so it holds across every API instance
+    # (api/account_rate.py); unset: rate_per_minute; 0: off.
+    account_rate_per_minute: int | None = Field(default=None, ge=0)
+    # Wrong keys from one client address before its keys are refused (429), per window.
+    auth_failures_per_window: int = Field(default=20, ge=1)
+    auth_failure_window_s: float = Field(default=60.0, gt=0)
     max_tokens_limit: int = 8192  # the most a request may ask for, whatever the model
     # Spot checks (verifier/): the share of completions re-checked (every one of a node
     # on probation); probes a new node passes before it is verified; failed checks

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
-from bus.bounds import MAX_TOKENS, Attempt, Hash, Id, Name, Text, Tokens
+from bus.bounds import MAX_TOKENS, Attempt, Hash, Id, Micro, Name, Text, Tokens
 from bus.contracts import Contract, Event, new_id
 from bus.credit_events import (CreditsDebited, CreditsDeposited, CreditsRefunded,
                                CreditsReimbursed, CreditsReserved, RCPAwarded, RCPRevoked)
@@ -177,12 +177,21 @@ class JobExpired(Event):
 
 
 class ApiKeyIssued(Event):
-    """A consumer key. Only its SHA-256 is ever stored or published."""
+    """A consumer key. Only its SHA-256 is ever stored or published.
+
+    ``admin``: the key may manage its account's keys (``/v1/keys``);
+    ``spend_limit``: micro-credits its debits and holds may reach at most;
+    ``expires_at``: refused from then on. All optional: a key logged before
+    they existed is a plain, unlimited, non-admin key."""
 
     type: Literal["ApiKeyIssued"] = "ApiKeyIssued"
     key_hash: Id
     account: Id
     subcloud: Name | None = None
+    name: Name | None = None
+    admin: bool = False
+    spend_limit: Micro | None = None
+    expires_at: datetime | None = None
 
 
 class SubcloudCreated(Event):
@@ -196,8 +205,11 @@ class SubcloudCreated(Event):
 
 
 class ApiKeyRevoked(Event):
+    """A key refused from now on by every API instance (they watch this subject)."""
+
     type: Literal["ApiKeyRevoked"] = "ApiKeyRevoked"
     key_hash: Id
+    account: Id | None = None  # None on keys revoked before accounts managed their own
 
 
 class DeadLetter(Contract):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from api.keys import hash_key, new_key
@@ -12,13 +13,14 @@ from bus.connection import connect
 from bus.content import ContentStore
 from bus.subjects import check_token
 from bus.credits import MICRO
-from bus.events import ApiKeyIssued, Event, SubcloudCreated, new_id
+from bus.events import ApiKeyIssued, ApiKeyRevoked, Event, SubcloudCreated, new_id
 from bus.node_record import NodeRecord
 from bus.publish import publish_event
 from bus.guard import provision
 from bus.streams import nodes_bucket, patiently
 from bus.zones import ZONES, is_zone
 from ledger import Ledger
+from projections import api_keys
 from projections.audit import audit
 from projections.job_status import jobs_of
 from projections.readmodels import open_store
@@ -72,20 +74,64 @@ def deposit(settings: Settings, account: str, micro: int, deposit_id: str | None
 
 
 async def create_key(settings: Settings, account: str, subcloud: str | None = None,
-                     micro_credits: int = 0) -> str:
-    """Issue a key for ``account`` (optionally with a deposit); only its hash is published."""
+                     micro_credits: int = 0, *, name: str | None = None,
+                     admin: bool | None = None, spend_limit: int | None = None,
+                     expires_at: datetime | None = None) -> str:
+    """Issue a key for ``account`` (optionally with a deposit); only its hash is
+    published. ``admin`` None: the account's first live key is its admin key."""
     key = new_key()
     digest = hash_key(key)
     nc, js = await connect_admin(settings)
     try:
         if subcloud and await Subclouds(js).get(subcloud) is None:
             raise ValueError(f"no subcloud {subcloud!r}: `inferbus subclouds create` it first")
+        if admin is None:
+            admin = not await asyncio.to_thread(_has_live_key, settings, account)
         if micro_credits:  # before the key exists, so the key never works without its credits
             await asyncio.to_thread(deposit, settings, account, micro_credits, f"key-{digest}")
-        await _log(js, ApiKeyIssued(key_hash=digest, account=account, subcloud=subcloud))
+        await _log(js, ApiKeyIssued(key_hash=digest, account=account, subcloud=subcloud,
+                                    name=name, admin=admin, spend_limit=spend_limit,
+                                    expires_at=expires_at))
     finally:
         await nc.close()
     return key
+
+
+def _has_live_key(settings: Settings, account: str) -> bool:
+    store = open_store(settings)
+    try:
+        return api_keys.has_live_key(store, account)
+    finally:
+        store.close()
+
+
+def list_keys(settings: Settings, account: str) -> list[api_keys.KeyView]:
+    """``account``'s keys, newest first, from the read model."""
+    store = open_store(settings)
+    try:
+        return api_keys.keys_of(store, account)
+    finally:
+        store.close()
+
+
+async def revoke_key(settings: Settings, key_id: str) -> api_keys.KeyView:
+    """Revoke the key whose public id is ``key_id``; every API refuses it within a second."""
+    store = await asyncio.to_thread(open_store, settings)
+    try:
+        found = await asyncio.to_thread(api_keys.keys_with_id, store, key_id)
+    finally:
+        store.close()
+    if len(found) != 1:
+        raise LookupError(f"no key {key_id!r}" if not found else
+                          f"key id {key_id!r} is ambiguous: give more of its hash")
+    view = found[0]
+    if view.revoked_at is None:
+        nc, js = await connect_admin(settings)
+        try:
+            await _log(js, ApiKeyRevoked(key_hash=view.key_hash, account=view.account))
+        finally:
+            await nc.close()
+    return view
 
 
 async def create_subcloud(settings: Settings, name: str, zones: list[str], strict: bool):

@@ -12,6 +12,7 @@ import signal
 import sys
 
 from bus.config import Settings
+from cli import key_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,11 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("projector", help="the read models and the money service")
     sub.add_parser("gate", help="the trust boundary: checks what nodes say (leases, outcomes)")
     sub.add_parser("verifier", help="spot checks: re-checks sampled results, probes new nodes")
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
-    kc = keys.add_parser("create", help="issue a key; printed once on the last line")
-    kc.add_argument("--account", required=True)
-    kc.add_argument("--subcloud")
-    kc.add_argument("--credits", default="0", help="credits deposited for the account first")
+    key_commands.add_parser(sub)
     cr = sub.add_parser("credits", help="account credits").add_subparsers(dest="credits_cmd",
                                                                           required=True)
     dep = cr.add_parser("deposit", help="add credits to an account")
@@ -190,12 +187,7 @@ def _dispatch(args, settings: Settings) -> int:
     if args.command == "verifier":
         return _run_until_signal(lambda stop: _verifier(settings, stop))
     if args.command == "keys":
-        from cli import admin
-        micro = admin.parse_credits(args.credits) if args.credits not in ("0", "") else 0
-        key = admin.run(admin.create_key(settings, args.account, args.subcloud, micro))
-        print(f"API key for account {args.account!r} (shown once, keep it safe):")
-        print(key)
-        return 0
+        return key_commands.dispatch(args, settings)
     if args.command == "credits":
         from bus.credits import credits
         from cli import admin

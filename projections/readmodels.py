@@ -19,7 +19,7 @@ from typing import Protocol
 
 from bus.config import Settings
 from bus.events import Event
-from projections import balances, job_status, zone_jobs
+from projections import api_keys, balances, job_status, zone_jobs
 from projections.store import POSTGRES_SCHEMES, PostgresStore, SqliteStore, Store, Table, Tx
 
 
@@ -35,7 +35,8 @@ class ReadModel(Protocol):
 # Applied to each event in this order, in one transaction. balances goes first:
 # it reads a job's status before job_status records the outcome, to count a
 # job's usage once.
-PROJECTIONS: tuple[ReadModel, ...] = (balances, job_status, zone_jobs)  # type: ignore[assignment]
+PROJECTIONS: tuple[ReadModel, ...] = (balances, job_status, zone_jobs,  # type: ignore[assignment]
+                                      api_keys)
 POSITION = "jobs"  # the tracking row every read model shares
 TABLES = tuple(t for p in PROJECTIONS for t in p.TABLES)
 SCHEMA = tuple(s for p in PROJECTIONS for s in p.SCHEMA)
