@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
 from api.discovery import Constraints
+from api.embedding_protocol import EmbeddingRequest, check_model
 from api.errors import APIError
 from api.escalation import Escalator
 from api.keys import Principal
@@ -84,11 +85,12 @@ class Admission:
         one waits live)."""
         model = self._check_model(req)
         is_chat = isinstance(req, ChatCompletionRequest)
+        inputs = req.texts() if isinstance(req, EmbeddingRequest) else None
         messages = req.contract_messages() if is_chat else None
-        prompt = None if is_chat else req.prompt
+        prompt = None if is_chat or inputs is not None else req.prompt
         route: Route = await self._routing.decide(
             who, model, zone, constraints=constraints, location=location,
-            prompt_tokens=prompt_tokens_bound(messages, prompt),
+            prompt_tokens=prompt_tokens_bound(messages, prompt, inputs),
             max_tokens=req.sampling().max_tokens)
         request_hash = hashlib.sha256(f"{type(req).__name__}|{req.model_dump_json()}".encode()
                                       ).hexdigest()
@@ -104,7 +106,8 @@ class Admission:
                 return Repeat(job_id)
         job = JobSubmitted(
             event_id=event_id, job_id=job_id, account=who.account, key_id=who.key_id,
-            model=model, kind="chat" if is_chat else "completion", sampling=req.sampling(),
+            model=model, sampling=req.sampling(), inputs=inputs,
+            kind="embedding" if inputs is not None else "chat" if is_chat else "completion",
             messages=messages, prompt=prompt, zone=route.zone, route=route.route,
             queue=route.queue, then=route.chain, subcloud=route.subcloud, strict=route.strict,
             deadline=datetime.now(timezone.utc) + timedelta(seconds=self._timeout_s),
@@ -149,6 +152,13 @@ class Admission:
                 raise APIError(503, f"no live node serves {req.model!r} right now", "no_capacity")
             raise APIError(404, f"The model {req.model!r} does not exist", "model_not_found",
                            "model")
+        embeds = isinstance(req, EmbeddingRequest)
+        if embeds != (info.kind == "embedding"):  # each endpoint serves its own kind of model
+            raise APIError(400, f"{info.name} is " + ("not an embeddings model" if embeds else
+                           "an embeddings model: use POST /v1/embeddings"),
+                           "model_not_supported", "model")
+        if embeds:
+            check_model(req, info)
         if req.sampling().max_tokens > info.context_length:
             raise APIError(400, f"max_tokens {req.sampling().max_tokens} exceeds the model's "
                            f"context length {info.context_length}", "context_length_exceeded",
@@ -157,7 +167,7 @@ class Admission:
 
     async def _reserve(self, prepared: Prepared) -> None:
         job = prepared.job
-        bound = prompt_tokens_bound(job.messages, job.prompt)
+        bound = prompt_tokens_bound(job.messages, job.prompt, job.inputs)
         amount = self._pricing.worst_case(job.model, bound, job.sampling.max_tokens)
         if self._spend is not None:
             await self._spend.check(job.key_id, amount)

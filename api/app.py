@@ -11,6 +11,8 @@ from fastapi import FastAPI
 from api import dashboard, errors
 from api.admission import Admission
 from api.cancellation import Cancellation
+from api import embeddings
+from api.embedding_serving import EmbeddingServing
 from api.deps import Services
 from api.discovery import Policy
 from api.escalation import Escalator
@@ -92,6 +94,9 @@ def create_app(settings: Settings) -> FastAPI:
                           limits=KeyLimiter(store, settings.rate_per_minute,
                                             settings.max_jobs_in_flight,
                                             await account_rate_of(js, settings)))
+        # Embeddings share the chat path's admission, replies and the key's limits.
+        app.state.embeddings = EmbeddingServing(admission, replies, serving._limits, jobs,
+                                                settings.job_timeout_s)
         zones = ZoneResolver(settings.geoip_db, settings.trusted_proxies, settings.zone_table())
         app.state.accounts = Accounts(js, store, keys)
         app.state.services = Services(keys, zones, nodes, ledger, serving, jobs,
@@ -111,6 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="inferbus", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(router)
+    app.include_router(embeddings.router)
     app.include_router(account_routes.router)
     app.include_router(dashboard.router)
     app.add_middleware(RequestCounter)

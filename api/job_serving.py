@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 
 from api.cancellation import Cancellation
+from api.embedding_protocol import embeddings_body
 from api.errors import APIError
 from api.protocol import result_body
 from bus.content import ContentStore, Output
@@ -36,6 +37,9 @@ def result_of(view: JobView, output: Output | None) -> dict | None:
     None otherwise."""
     if view.status != COMPLETED or view.completion_tokens is None or output is None:
         return None
+    if view.kind == "embedding":  # its vectors, as a float call returns them
+        return None if output.vectors is None else embeddings_body(
+            view.model, output.vectors, view.prompt_tokens or 0, "float")
     usage = Usage(prompt_tokens=view.prompt_tokens or 0, completion_tokens=view.completion_tokens)
     return result_body(view.kind, view.job_id, view.model, _unix(view.created_at),
                        output.text, output.finish_reason, usage)

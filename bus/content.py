@@ -29,6 +29,7 @@ from bus.events import JobCompleted, JobSubmitted
 from bus.publish import MSG_ID
 from bus.regions import Layout
 from bus.stream_configs import DEFAULT_RETENTION_S
+from bus.vectors import Vectors
 
 Part = Literal["input", "output", "evidence", "erased"]
 INPUT, OUTPUT, EVIDENCE, ERASED = "input", "output", "evidence", "erased"
@@ -52,13 +53,17 @@ async def put(js: JetStreamContext, zone: str, job_id: str, part: Part, data: by
 
 async def put_input(js: JetStreamContext, job: JobSubmitted) -> None:
     """The job's request, as its node will see it."""
-    body = job.model_dump_json(include={"model", "kind", "messages", "prompt", "sampling"})
+    asked = {"model", "kind", "messages", "prompt", "sampling"}
+    body = job.model_dump_json(include=asked | ({"inputs"} if job.inputs is not None else set()))
     await put(js, job.zone, job.job_id, INPUT, body.encode(), f"in-{job.event_id}")
 
 
 async def put_output(js: JetStreamContext, zone: str, completed: JobCompleted) -> None:
     """A completed job's text, under its job's zone (where its input is)."""
-    body = json.dumps({"text": completed.text, "finish_reason": completed.finish_reason})
+    kept = {"text": completed.text, "finish_reason": completed.finish_reason}
+    if completed.vectors is not None:  # an embedding job's result
+        kept["vectors"] = completed.vectors.model_dump()
+    body = json.dumps(kept)
     await put(js, zone, completed.job_id, OUTPUT, body.encode(), f"out-{completed.event_id}")
 
 
@@ -69,6 +74,7 @@ class Output:
     text: str
     finish_reason: str
     expires_at: datetime | None  # None: kept on the log (written before the content store)
+    vectors: Vectors | None = None  # an embedding job's result
 
 
 class ContentStore:
@@ -99,7 +105,9 @@ class ContentStore:
         if kept is None:
             return None
         body = json.loads(kept.data)
-        return Output(body["text"], body["finish_reason"], kept.stored_at + self.retention)
+        vectors = Vectors.model_validate(body["vectors"]) if body.get("vectors") else None
+        return Output(body["text"], body["finish_reason"], kept.stored_at + self.retention,
+                      vectors)
 
     async def erase(self, jobs: list[tuple[str, str]]) -> int:
         """Erase every part of each ``(zone, job_id)``, leaving an ``erased`` marker;

@@ -24,6 +24,7 @@ from bus.model_events import ModelPublished, ModelRetired
 from bus.node_events import NodeStrike, NodeSuspended, NodeVerified, SpotChecked
 from bus.sampling import Logprobs, Sampling
 from bus.subjects import GLOBAL
+from bus.vectors import MAX_INPUTS, Vectors
 
 __all__ = [  # the node and money events live in their own modules; all are named here
     "Contract", "Event", "new_id", "NodeStrike", "NodeSuspended", "NodeVerified", "SpotChecked",
@@ -53,9 +54,11 @@ class JobSubmitted(Event):
     account: Id
     key_id: Id
     model: Name
-    kind: Literal["chat", "completion"]
+    kind: Literal["chat", "completion", "embedding"]
     messages: tuple[ChatMessage, ...] | None = Field(default=None, max_length=4096)
     prompt: Text | None = None
+    # An embedding job's texts (``kind="embedding"``; its sampling is max_tokens=1).
+    inputs: tuple[Text, ...] | None = Field(default=None, min_length=1, max_length=MAX_INPUTS)
     sampling: Sampling
     zone: Name
     route: Literal["zone", "global"]
@@ -73,16 +76,21 @@ class JobSubmitted(Event):
 
     def input_hash(self) -> str:
         """Hash of what the model is asked, bound into the result signature."""
-        if self.messages is None and self.prompt is None and self.input_sha256:
+        if self.messages is None and self.prompt is None and self.inputs is None \
+                and self.input_sha256:
             return self.input_sha256  # the log's copy: the content is in the content store
-        # Sampling fields added later count only when set, so older jobs hash as they did.
-        body = self.model_dump_json(include={"model", "kind", "messages", "prompt", "sampling"},
-                                    exclude={"sampling": self.sampling.off()})
+        # Sampling fields added later count only when set, so older jobs hash as they did;
+        # so do ``inputs``, which only embedding jobs have.
+        exclude: dict = {"sampling": self.sampling.off()}
+        if self.inputs is None:
+            exclude["inputs"] = True
+        body = self.model_dump_json(
+            include={"model", "kind", "messages", "prompt", "inputs", "sampling"}, exclude=exclude)
         return hashlib.sha256(body.encode()).hexdigest()
 
     def without_content(self) -> "JobSubmitted":
         """The copy the log keeps: the prompt replaced by its hash (``bus.content``)."""
-        return self.model_copy(update={"messages": None, "prompt": None,
+        return self.model_copy(update={"messages": None, "prompt": None, "inputs": None,
                                        "input_sha256": self.input_hash()})
 
 
@@ -140,10 +148,12 @@ class JobCompleted(Event):
     # Per-token log probabilities, when the job asked for them; content, like the text,
     # and covered by ``output_hash`` (see ``output_hash``).
     logprobs: Logprobs | None = None
+    # An embedding job's vectors (``text`` is ""): content, covered by ``output_hash``.
+    vectors: Vectors | None = None
 
     def without_content(self) -> "JobCompleted":
         """The copy the log keeps: ``output_hash`` stands for the text (``bus.content``)."""
-        return self.model_copy(update={"text": "", "logprobs": None})
+        return self.model_copy(update={"text": "", "logprobs": None, "vectors": None})
 
 
 class JobFailed(Event):
@@ -246,9 +256,12 @@ def parse_event(data: bytes | str) -> Event:
     return _any_event.validate_json(data)
 
 
-def output_hash(text: str, logprobs: tuple | None = None) -> str:
+def output_hash(text: str, logprobs: tuple | None = None, vectors: Vectors | None = None) -> str:
     """The hash a node signs for its output: the text, and its log probabilities
-    when the job asked for them (so a gate or a reader can check those too)."""
+    when the job asked for them (so a gate or a reader can check those too); an
+    embedding job's vectors (``Vectors.digest``)."""
+    if vectors is not None:
+        return vectors.digest()
     if logprobs is None:
         return hashlib.sha256(text.encode()).hexdigest()
     listed = json.dumps([p.model_dump(mode="json") for p in logprobs], separators=(",", ":"),

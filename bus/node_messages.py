@@ -16,6 +16,7 @@ from bus.bounds import Attempt, Hash, Id, Text
 from bus.events import Contract
 from bus.model_manifest import Sha256
 from bus.sampling import Logprobs
+from bus.vectors import Vectors
 
 AckSubject = Annotated[str, Field(max_length=256)]
 
@@ -58,6 +59,7 @@ class Completed(Contract):
     signature: Hash
     model_root: Sha256 | None = None  # the weights it ran (signed with the rest)
     logprobs: Logprobs | None = None  # when the job asked; in the signed output hash
+    vectors: Vectors | None = None  # an embedding job's result (``text`` ""); signed too
 
 
 class Failed(Contract):

@@ -11,7 +11,8 @@ from bus.model_manifest import Sha256
 class ModelInfo(Contract):
     name: Name
     context_length: int = Field(ge=1, le=MAX_TOKENS)
-    kind: Name = "chat"
+    kind: Name = "chat"  # or "embedding": served on /v1/embeddings only
+    dims: int | None = Field(default=None, ge=1, le=4096)  # an embeddings model's vector size
     # The root of the weights it serves (bus.model_manifest): routing offers the
     # name's jobs only to a root the catalog publishes (bus.model_book).
     root: Sha256 | None = None

@@ -3,7 +3,11 @@ tokenized with the model's own tokenizer, never the node's word.
 
 The count follows the engine's (``workers/engine.py``): a chat prompt through
 the model's chat template without added special tokens, a completion prompt
-with them; the output as plain text. The echo model (``workers/echo.py``)
+with them; the output as plain text. An embedding job's inputs count as the
+embedder sees them (``workers/embedder.py``): each text with its special
+tokens, summed; it has no output tokens. A counter also knows its model's
+vector size (``dims``, None for a model that does not embed), so the gate can
+refuse vectors of the wrong shape. The echo model (``workers/echo.py``)
 counts whitespace-separated words. A model whose tokenizer the gate cannot
 load cannot be counted, and its results are not paid (``gate.results``).
 """
@@ -19,12 +23,15 @@ from bus.events import JobSubmitted
 from bus.model_cache import LocalModels
 from bus.model_fetch import service_fetch
 from bus.model_store import ModelStore, NotPublished
+from bus.vectors import Vectors
 
 log = logging.getLogger("inferbus.gate")
 ECHO_MODEL_TYPE = "inferbus-echo"  # workers/echo.py's marker in config.json
 
 
 class Counter(Protocol):
+    dims: int | None
+
     def prompt(self, job: JobSubmitted) -> int: ...
 
     def output(self, text: str) -> int: ...
@@ -33,7 +40,11 @@ class Counter(Protocol):
 class WordCounter:
     """The echo model's tokens: words."""
 
+    dims = None
+
     def prompt(self, job: JobSubmitted) -> int:
+        if job.kind == "embedding":
+            return sum(len(text.split()) for text in job.inputs or ())
         if job.kind == "chat":
             return sum(len(m.content.split()) for m in job.messages or ())
         return len((job.prompt or "").split())
@@ -49,6 +60,12 @@ class TokenizerCounter:
         from transformers import AutoTokenizer  # loads no torch for a tokenizer
         self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self._backend = getattr(self._tok, "backend_tokenizer", None)
+        if self._backend is not None:
+            # A tokenizer.json may pad or cut every encoding (all-MiniLM's pads to 128):
+            # a count is of the text's own tokens, as the engines encode them.
+            self._backend.no_padding()
+            self._backend.no_truncation()
+        self.dims = embedding_dims(path)
 
     def _count(self, text: str, special: bool) -> int:
         if self._backend is not None:
@@ -56,6 +73,8 @@ class TokenizerCounter:
         return len(self._tok(text, add_special_tokens=special)["input_ids"])
 
     def prompt(self, job: JobSubmitted) -> int:
+        if job.kind == "embedding":
+            return sum(self._count(text, special=True) for text in job.inputs or ())
         if job.kind == "chat":
             messages = [m.model_dump() for m in job.messages or ()]
             text = self._tok.apply_chat_template(messages, add_generation_prompt=True,
@@ -65,6 +84,18 @@ class TokenizerCounter:
 
     def output(self, text: str) -> int:
         return self._count(text, special=False) if text else 0
+
+
+def embedding_dims(path: Path) -> int | None:
+    """The vector size of the sentence-transformers model in ``path`` (its pooling
+    module's ``word_embedding_dimension``); None when it is not one."""
+    try:
+        modules = json.loads((Path(path) / "modules.json").read_text())
+        pooling = next(m for m in modules if str(m.get("type", "")).endswith(".Pooling"))
+        config = json.loads((Path(path) / pooling["path"] / "config.json").read_text())
+        return int(config["word_embedding_dimension"])
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
 
 
 class Counters:
@@ -131,3 +162,21 @@ class Counters:
         except Exception as exc:  # noqa: BLE001 - a broken copy: counted as none
             log.error("tokenizer of %s not loadable: %s", model, exc)
             return None
+
+
+def vectors_refusal(job: JobSubmitted, vectors: Vectors | None, counter: Counter | None
+                    ) -> str | None:
+    """Why a result's vectors cannot be an honest answer to ``job``, or None: one
+    vector per input, of the model's size, each finite and of unit length (the
+    embedder normalises); no vectors on a job that asked for text."""
+    if job.kind != "embedding":
+        return None if vectors is None else "vectors returned for a job that asked for text"
+    if vectors is None:
+        return "no vectors returned for an embedding job"
+    if vectors.count != len(job.inputs or ()):
+        return f"{vectors.count} vectors returned for {len(job.inputs or ())} inputs"
+    if counter is not None and counter.dims is not None and vectors.dims != counter.dims:
+        return f"vectors of {vectors.dims} dimensions; {job.model} makes {counter.dims}"
+    if (bad := vectors.unnormalised()) is not None:
+        return f"vector {bad} is not a finite unit vector"
+    return None

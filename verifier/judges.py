@@ -24,6 +24,7 @@ from bus.model_fetch import service_fetch
 from bus.model_store import ModelStore, NotPublished
 from verifier.verdict import Judge, Verdict
 from workers.echo import is_echo_model
+from workers.embedder import is_embedding_model
 
 log = logging.getLogger("inferbus.verifier")
 
@@ -105,6 +106,13 @@ class Judges:
             return None
         if is_echo_model(path):
             return EchoJudge()
+        if is_embedding_model(path):  # re-embeds and compares by cosine similarity
+            from verifier.embedding_judge import EmbeddingJudge  # torch: only for real models
+            try:
+                return EmbeddingJudge.load(path)
+            except Exception as exc:  # noqa: BLE001 - a broken copy judges nothing
+                log.error("model %s not loadable for checks: %s", model, exc)
+                return None
         try:
             from verifier.prefill import PrefillJudge  # torch: only for real models
             judge = PrefillJudge.load(path)

@@ -21,6 +21,7 @@ from bus.events import ChatMessage, JobSubmitted, Sampling, new_id
 from bus.grants import NodeGrant
 from bus.content import put_input
 from bus.publish import enqueue_job, publish_event
+from workers.embedding_models import EMBEDDING_CATALOG
 
 PROBE_ACCOUNT = "inferbus-probe"
 PROBE_DEADLINE_S = 60.0
@@ -34,14 +35,20 @@ PROMPTS = (
 
 
 def probe_job(grant: NodeGrant, rng: random.Random) -> JobSubmitted:
-    """A job for ``grant``'s own queue, for one of its models."""
+    """A job for ``grant``'s own queue, for one of its models (an embedding job for
+    a catalog embeddings model, whose node serves no chat)."""
     sampling = Sampling(max_tokens=rng.choice((8, 12, 16)),
                         temperature=rng.choice((0.0, 0.7, 1.0)),
                         seed=rng.randrange(2**31))
+    model = rng.choice(grant.models)
+    if model in EMBEDDING_CATALOG:
+        content = {"kind": "embedding", "sampling": Sampling(max_tokens=1),
+                   "inputs": tuple(rng.sample(PROMPTS, rng.choice((1, 2, 3))))}
+    else:
+        content = {"kind": "chat", "sampling": sampling,
+                   "messages": (ChatMessage(role="user", content=rng.choice(PROMPTS)),)}
     return JobSubmitted(
-        job_id=new_id(), account=PROBE_ACCOUNT, key_id=PROBE_ACCOUNT,
-        model=rng.choice(grant.models), kind="chat",
-        messages=(ChatMessage(role="user", content=rng.choice(PROMPTS)),), sampling=sampling,
+        job_id=new_id(), account=PROBE_ACCOUNT, key_id=PROBE_ACCOUNT, model=model, **content,
         zone=grant.zone, route="zone", queue=subjects.node_queue(grant.node_id, grant.zone),
         deadline=datetime.now(timezone.utc) + timedelta(seconds=PROBE_DEADLINE_S))
 

@@ -86,7 +86,12 @@ class Verifier:
             if (done.model_root or done.model) in self.judges.unjudgeable:
                 return await msg.ack()  # no verdict rather than a wrong one
             return await msg.nak(delay=NO_JUDGE_DELAY_S)
-        verdict = await asyncio.to_thread(judge.check, job, done.text, done.finish_reason)
+        if job.kind == "embedding":
+            if not hasattr(judge, "check_vectors"):  # its copy is no embeddings model
+                return await msg.ack()  # no verdict rather than a wrong one
+            verdict = await asyncio.to_thread(judge.check_vectors, job, done.vectors)
+        else:
+            verdict = await asyncio.to_thread(judge.check, job, done.text, done.finish_reason)
         await self.record(request, verdict)
         await msg.ack()
 

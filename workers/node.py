@@ -25,6 +25,7 @@ from bus.streams import (cancels_bucket, ensure_work_consumer, grants_bucket, no
                          wait_for_streams, worker_streams)
 from workers.batching import Batcher
 from workers.echo import EchoEngine, is_echo_model
+from workers.embedder import Embedder, is_embedding_model
 from workers.engine import Engine
 from workers.gate_client import GateClient
 from workers.generation import Generator
@@ -69,10 +70,12 @@ def queues(options: WorkerOptions, node_id: str) -> list[str]:
 
 
 def load_generator(settings: Settings, path, name: str) -> Generator:
-    """What runs the jobs of the model in ``path``: the echo model, or a continuous
-    ``Batcher`` over a torch ``Engine``."""
+    """What runs the jobs of the model in ``path``: the echo model, an embeddings
+    model's ``Embedder``, or a continuous ``Batcher`` over a torch ``Engine``."""
     if is_echo_model(path):
         return EchoEngine.load(path, name)
+    if is_embedding_model(path):  # an embeddings model: batched forward passes, no decoding
+        return Embedder.load(path, name)
     dtype = None if settings.worker_dtype == "auto" else settings.worker_dtype
     return Batcher(Engine.load(path, name, dtype), settings.max_batch,
                    settings.kv_budget_mb * 2**20)
@@ -140,6 +143,8 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event,
         return NodeRecord(node_id=runner.node_id, zone=options.zone, operator=options.operator,
                           tier=options.tier, lat=options.lat, lon=options.lon, **facts,
                           models=(ModelInfo(name=name, context_length=generator.context_length,
+                                            kind=getattr(generator, "kind", "chat"),
+                                            dims=getattr(generator, "dims", None),
                                             root=model.root),),
                           busy=runner.busy, queue_depth=waiting["jobs"],
                           subcloud=options.subcloud, public=options.public)

@@ -29,6 +29,7 @@ from bus.events import JobSubmitted, output_hash
 from bus.node_messages import Cancelled, Completed, Expired, Failed, LeaseAnswer
 from bus.replies import Delta, Resume, Resumed
 from bus.streams import has_key
+from workers.embedding_jobs import embedding_outcome
 from workers.gate_client import GateClient
 from workers.generation import ContextLengthExceeded, GenerationRequest, Generator, Step
 
@@ -123,6 +124,8 @@ class JobRunner:
             return Expired(job_id=job.job_id, attempt=attempt)
         if cancelled:
             return Cancelled(job_id=job.job_id, attempt=attempt)
+        if job.kind == "embedding":  # one batched forward pass, no text to stream
+            return await embedding_outcome(self.generator, self.key, self.model_root, job, attempt)
         try:
             delivered = await self._resume_point(job, held)
             text, last = await self._generate(job, attempt, delivered, stop)

