@@ -34,6 +34,7 @@ from api.limits import SpendGuard
 from api.live_nodes import LiveNodes
 from api.protocol import ChatCompletionRequest, CompletionRequest
 from api.routing import Route, Routing
+from api.webhook_targets import WebhookTargets
 from bus.content import put_input
 from bus.credits import credits
 from bus.events import JobFailed, JobSubmitted, new_id
@@ -57,6 +58,7 @@ class Prepared:
     request_hash: str
     chain: tuple[str, ...]
     idempotent: bool
+    webhook: str | None = None  # an async job's checked X-Inferbus-Webhook
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,9 @@ class Repeat:
 class Admission:
     def __init__(self, js: JetStreamContext, nodes: LiveNodes, routing: Routing, ledger: Ledger,
                  pricing: Pricing, escalator: Escalator, job_timeout_s: float,
-                 spend: SpendGuard | None = None) -> None:
+                 webhooks: WebhookTargets | None = None, spend: SpendGuard | None = None) -> None:
         self._js, self._nodes, self._routing = js, nodes, routing
+        self._webhooks = webhooks
         self._spend = spend  # keys' spend limits, checked before each hold
         self._ledger, self._pricing, self._escalator = ledger, pricing, escalator
         # Concurrent requests' holds are written together, one transaction per group.
@@ -84,6 +87,8 @@ class Admission:
         same ``idempotency_key`` made. ``reply_to``: where live replies go (None: no
         one waits live)."""
         model = self._check_model(req)
+        webhook = None if self._webhooks is None else \
+            await self._webhooks.requested_for(respond_async=reply_to is None)
         is_chat = isinstance(req, ChatCompletionRequest)
         inputs = req.texts() if isinstance(req, EmbeddingRequest) else None
         messages = req.contract_messages() if is_chat else None
@@ -112,7 +117,7 @@ class Admission:
             queue=route.queue, then=route.chain, subcloud=route.subcloud, strict=route.strict,
             deadline=datetime.now(timezone.utc) + timedelta(seconds=self._timeout_s),
             reply_to=reply_to)
-        return Prepared(job, request_hash, route.chain, idempotency_key is not None)
+        return Prepared(job, request_hash, route.chain, idempotency_key is not None, webhook)
 
     async def place(self, prepared: Prepared) -> Prepared:
         """Hold the job's worst case, log it, queue it, watch it for escalation;
@@ -120,6 +125,15 @@ class Admission:
         if not self._js._nc.is_connected:  # this API lost its region's servers: fail at once
             raise APIError(503, "this API cannot reach its region's servers; nothing was "
                            "held or queued", "bus_unavailable")
+        if prepared.webhook is not None and self._webhooks is not None:
+            # Kept before the job is logged, so however fast it ends, its outcome
+            # finds its target; a failure here holds and queues nothing.
+            try:
+                await self._webhooks.record(prepared.job.job_id, prepared.job.account,
+                                            prepared.webhook)
+            except Exception:  # noqa: BLE001
+                raise APIError(503, "the webhook could not be recorded; nothing was held or "
+                               "queued", "bus_unavailable") from None
         await self._reserve(prepared)
         try:
             await self._log(prepared.job)

@@ -31,6 +31,10 @@ from api.routing import RegionProbe, Routing
 from api.serving import Serving, ServingConfig
 from api.status_page import RequestCounter, StatusBoard
 from api.subclouds import Subclouds
+from api import asyncapi, webhook_routes
+from api.webhook_service import targets_of
+from api.webhook_signing import network_secret
+from api.webhook_targets import WebhookHeader
 from bus.config import Settings
 from bus.content import ContentStore
 from bus.guard import connect_service, preflight
@@ -76,6 +80,8 @@ def create_app(settings: Settings) -> FastAPI:
         job_life_s = settings.job_timeout_s + settings.expiry_grace_s
         cancels = await cancels_bucket(js, job_life_s, replicas, home)
         claims = await claims_bucket(js, job_life_s, replicas, home)
+        webhooks = app.state.webhook_targets = await targets_of(js, settings)
+        app.state.webhook_secret = await asyncio.to_thread(network_secret, settings)
         escalator = Escalator(js, claims, settings.zone_wait_s, settings.node_wait_s)
         store = await asyncio.to_thread(open_store, settings)
         ledger = await asyncio.to_thread(Ledger.open, settings)
@@ -88,7 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
                                         settings.auth_failure_window_s))
         admission = Admission(js, nodes, routing, ledger,
                               settings.pricing, escalator, settings.job_timeout_s,
-                              spend=SpendGuard(store, keys))
+                              webhooks=webhooks, spend=SpendGuard(store, keys))
         serving = Serving(ServingConfig.of(settings), admission=admission, replies=replies,
                           jobs=jobs, cancellation=cancellation,
                           limits=KeyLimiter(store, settings.rate_per_minute,
@@ -116,6 +122,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="inferbus", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(router)
+    app.include_router(asyncapi.router)
+    app.include_router(webhook_routes.router)
+    app.add_middleware(WebhookHeader)
     app.include_router(embeddings.router)
     app.include_router(account_routes.router)
     app.include_router(dashboard.router)

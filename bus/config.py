@@ -102,6 +102,17 @@ class Settings(BaseSettings):
     # A draining version (replaced by a newer push) that no live node has served for
     # this long is retired by the gate (gate/model_drain.py).
     model_drain_s: float = Field(default=300.0, ge=0.0)
+    # Webhooks (docs/webhooks.md): loopback and private receivers are refused unless
+    # an operator allows them; the signing secret (else <data dir>/webhook.secret);
+    # one attempt's timeout, the backoff's first and longest pause, how many tries
+    # (the defaults retry for about a day) and how many deliveries run at once.
+    webhook_allow_private: bool = False
+    webhook_secret: str | None = None
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_retry_base_s: float = Field(default=1.0, gt=0)
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0)
+    webhook_max_attempts: int = Field(default=36, ge=1, le=1000)
+    webhook_concurrency: int = Field(default=64, ge=1, le=10_000)
 
     def layout(self) -> Layout:
         """``INFERBUS_REGIONS``, else the regions ``inferbus up --regions`` wrote down."""

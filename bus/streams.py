@@ -28,6 +28,7 @@ from nats.js.kv import KeyValue
 
 from bus import regions, subjects
 from bus.regions import Layout
+from bus.subjects.webhooks import WEBHOOKS_BUCKET
 from bus.stream_configs import (DEFAULT_RETENTION_S, DUPLICATE_WINDOW_S,  # noqa: F401 - re-exported
                                 events_stream_config, jobs_stream_config, kv_stream_config,
                                 stream_configs)
@@ -179,6 +180,13 @@ async def claims_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1,
                         placement: Placement | None = None) -> KeyValue:
     """Which node runs each job: created once per job, taken over only on redelivery."""
     return await _bucket(js, subjects.CLAIMS_BUCKET, ttl_s, replicas, placement)
+
+
+async def webhooks_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1,
+                          placement: Placement | None = None) -> KeyValue:
+    """Each async job's webhook target and delivery record (``api.webhook_targets``);
+    kept for a job's life and its delivery window."""
+    return await _bucket(js, WEBHOOKS_BUCKET, ttl_s, replicas, placement)
 
 
 async def has_key(kv: KeyValue, key: str) -> bool:

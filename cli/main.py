@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("projector", help="the read models and the money service")
     sub.add_parser("gate", help="the trust boundary: checks what nodes say (leases, outcomes)")
     sub.add_parser("verifier", help="spot checks: re-checks sampled results, probes new nodes")
+    sub.add_parser("webhooks", help="deliver async jobs' outcomes to their webhooks")
+    sub.add_parser("asyncapi", help="print the event log's AsyncAPI document").add_argument(
+        "--yaml", action="store_true", help="YAML instead of JSON")
     key_commands.add_parser(sub)
     cr = sub.add_parser("credits", help="account credits").add_subparsers(dest="credits_cmd",
                                                                           required=True)
@@ -186,6 +189,14 @@ def _dispatch(args, settings: Settings) -> int:
         return _run_until_signal(lambda stop: _gate(settings, stop))
     if args.command == "verifier":
         return _run_until_signal(lambda stop: _verifier(settings, stop))
+    if args.command == "webhooks":
+        from api import webhook_service
+        return _run_until_signal(lambda stop: webhook_service.serve(settings, stop))
+    if args.command == "asyncapi":
+        import json
+        from api import asyncapi
+        print(asyncapi.yaml_text() if args.yaml else json.dumps(asyncapi.document(), indent=2))
+        return 0
     if args.command == "keys":
         return key_commands.dispatch(args, settings)
     if args.command == "credits":

@@ -154,7 +154,8 @@ class Network:
             region = region or layout.region_of(zone or GLOBAL)
             return {"INFERBUS_NATS_URL": self.regional[region], "INFERBUS_REGION": region}
         service = seed(store.service_seed)
-        self.children = [Child("projector", ["projector"], {**service, **where()})]
+        self.children = [Child("projector", ["projector"], {**service, **where()}),
+                         Child("webhooks", ["webhooks"], {**service, **where()})]
         for region in layout.regions if self.regional else [None]:
             suffix = f"-{region}" if region else ""
             self.children += [Child(f"gate{suffix}", ["gate"], {**service, **where(None, region)}),

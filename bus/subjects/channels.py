@@ -1,0 +1,20 @@
+"""The event log's channel addresses as the AsyncAPI document (``api.asyncapi``)
+shows them: ``{zone}`` and ``{entity}`` stand for a subject's variable tokens.
+Part of :mod:`bus.subjects`, which spells the concrete subjects.
+"""
+from __future__ import annotations
+
+# Events logged under an entity token, so one direct get finds the latest
+# (``bus.publish.event_subject``): keys by their hash, subclouds by name.
+ENTITY_EVENTS = {"ApiKeyIssued": "key_hash", "ApiKeyRevoked": "key_hash",
+                 "SubcloudCreated": "name"}
+
+
+def event_address(event_type: str) -> str:
+    """``events.{zone}.<Type>``, or ``events.global.<Type>.{key_hash}`` for a keyed event."""
+    if event_type in ENTITY_EVENTS:
+        return f"events.global.{event_type}.{{{ENTITY_EVENTS[event_type]}}}"
+    return f"events.{{zone}}.{event_type}"
+
+
+JOB_QUEUE_ADDRESS = "jobs.{queue}.{model}"  # bus.subjects.jobs: a zone, global, node or pool
