@@ -119,9 +119,11 @@ class Admission:
             reply_to=reply_to)
         return Prepared(job, request_hash, route.chain, idempotency_key is not None, webhook)
 
-    async def place(self, prepared: Prepared) -> Prepared:
+    async def place(self, prepared: Prepared) -> Prepared | Repeat:
         """Hold the job's worst case, log it, queue it, watch it for escalation;
-        returns the job as placed (a job whose region is down, re-homed)."""
+        returns the job as placed (a job whose region is down, re-homed), or
+        :class:`Repeat` when a concurrent call with the same ``Idempotency-Key``
+        made the job first (its caller waits for it; this one polls it)."""
         if not self._js._nc.is_connected:  # this API lost its region's servers: fail at once
             raise APIError(503, "this API cannot reach its region's servers; nothing was "
                            "held or queued", "bus_unavailable")
@@ -134,7 +136,8 @@ class Admission:
             except Exception:  # noqa: BLE001
                 raise APIError(503, "the webhook could not be recorded; nothing was held or "
                                "queued", "bus_unavailable") from None
-        await self._reserve(prepared)
+        if not await self._reserve(prepared):
+            return Repeat(prepared.job.job_id)
         try:
             await self._log(prepared.job)
         except (NoRespondersError, NoStreamResponseError, NatsTimeout) as exc:
@@ -179,7 +182,10 @@ class Admission:
                            "max_tokens")
         return info.name
 
-    async def _reserve(self, prepared: Prepared) -> None:
+    async def _reserve(self, prepared: Prepared) -> bool:
+        """Hold the job's worst case; False when the hold was already there, made
+        by a concurrent call with the same ``Idempotency-Key`` (then nothing is held
+        twice, and that call's job is this one's answer)."""
         job = prepared.job
         bound = prompt_tokens_bound(job.messages, job.prompt, job.inputs)
         amount = self._pricing.worst_case(job.model, bound, job.sampling.max_tokens)
@@ -195,6 +201,9 @@ class Admission:
                            "insufficient_quota") from None
         if prepared.idempotent:  # lost a race to another body with the same key
             _same_request(held.request_hash, prepared.request_hash)
+            # Each call stamps its own deadline: another deadline is another call's hold.
+            return held.deadline == job.deadline
+        return True
 
     async def _log(self, job: JobSubmitted) -> None:
         """Log the job: hashes on the log, the prompt in its region's content store.

@@ -10,6 +10,7 @@ together cost the API a sixth of its CPU per job (``bench.bus``).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -42,6 +43,12 @@ class Services:
 
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+def health_of(request: Request) -> bool:
+    """Whether this API process is connected to its NATS servers (False before start)."""
+    nc = getattr(request.app.state, "nc", None)
+    return nc is not None and nc.is_connected
 
 
 # Each reads the request's app directly rather than through a ``services``
@@ -89,6 +96,13 @@ async def principal(request: Request) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(principal)]
 
 
+async def hung_up(request: Request) -> None:
+    """Returns once the client of ``request`` has disconnected. Its body is read by
+    then, so the next ASGI message can only be the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _call(body: ChatCompletionRequest | CompletionRequest, request: Request,
           idempotency_key: str | None) -> Call:
     zones = services(request).zones
@@ -98,7 +112,8 @@ def _call(body: ChatCompletionRequest | CompletionRequest, request: Request,
                 location=zones.locate(peer, forwarded),
                 constraints=parse_headers(request.headers, body.model),
                 respond_async="respond-async" in request.headers.get("prefer", "").lower(),
-                idempotency_key=idempotency_key)
+                idempotency_key=idempotency_key, base_url=str(request.base_url),
+                gone=functools.partial(hung_up, request))
 
 
 async def chat_call(body: ChatCompletionRequest, request: Request,

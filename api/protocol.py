@@ -117,9 +117,10 @@ def chunk_body(kind: str, job_id: str, model: str, created: int, text: str | Non
     return body
 
 
-def accepted_body(job_id: str) -> dict:
-    """The ``202`` body of an async call: the job, queued (poll ``Location``)."""
-    return {"id": job_id, "object": "job", "status": QUEUED}
+def accepted_body(job_id: str, url: str) -> dict:
+    """The ``202`` body of an async call: the job, queued, and where to poll it. It has
+    no ``choices``: a client cannot take it for a completion (see docs/contract.md)."""
+    return {"id": job_id, "object": "job", "status": QUEUED, "url": url, "result": None}
 
 
 def models_body(served: dict[str, ModelInfo], catalog: CatalogBook | None = None) -> dict:

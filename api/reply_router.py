@@ -105,9 +105,16 @@ class JobReplies:
     def __init__(self, router: ReplyRouter, job_id: str, deadline: datetime) -> None:
         self._router, self.job_id, self._deadline = router, job_id, deadline
         self._queue: asyncio.Queue[Reply] = router._open(job_id)
+        self._back: list[Reply] = []  # replies read ahead and put back, oldest last
+
+    def put_back(self, reply: Reply) -> None:
+        """Make ``reply`` the next one again (a caller that looked ahead)."""
+        self._back.append(reply)
 
     async def next(self) -> Reply:
         """The next reply; a 504 once the job's deadline (and a second) has passed."""
+        if self._back:
+            return self._back.pop()
         left = (self._deadline - datetime.now(timezone.utc)).total_seconds()
         try:
             return await asyncio.wait_for(self._queue.get(), timeout=max(left, 0.0) + 1.0)
@@ -116,6 +123,8 @@ class JobReplies:
 
     def waiting(self) -> Reply | None:
         """A reply that has arrived already, without waiting; None if there is none."""
+        if self._back:
+            return self._back.pop()
         return None if self._queue.empty() else self._queue.get_nowait()
 
     def close(self) -> None:

@@ -16,9 +16,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.responses import StreamingResponse
 
-from api.deps import (ChatCallDep, CompletionCallDep, JobsDep, LedgerDep, NodesDep, PrincipalDep,
+from api.deps import (health_of, ChatCallDep, CompletionCallDep, JobsDep, LedgerDep, NodesDep, PrincipalDep,
                       ServingDep, StatusDep)
 from api.discovery import candidates, parse_query
+from api.errors import APIError
 from api.protocol import account_body, models_body
 from api.serving import Accepted, Answer, Stream
 from api.status_page import PAGE, REQUESTS, STARTED, render_metrics
@@ -50,6 +51,14 @@ async def models(_: PrincipalDep, nodes: NodesDep) -> dict:
     return models_body(nodes.models(), nodes.catalog)
 
 
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, _: PrincipalDep, nodes: NodesDep) -> dict:
+    for item in models_body(nodes.models(), nodes.catalog)["data"]:
+        if item["id"] == model_id:
+            return item
+    raise APIError(404, f"The model {model_id!r} does not exist", "model_not_found", "model")
+
+
 @router.get("/v1/jobs/{job_id}")
 async def get_job(job_id: str, who: PrincipalDep, jobs: JobsDep) -> dict:
     return await jobs.get(who.account, job_id)
@@ -79,9 +88,14 @@ async def network_candidates(request: Request, _: PrincipalDep, nodes: NodesDep)
     return {"object": "list", "data": [c.to_dict() for c in found]}
 
 
+@router.get("/health")
 @router.get("/healthz")
-async def healthz() -> dict:
-    return {"ok": True}
+async def health(request: Request) -> JSONResponse:
+    """Up, and connected to its region's NATS servers (503 while it is not: a load
+    balancer sends the traffic elsewhere)."""
+    connected = health_of(request)
+    return JSONResponse({"ok": connected, "status": "ok" if connected else "unavailable",
+                         "nats": connected}, status_code=200 if connected else 503)
 
 
 @router.get("/status.json")

@@ -65,9 +65,9 @@ def test_async_job_is_polled_to_completion(stack, key):
                    json={"model": TINY_MODEL, "messages": MESSAGES, "max_tokens": 6})
     assert r.status_code == 202
     location = r.headers["location"]
-    assert location == f"/v1/jobs/{r.json()['id']}"
+    assert location == f"{stack.base_url}/v1/jobs/{r.json()['id']}"  # absolute
     deadline = time.monotonic() + 30
-    while (job := httpx.get(stack.base_url + location, headers=auth).json())["status"] in (
+    while (job := httpx.get(location, headers=auth).json())["status"] in (
             "queued", "running"):
         assert time.monotonic() < deadline
         time.sleep(0.1)

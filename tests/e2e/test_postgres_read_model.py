@@ -41,7 +41,7 @@ def test_async_job_is_served_from_the_postgres_read_model(pg_stack, postgres_url
                    json={"model": TINY_MODEL, "prompt": "Once", "max_tokens": 3})
     assert r.status_code == 202
     deadline = time.monotonic() + 30
-    while (job := httpx.get(s.base_url + r.headers["location"], headers=auth).json())[
+    while (job := httpx.get(r.headers["location"], headers=auth).json())[
             "status"] != "completed":
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
