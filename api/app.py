@@ -32,6 +32,7 @@ from api.serving import Serving, ServingConfig
 from api.status_page import RequestCounter, StatusBoard
 from api.subclouds import Subclouds
 from api import asyncapi, webhook_routes
+from api import referral_routes
 from api.webhook_service import targets_of
 from api.webhook_signing import network_secret
 from api.webhook_targets import WebhookHeader
@@ -83,7 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
         webhooks = app.state.webhook_targets = await targets_of(js, settings)
         app.state.webhook_secret = await asyncio.to_thread(network_secret, settings)
         escalator = Escalator(js, claims, settings.zone_wait_s, settings.node_wait_s)
-        store = await asyncio.to_thread(open_store, settings)
+        store = app.state.read_store = await asyncio.to_thread(open_store, settings)
         ledger = await asyncio.to_thread(Ledger.open, settings)
         cancellation = Cancellation(nc, js, cancels)
         content = ContentStore(js, settings.layout(), settings.content_retention_s)
@@ -124,6 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(asyncapi.router)
     app.include_router(webhook_routes.router)
+    app.include_router(referral_routes.router)
     app.add_middleware(WebhookHeader)
     app.include_router(embeddings.router)
     app.include_router(account_routes.router)

@@ -12,7 +12,7 @@ import signal
 import sys
 
 from bus.config import Settings
-from cli import key_commands
+from cli import account_commands, key_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="accounts_cmd", required=True)
     acc.add_parser("forget", help="erase an account's prompts and results in every region"
                    ).add_argument("account")
+    account_commands.add_parsers(sub, acc)
     sc = sub.add_parser("subclouds", help="groups of zones keys can be bound to")
     scc = sc.add_subparsers(dest="subclouds_cmd", required=True).add_parser(
         "create", help="create a subcloud")
@@ -216,6 +217,8 @@ def _dispatch(args, settings: Settings) -> int:
         print(f"subcloud {made.name}: zones {', '.join(made.zones)}"
               f"{' (strict residency)' if made.strict else ''}")
         return 0
+    if account_commands.handles(args):
+        return account_commands.dispatch(args, settings)
     if args.command == "accounts":
         from cli import admin
         jobs, erased = admin.run(admin.forget_account(settings, args.account))

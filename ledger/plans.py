@@ -73,8 +73,8 @@ class Subscription(Aggregate):
         if self.status != LAPSED:
             raise ValueError(f"account {self.account!r} is subscribed to {self.plan!r} already "
                              f"({self.status}); cancel it and let it lapse first")
-        self._started(account=self.account, plan=plan.name, term=self.term + 1, credits=plan.credits,
-                      period_s=plan.period_s, started_at=now,
+        self._started(account=self.account, plan=plan.name, term=self.term + 1,
+                      credits=plan.credits, period_s=plan.period_s, started_at=now,
                       renews_at=now + timedelta(seconds=plan.period_s))
 
     @event("Started")
