@@ -73,7 +73,7 @@ def grammar_problem(grammar: Grammar) -> str | None:
         else:
             compiled = LLMatcher.grammar_from_json_schema(
                 grammar.text if grammar.kind == "json_schema" else '{"type":"object"}')
-    except ValueError as exc:
-        return str(exc).splitlines()[0]
+    except Exception as exc:  # noqa: BLE001 - the compiler's reason, whatever it raised
+        return (str(exc).splitlines() or [type(exc).__name__])[0]
     problem = LLMatcher.validate_grammar(compiled)
     return problem.strip().splitlines()[0] if problem else None
