@@ -5,10 +5,10 @@ Between two decode steps it admits waiting requests (prefilled together in a
 pass of their own, their first tokens sampled and streamed, then their rows
 added to the batch) and drops the ones that finished or were stopped, at once.
 Each decode step is one forward pass of one token per sequence; every sequence
-then samples its own token with its own sampler (temperature, top_p, seed), its
-text stream cuts at its own stop strings, and its ``Step`` goes to its caller as
-soon as it is made. The per-request logic is the same
-``workers.sequence.Sequence`` the single-stream ``Engine.generate`` drives.
+then samples its own token by its own sampler and logit rules, its text stream
+cuts at its own stop strings, and its ``Step`` goes to its caller as soon as it
+is made. The per-request logic is the same ``workers.sequence.Sequence`` the
+single-stream ``Engine.generate`` drives.
 A ``Batcher`` is the job runner's :class:`~workers.generation.Generator`.
 
 The forward passes belong to a decode backend (``workers.decoders``): the slot
@@ -43,7 +43,7 @@ from workers.decoders.factory import pick_decoder
 from workers.engine import Engine
 from workers.generation import GenerationRequest, Step
 from workers.handoff import deliver, steps_until_final, stop_if_any
-from workers.sequence import Sequence
+from workers.sequence import Sequence, pick_tokens
 
 log = logging.getLogger("inferbus.worker")
 Emit = Callable[[Step | BaseException], None]
@@ -125,6 +125,10 @@ class Batcher:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             self._waiting.append(slot)
+        slot.seq.when_ready(self._notify)  # wake the loop when it may join
+
+    def _notify(self) -> None:
+        with self._wake:
             self._wake.notify()
 
     def stream_async(self, request: GenerationRequest,
@@ -142,9 +146,8 @@ class Batcher:
 
     def close(self) -> None:
         """Stop the thread; requests still running or waiting end with an error."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
+        self._closed = True
+        self._notify()
         self._thread.join()
 
     # The batcher's thread: everything below runs there only.
@@ -152,7 +155,8 @@ class Batcher:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not (self._closed or self._waiting or self._rows):
+                while not (self._closed or self._rows or any(  # ready: its grammar compiled
+                        s.seq.ready or s.seq.should_stop() for s in self._waiting)):
                     self._wake.wait()
                 if self._closed:
                     break
@@ -190,7 +194,9 @@ class Batcher:
 
     @staticmethod
     def _fail(slots: list[_Slot], exc: BaseException) -> None:
+        """End each of ``slots`` with ``exc``; their rows leave at the next ``keep``."""
         for slot in slots:
+            slot.seq.finished = True
             slot.send(exc)
 
     def _admit(self) -> list[_Slot]:
@@ -199,6 +205,8 @@ class Batcher:
         width = 0  # of the joint prefill: its longest prompt
         while self._waiting and len(self._rows) + len(joining) < self.max_batch:
             slot = self._waiting[0]
+            if not slot.seq.ready:  # its grammar is still compiling: the queue keeps order
+                break
             wider = max(width, len(slot.seq.input_ids))
             if joining and (len(joining) + 1) * wider > PREFILL_TOKENS_PER_TURN:
                 break
@@ -238,7 +246,7 @@ class Batcher:
     def _decode(self) -> None:
         """Launch one forward pass for every row; read back the previous pass's tokens
         meanwhile when pipelining, else this one's: each row's own token and Step."""
-        pipelined = self.decoder.pipelines and all(s.seq.sampler.greedy for s in self._rows)
+        pipelined = self.decoder.pipelines and all(s.seq.fast_greedy for s in self._rows)
         if self._pending is not None and not pipelined:  # a sampled row joined: in step again
             self._read(*self._pending)
             self._pending = None
@@ -264,7 +272,7 @@ class Batcher:
         # A pass with sampled rows is read before any other, so its rows are still where
         # the pass left them.
         self.decoder.feed({i: tokens[k] for k, (i, slot) in enumerate(live)
-                           if not slot.seq.sampler.greedy})
+                           if not slot.seq.fast_greedy})
         self.stats["decoded_tokens"] += len(live)
         for k, (_, slot) in enumerate(live):
             self._after_token(slot, tokens[k])
@@ -272,18 +280,19 @@ class Batcher:
         if len(keep) < len(self._rows):
             self._rows = [self._rows[i] for i in self.decoder.keep(keep)]
 
-    @staticmethod
-    def _sample(slots: list[_Slot], logits: torch.Tensor, greedy: Callable[[], list[int]],
-                where: list[int] | None = None) -> list[int]:
-        """Each slot's next token by its own sampler; the greedy ones' from one argmax
-        (``greedy()``: every row's of ``logits``; ``where``: each slot's row, default i)."""
-        where = where or range(len(slots))
-        picks = greedy() if any(s.seq.sampler.greedy for s in slots) else None
-        return [picks[r] if s.seq.sampler.greedy else s.seq.sampler(logits[r].float())
-                for r, s in zip(where, slots)]
+    def _sample(self, slots: list[_Slot], logits: torch.Tensor,
+                greedy: Callable[[], list[int]], where: list[int] | None = None) -> list[int]:
+        """Each slot's next token (``pick_tokens``); one whose pick failed ends with its error."""
+        tokens = pick_tokens([s.seq for s in slots], logits, greedy, where)
+        for slot, token in zip(slots, tokens):
+            if isinstance(token, Exception):
+                self._fail([slot], token)
+        return [0 if isinstance(t, Exception) else t for t in tokens]
 
     def _after_token(self, slot: _Slot, token: int) -> bool:
         """Stream the Step ``token`` makes; whether the sequence goes on."""
+        if slot.seq.finished:  # its pick failed: it had its error
+            return False
         step = slot.seq.advance(token)
         slot.send(step)
         if step.finish_reason is None and (stopped := slot.seq.check_stop()) is not None:

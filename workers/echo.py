@@ -13,6 +13,15 @@ of the prompt), up to ``max_tokens``, each streamed as its own step.
 It is a :class:`~workers.generation.Generator`, the port the worker runs jobs
 through, answering from the event loop itself: there is no compute to hand to
 a thread.
+
+The new sampling fields, as a model that is certain of each word:
+``logprobs`` gives each echoed word logprob 0.0, its top alternatives the word
+itself first, then other words of the prompt (then ``<k>`` fillers) at the
+floor -1e4; a grammar is answered with its smallest instance
+(``workers.echo_grammar``: ``{}`` for json_object, a schema's required keys
+with the shortest values), one step, instead of the echo. logit_bias,
+penalties and ignore_eos change nothing: the echo has no logits to bias (and
+``ignore_eos`` has no EOS to ignore: it echoes what it has).
 """
 from __future__ import annotations
 
@@ -20,7 +29,9 @@ import json
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from workers.generation import ContextLengthExceeded, GenerationRequest, Step
+from bus.sampling import TokenLogprob, TopLogprob
+from workers.echo_grammar import smallest_instance
+from workers.generation import LOGPROB_FLOOR, ContextLengthExceeded, GenerationRequest, Step
 
 MODEL_TYPE = "inferbus-echo"
 CONTEXT_LENGTH = 8192
@@ -68,23 +79,56 @@ class EchoEngine:
                 f"this model's context length is {self.context_length} tokens, but "
                 f"{prompt + wanted} were requested ({prompt} in the prompt + {wanted} "
                 f"max_tokens)")
+        if request.sampling.grammar is not None:
+            return _instance(request, prompt)
         done = len(request.continuation.split())
         words = str(source or "").split()[done:wanted]
-        return _steps(words, prompt, done, wanted, should_stop or (lambda: False))
+        top = request.sampling.logprobs
+        return _steps(words, prompt, done, wanted, should_stop or (lambda: False),
+                      None if top is None else _Certain(str(source or "").split(), top))
 
     def close(self) -> None:
         """Nothing to stop: no thread, no model."""
 
 
+class _Certain:
+    """Logprobs of a model certain of each word: the word at 0.0, ``top`` alternatives."""
+
+    def __init__(self, vocabulary: list[str], top: int) -> None:
+        self.vocabulary, self.top = list(dict.fromkeys(vocabulary)), top
+
+    def __call__(self, text: str) -> tuple[TokenLogprob, ...]:
+        others = [w for w in self.vocabulary if w != text.strip()]
+        others += [f"<{k}>" for k in range(self.top)]
+        alternatives = [text, *others][:self.top]
+        return (TokenLogprob(token=text[:256], logprob=0.0, bytes=tuple(text.encode()[:256]),
+                             top_logprobs=tuple(
+                                 TopLogprob(token=w[:256], bytes=tuple(w.encode()[:256]),
+                                            logprob=0.0 if i == 0 else LOGPROB_FLOOR)
+                                 for i, w in enumerate(alternatives))),)
+
+
+async def _instance(request: GenerationRequest, prompt: int) -> AsyncIterator[Step]:
+    """A grammar's smallest instance, as one step (a word, to the echo's count)."""
+    sampling = request.sampling
+    text, complete = smallest_instance(sampling.grammar, limit=64 * sampling.max_tokens)
+    count = min(max(1, len(text.split())), sampling.max_tokens)
+    logprobs = () if sampling.logprobs is None else _Certain([], sampling.logprobs)(text)
+    yield Step(text=text, completion_tokens=count, prompt_tokens=prompt,
+               finish_reason="stop" if complete else "length", logprobs=logprobs)
+
+
 async def _steps(words: list[str], prompt: int, done: int, wanted: int,
-                 should_stop: Callable[[], bool]) -> AsyncIterator[Step]:
+                 should_stop: Callable[[], bool],
+                 certain: _Certain | None) -> AsyncIterator[Step]:
     count = done
     for i, word in enumerate(words):
         count += 1
         last = i == len(words) - 1
         reason = ("length" if count >= wanted else "stop") if last else None
-        yield Step(text=("" if count == 1 else " ") + word, completion_tokens=count,
-                   prompt_tokens=prompt, finish_reason=reason)
+        text = ("" if count == 1 else " ") + word
+        yield Step(text=text, completion_tokens=count, prompt_tokens=prompt,
+                   finish_reason=reason, logprobs=certain(text) if certain else ())
         if reason is None and should_stop():
             yield Step(text="", completion_tokens=count, prompt_tokens=prompt,
                        finish_reason="stop")

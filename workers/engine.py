@@ -6,18 +6,29 @@ reaches the caller as it is made and ``should_stop`` can end a job between two
 tokens. What a request does with its tokens (sampling, text, stop strings,
 counts) lives in ``workers.sequence.Sequence``; this module owns the model and
 its forward passes. ``workers.batching`` drives the same ``Sequence``s through
-shared, batched forward passes (``workers.decoders``).
+shared, batched forward passes (``workers.decoders``). What a sequence with
+logit rules or logprobs needs (``workers.logits``) is made on a small pool of
+threads, never on the decode thread nor the caller's event loop.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from workers.generation import ContextLengthExceeded, GenerationRequest, Step
+from bus.sampling import Sampling
+from workers.generation import ContextLengthExceeded, GenerationRequest, InvalidRequest, Step
+from workers.grammar import Constraint, GrammarError, GrammarTokens
+from workers.logits import LogitRules, LogprobReport, TokenPieces, needs_rules
 from workers.sequence import Sequence
+
+# Grammars compile here (milliseconds each, up to a second for a huge one; llguidance
+# drops the GIL meanwhile). Two threads: the machine's decode thread needs the rest.
+_PREPARE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inferbus-prepare")
 
 
 class Engine:
@@ -36,6 +47,12 @@ class Engine:
         self.eos_token_ids: frozenset[int] = frozenset(
             _ids(getattr(config, "eos_token_id", None))
             | _ids(getattr(generation_config, "eos_token_id", None)))
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") \
+            else None
+        # The width of the logits: a tokenizer may have fewer ids than the model scores.
+        self.vocab_width = int(getattr(output, "out_features", 0) or config.vocab_size)
+        self._vocabulary: tuple[GrammarTokens, TokenPieces] | None = None
+        self._vocabulary_lock = threading.Lock()
 
     @classmethod
     def load(cls, path: Path, name: str | None = None, dtype: str | None = None) -> "Engine":
@@ -81,8 +98,40 @@ class Engine:
                 f"prompt + {max_tokens} max_tokens)")
         done = self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"] \
             if request.continuation else []
-        return Sequence(prompt_ids, list(done), request.sampling, self.tokenizer,
-                        self.eos_token_ids, self.device, should_stop or (lambda: False))
+        sampling = request.sampling
+        prepared = None
+        if needs_rules(sampling) or sampling.logprobs is not None:
+            if bad := [t for t in sampling.logit_bias or () if t >= self.vocab_width]:
+                raise InvalidRequest(f"logit_bias names token {bad[0]}, but this model's "
+                                     f"vocabulary has {self.vocab_width} tokens")
+            prepared = _PREPARE.submit(self._prepare, sampling, list(done))
+        return Sequence(prompt_ids, list(done), sampling, self.tokenizer,
+                        self.eos_token_ids, self.device, should_stop or (lambda: False),
+                        prepared)
+
+    def _prepare(self, sampling: Sampling,
+                 done: list[int]) -> tuple[LogitRules | None, LogprobReport | None]:
+        """A sequence's logit rules and logprob report (on the pool's thread)."""
+        tokens, pieces = self.vocabulary()
+        rules = None
+        if needs_rules(sampling):
+            constraint = None if sampling.grammar is None else Constraint(tokens, sampling.grammar)
+            rules = LogitRules(sampling, self.vocab_width, self.device, self.eos_token_ids, done,
+                               constraint)
+        report = None if sampling.logprobs is None else LogprobReport(sampling.logprobs, pieces)
+        return rules, report
+
+    def vocabulary(self) -> tuple[GrammarTokens, TokenPieces]:
+        """The model's vocabulary for grammars and logprobs, built on first use (~0.3 s)."""
+        with self._vocabulary_lock:
+            if self._vocabulary is None:
+                try:
+                    tokens = GrammarTokens(self.tokenizer, self.vocab_width, self.eos_token_ids)
+                except ValueError as exc:  # a slow (Python) tokenizer
+                    raise GrammarError(f"{self.name}'s tokenizer cannot follow a grammar or "
+                                       f"report logprobs: {exc}") from None
+                self._vocabulary = tokens, TokenPieces(tokens)
+            return self._vocabulary
 
     def generate(self, request: GenerationRequest,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[Step]:
@@ -104,7 +153,7 @@ class Engine:
             return
         logits, cache = self.forward(seq.input_ids, None)
         while True:
-            yield (step := seq.advance(seq.sampler(logits)))
+            yield (step := seq.advance(seq.pick(logits)))
             if step.finish_reason is not None:
                 return
             # Polled after the caller had the step, so it can react to that step.

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Literal, Protocol
 
-from bus.events import Sampling
+from bus.sampling import Sampling, TokenLogprob
+
+
+LOGPROB_FLOOR = -1e4  # a logprob of -inf as reported (bus.sampling's bound: JSON has no -inf)
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,22 @@ class Step:
     ``text`` is the output text new since the previous step (possibly ""); the
     texts of all steps concatenated are the whole output. ``finish_reason`` is
     None until the last step, then "stop" (EOS, a stop string or
-    ``should_stop``) or "length" (``max_tokens`` reached).
+    ``should_stop``, a grammar complete) or "length" (``max_tokens`` reached).
+    ``logprobs``: the tokens of ``text`` when the request asked for them (a token
+    whose text is held back, e.g. half a character, comes with a later Step).
     """
 
     text: str
     completion_tokens: int
     prompt_tokens: int
     finish_reason: str | None
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+class InvalidRequest(ValueError):
+    """A request this model cannot run as asked: a token id it does not have (raised
+    before any compute, like ContextLengthExceeded), a grammar its vocabulary cannot
+    follow (raised when the generation meets it)."""
 
 
 class ContextLengthExceeded(ValueError):

@@ -7,15 +7,24 @@ owns the request's sampler (temperature, top_p, seed), its text stream
 rules. The single-stream loop in ``workers.engine`` and the batch scheduler in
 ``workers.batching`` both drive the same ``Sequence``, so a request behaves the
 same whether it runs alone or shares its forward passes with others.
+
+A request with logit_bias, penalties, ignore_eos or a grammar changes its
+logits before it samples, and one with ``logprobs`` reports them
+(``workers.logits``): what that needs (a grammar's matcher, the vocabulary's
+bytes) is prepared off the decode thread, and the sequence is ``ready`` once it
+is. A plain sequence (``plain``) needs none of it, and a batch may pick its
+greedy token with everyone else's.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any, Callable
 
 import torch
 
-from bus.events import Sampling
+from bus.sampling import Sampling, TokenLogprob
 from workers.generation import Step
+from workers.logits import LogitRules, LogprobReport
 
 _REPLACEMENT = "\ufffd"  # what a decode of an unfinished UTF-8 sequence ends in
 
@@ -23,15 +32,19 @@ _REPLACEMENT = "\ufffd"  # what a decode of an unfinished UTF-8 sequence ends in
 class Sequence:
     """The decode state of one request; forward passes are someone else's.
 
-    Protocol: ``start()`` before the prefill (a Step means there is nothing to
-    generate); then, for each token sampled from this sequence's newest logits,
-    ``advance(token)`` and, unless that finished it, ``check_stop()``.
-    ``input_ids`` is what the prefill runs: the prompt, then any continuation.
+    Protocol: once ``ready``, ``start()`` before the prefill (a Step means there is
+    nothing to generate); then, for each of this sequence's newest logits,
+    ``pick(logits)`` (or, for a ``plain`` greedy one, the argmax), ``advance(token)``
+    and, unless that finished it, ``check_stop()``. ``input_ids`` is what the
+    prefill runs: the prompt, then any continuation. ``prepared`` gives the
+    sequence's rules and logprob report when it needs either (see module doc).
     """
 
     def __init__(self, prompt_ids: list[int], done: list[int], sampling: Sampling,
                  tokenizer: Any, eos_token_ids: frozenset[int], device: str,
-                 should_stop: Callable[[], bool]) -> None:
+                 should_stop: Callable[[], bool],
+                 prepared: "Future[tuple[LogitRules | None, LogprobReport | None]] | None"
+                 = None) -> None:
         self.input_ids = prompt_ids + done
         self.n_prompt = len(prompt_ids)
         self.max_tokens = sampling.max_tokens
@@ -48,6 +61,28 @@ class Sequence:
         self.n_out = min(len(done), sampling.max_tokens)
         self.last_token: int | None = None
         self.finished = False
+        self._prepared = prepared
+        self.plain = prepared is None
+        self.rules: LogitRules | None = None
+        self.report: LogprobReport | None = None
+        self._logprobs: list[TokenLogprob] = []  # drawn, not yet sent with a Step
+
+    @property
+    def ready(self) -> bool:
+        """What the sequence needs to pick a token is there (or failed to be)."""
+        return self._prepared is None or self._prepared.done()
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the sequence is ``ready``: now, or on another thread."""
+        if self._prepared is None:
+            callback()
+        else:
+            self._prepared.add_done_callback(lambda _: callback())
+
+    @property
+    def fast_greedy(self) -> bool:
+        """Greedy on the model's own logits: the batch's argmax is this row's token."""
+        return self.plain and self.sampler.greedy
 
     @property
     def remaining(self) -> int:
@@ -60,19 +95,39 @@ class Sequence:
             return self._finish("", "stop" if self.n_out < self.max_tokens else "length")
         return None
 
+    def pick(self, logits: torch.Tensor) -> int:
+        """The next token from this sequence's logits (one row): its rules applied,
+        its sampler's draw, its log probability kept for the Step it makes. Raises
+        GrammarError when the grammar admits no token, or could not be built for
+        this model's vocabulary (waiting for it first, when it is not ``ready``)."""
+        if self._prepared is not None:
+            prepared, self._prepared = self._prepared, None
+            self.rules, self.report = prepared.result()
+        if self.rules is not None:
+            logits = self.rules.apply(logits)
+        token = self.sampler(logits)
+        if self.report is not None:
+            self._logprobs.append(self.report(logits, token))
+        if self.rules is not None:
+            self.rules.taken(token)
+        return token
+
     def advance(self, token: int) -> Step:
         """Take the next token: the Step it makes, final when it ends the sequence."""
         self.last_token = token
         if token in self.eos_token_ids:
+            if self._logprobs:
+                self._logprobs.pop()  # an EOS is not output: nor are its logprobs
             return self._finish(self.stream.flush()[0], "stop")
         self.n_out += 1
         text, stopped = self.stream.push(token)
         if stopped:
             return self._finish(text, "stop")
-        if self.n_out >= self.max_tokens:
+        complete = self.rules is not None and self.rules.finished  # the grammar's end
+        if complete or self.n_out >= self.max_tokens:
             rest, stopped = self.stream.flush()
-            return self._finish(text + rest, "stop" if stopped else "length")
-        return Step(text, self.n_out, self.n_prompt, None)
+            return self._finish(text + rest, "stop" if stopped or complete else "length")
+        return self._step(text, None)
 
     def check_stop(self) -> Step | None:
         """Between two tokens: a final Step when ``should_stop`` says so."""
@@ -82,7 +137,32 @@ class Sequence:
 
     def _finish(self, text: str, reason: str) -> Step:
         self.finished = True
-        return Step(text, self.n_out, self.n_prompt, reason)
+        return self._step(text, reason)
+
+    def _step(self, text: str, reason: str | None) -> Step:
+        """A Step; the logprobs drawn so far go with it when it has text or is the last
+        (text held back, e.g. half a character, keeps its tokens' logprobs waiting)."""
+        logprobs = ()
+        if self._logprobs and (text or reason is not None):
+            logprobs, self._logprobs = tuple(self._logprobs), []
+        return Step(text, self.n_out, self.n_prompt, reason, logprobs)
+
+
+def pick_tokens(seqs: list[Sequence], logits: torch.Tensor, greedy: Callable[[], list[int]],
+                where: list[int] | None = None) -> list[int | Exception]:
+    """Each sequence's next token from its row of a batch's ``logits`` (``where``: each
+    one's row, default i): the plain greedy ones' from one argmax (``greedy()``: every
+    row's), the others' by ``pick``; an exception in place of a token whose pick failed
+    (a grammar in error): the others go on."""
+    where = where or range(len(seqs))
+    picks = greedy() if any(s.fast_greedy for s in seqs) else None
+    tokens: list[int | Exception] = []
+    for r, seq in zip(where, seqs):
+        try:
+            tokens.append(picks[r] if seq.fast_greedy else seq.pick(logits[r]))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, per sequence
+            tokens.append(exc)
+    return tokens
 
 
 class Sampler:

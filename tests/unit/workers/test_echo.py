@@ -4,12 +4,15 @@ and the context length."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 
 import pytest
 
 from bus.events import Sampling
+from bus.sampling import Grammar
 from workers.echo import EchoEngine, is_echo_model, write_echo_model
-from workers.generation import ContextLengthExceeded, GenerationRequest
+from workers.generation import ContextLengthExceeded, GenerationRequest, InvalidRequest
 
 
 def chat(text: str, max_tokens: int = 16, continuation: str = "") -> GenerationRequest:
@@ -61,3 +64,39 @@ def test_an_echo_model_directory_is_recognised_and_loaded(tmp_path):
     assert is_echo_model(path) and not is_echo_model(tmp_path)
     engine = EchoEngine.load(path)
     assert (engine.name, engine.context_length) == ("echo", 64)
+
+
+def test_echo_logprobs_say_each_word_was_certain_with_the_top_alternatives_asked_for():
+    request = dataclasses.replace(chat("hello there world"),
+                                  sampling=Sampling(max_tokens=16, logprobs=3))
+    steps = run(EchoEngine("echo"), request)
+    logprobs = [lp for s in steps for lp in s.logprobs]
+    assert [lp.token for lp in logprobs] == ["hello", " there", " world"]
+    assert all(lp.logprob == 0.0 and len(lp.top_logprobs) == 3 for lp in logprobs)
+    assert [t.logprob for t in logprobs[0].top_logprobs] == [0.0, -1e4, -1e4]
+    assert b"".join(bytes(lp.bytes) for lp in logprobs) == b"hello there world"
+    assert all(s.logprobs == () for s in run(EchoEngine("echo"), chat("hello there")))
+
+
+@pytest.mark.parametrize("grammar, expected", [
+    (Grammar(kind="json_object"), {}),
+    (Grammar(kind="json_schema", text=json.dumps(
+        {"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "integer"}},
+         "required": ["a", "b"]})), {"a": False, "b": 0}),
+    (Grammar(kind="lark", text='start: %json{"type": "object", "properties": {"name": '
+                               '{"const": "get_weather"}}, "required": ["name"]}'),
+     {"name": "get_weather"}),
+])
+def test_echo_answers_a_grammar_with_its_smallest_instance(grammar, expected):
+    request = dataclasses.replace(chat("anything at all"),
+                                  sampling=Sampling(max_tokens=16, grammar=grammar))
+    steps = run(EchoEngine("echo"), request)
+    assert json.loads("".join(s.text for s in steps)) == expected
+    assert steps[-1].finish_reason == "stop"
+
+
+def test_echo_fails_a_grammar_it_cannot_compile_with_the_reason():
+    request = dataclasses.replace(chat("x"), sampling=Sampling(
+        max_tokens=16, grammar=Grammar(kind="json_schema", text="{broken")))
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
+        run(EchoEngine("echo"), request)
