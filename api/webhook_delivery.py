@@ -51,11 +51,14 @@ class Sender:
         try:
             # The whole attempt is bounded, not each read: a receiver trickling bytes
             # must not hold a delivery slot past its timeout.
+            # Only the status is read: a receiver's body, however large, is never loaded.
             async with asyncio.timeout(self._timeout_s):
-                answer = await self._client.post(target.url, content=body, headers=headers)
+                async with self._client.stream("POST", target.url, content=body,
+                                               headers=headers) as answer:
+                    status = answer.status_code
         except (httpx.HTTPError, TimeoutError) as exc:
             return Attempt(False, error=f"{type(exc).__name__}: {exc}"[:300] or "timeout")
-        return Attempt(200 <= answer.status_code < 300, status=answer.status_code)
+        return Attempt(200 <= status < 300, status=status)
 
     async def close(self) -> None:
         await self._client.aclose()

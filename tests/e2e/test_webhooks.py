@@ -140,6 +140,26 @@ def test_a_receiver_down_then_up_gets_exactly_one_signed_delivery(hook_stack):
         receiver.stop()
 
 
+def test_a_dispatcher_killed_mid_retry_leaves_the_delivery_to_the_next_one(hook_stack):
+    s = hook_stack
+    receiver = Receiver()
+    r = submit(s, receiver.url, "through a restart")
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    wait_for(lambda: delivery(s, job_id)["attempts"] >= 1, 30, "no attempt before the kill")
+    s.kill("webhooks")
+    receiver.start()
+    try:
+        s.start("webhooks", "webhooks")
+        # The nacked outcome comes back to the new dispatcher at its next retry.
+        wait_for(lambda: delivery(s, job_id)["delivered_at"], 60, "never delivered after restart")
+        time.sleep(3)
+        assert len(receiver.received) == 1
+        assert json.loads(receiver.received[0][2])["id"] == job_id
+    finally:
+        receiver.stop()
+
+
 def test_a_hanging_receiver_does_not_delay_another_jobs_delivery(hook_stack):
     s = hook_stack
     hanging, healthy = Receiver(hang=True).start(), Receiver().start()
