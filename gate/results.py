@@ -35,8 +35,8 @@ from nats.js.kv import KeyValue
 
 from bus.checks import Sampler, request_check
 from bus.content import put_output
-from bus.events import (Event, JobCancelled, JobCompleted, JobExpired, JobFailed, Usage,
-                        output_hash)
+from bus.events import (Event, JobCancelled, JobCompleted, JobExpired, JobFailed, JobSubmitted,
+                        Usage, output_hash)
 from bus.model_book import CatalogBook
 from bus.grants import NodeGrant
 from bus.node_messages import Cancelled, Completed, Expired, Failed, OutcomeAnswer
@@ -58,6 +58,17 @@ class Refused(Exception):
     def __init__(self, reason: str, strike: bool = False) -> None:
         super().__init__(reason)
         self.reason, self.strike = reason, strike
+
+
+def logprobs_refusal(job: JobSubmitted, logprobs: tuple | None) -> str | None:
+    """Why a completion's logprobs do not answer the job: there iff it asked for them,
+    with at most the top alternatives it asked for."""
+    wanted = job.sampling.logprobs
+    if (logprobs is None) != (wanted is None):
+        return "logprobs " + ("missing" if wanted is not None else "the job did not ask for")
+    if logprobs and any(len(p.top_logprobs) > wanted for p in logprobs):
+        return f"more than the {wanted} top logprobs asked for"
+    return None
 
 
 def outcome_id(job_id: str, attempt: int) -> str:
@@ -125,12 +136,14 @@ class Outcomes:
         job, node, attempt = held.job, grant.node_id, said.attempt
         event_id = outcome_id(job.job_id, attempt)
         if isinstance(said, Completed):
-            in_hash, out_hash = job.input_hash(), output_hash(said.text)
+            in_hash, out_hash = job.input_hash(), output_hash(said.text, said.logprobs)
             payload = output_payload(job.job_id, node, attempt, job.model, in_hash, out_hash,
                                      said.model_root)
             if not verify_signature(node, payload, said.signature):
                 raise Refused("result signature does not verify", strike=True)
             if self.catalog and (why := self.catalog.refusal(job.model, said.model_root)):
+                raise Refused(f"result refused: {why}", strike=True)
+            if why := logprobs_refusal(job, said.logprobs):
                 raise Refused(f"result refused: {why}", strike=True)
             if (usage := self._usage(held, said.text, said.model_root)) is None:
                 return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,
@@ -142,7 +155,7 @@ class Outcomes:
                 text=said.text, finish_reason=said.finish_reason,
                 usage=usage, input_hash=in_hash, output_hash=out_hash,
                 signature=said.signature, probation=grant.status == "probation",
-                model_root=said.model_root)
+                model_root=said.model_root, logprobs=said.logprobs)
         if isinstance(said, Cancelled):
             if not await has_key(self.cancels, job.job_id):
                 return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,

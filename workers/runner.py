@@ -31,7 +31,8 @@ from bus.replies import Delta, Resume, Resumed
 from bus.streams import has_key
 from workers.embedding_jobs import embedding_outcome
 from workers.gate_client import GateClient
-from workers.generation import ContextLengthExceeded, GenerationRequest, Generator, Step
+from workers.generation import (ContextLengthExceeded, GenerationRequest, Generator,
+                                InvalidRequest, Step)
 
 Outcome = Completed | Failed | Cancelled | Expired
 
@@ -128,20 +129,26 @@ class JobRunner:
             return await embedding_outcome(self.generator, self.key, self.model_root, job, attempt)
         try:
             delivered = await self._resume_point(job, held)
-            text, last = await self._generate(job, attempt, delivered, stop)
+            text, last, logprobs = await self._generate(job, attempt, delivered, stop)
         except ContextLengthExceeded as exc:
             return Failed(job_id=job.job_id, attempt=attempt, code="context_length_exceeded",
+                          message=str(exc)[:2000])
+        except InvalidRequest as exc:  # e.g. a grammar this model cannot follow
+            return Failed(job_id=job.job_id, attempt=attempt, code="job_failed",
                           message=str(exc)[:2000])
         except _EngineFault as fault:
             return Failed(job_id=job.job_id, attempt=attempt, code="worker_error",
                           message=str(fault)[:2000])
         if stop.is_set():
             return Cancelled(job_id=job.job_id, attempt=attempt, text=text if last else None)
+        # Logprobs, when asked for, are signed with the text (those of a continuation
+        # cover the tokens this attempt made).
         signature = signing.sign_output(self.key, job.job_id, attempt, job.model,
-                                        job.input_hash(), output_hash(text), self.model_root)
+                                        job.input_hash(), output_hash(text, logprobs),
+                                        self.model_root)
         return Completed(job_id=job.job_id, attempt=attempt, text=text,
                          finish_reason=(last.finish_reason if last else None) or "stop",
-                         signature=signature, model_root=self.model_root)
+                         signature=signature, model_root=self.model_root, logprobs=logprobs)
 
     async def _resume_point(self, job: JobSubmitted, held: LeaseAnswer) -> str:
         """The text the caller already has when this node takes a job over mid-stream,
@@ -159,28 +166,30 @@ class JobRunner:
             return ""
 
     async def _generate(self, job: JobSubmitted, attempt: int, delivered: str,
-                        stop: asyncio.Event) -> tuple[str, Step]:
-        """Generate, replying each piece of text as it comes. The output goes on from
-        ``delivered``, the text an earlier attempt streamed."""
+                        stop: asyncio.Event) -> tuple[str, Step, tuple | None]:
+        """Generate, replying each piece of text (and its logprobs) as it comes: the
+        text, the last step, the logprobs (None when the job did not ask). The output
+        goes on from ``delivered``, the text an earlier attempt streamed."""
         request = GenerationRequest(
             kind=job.kind, prompt=job.prompt, sampling=job.sampling, continuation=delivered,
             messages=tuple(m.model_dump() for m in job.messages) if job.messages else None)
         steps = self.generator.stream_async(request, stop.is_set)
-        text, last = delivered, None
+        text, last, logprobs = delivered, None, []
         while True:
             try:
                 item = await anext(steps)
             except StopAsyncIteration:
-                return text, last
-            except ContextLengthExceeded:
+                return text, last, tuple(logprobs) if job.sampling.logprobs is not None else None
+            except (ContextLengthExceeded, InvalidRequest):
                 raise
             except Exception as exc:  # noqa: BLE001 - any engine fault fails this job only
                 log.exception("job %s failed", job.job_id)
                 raise _EngineFault(f"{type(exc).__name__}: {exc}") from exc
-            if item.text:
+            if item.text or item.logprobs:
                 await self._reply(job, Delta(job_id=job.job_id, offset=len(text), text=item.text,
-                                             attempt=attempt))
+                                             attempt=attempt, logprobs=item.logprobs or None))
                 text += item.text
+                logprobs += item.logprobs
             last = item
 
     async def _reply(self, job: JobSubmitted, reply: Delta) -> None:
