@@ -56,7 +56,7 @@ class Sender:
                 async with self._client.stream("POST", target.url, content=body,
                                                headers=headers) as answer:
                     status = answer.status_code
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of one attempt is a failed attempt
             return Attempt(False, error=f"{type(exc).__name__}: {exc}"[:300] or "timeout")
         return Attempt(200 <= status < 300, status=status)
 

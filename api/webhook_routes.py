@@ -9,6 +9,8 @@ The composition root puts the network secret and the targets on
 """
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request
 
 from api.deps import PrincipalDep
@@ -18,6 +20,7 @@ from api.webhook_signing import account_secret
 from api.webhook_targets import HEADER
 
 router = APIRouter()
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @router.get("/v1/webhooks/secret")
@@ -30,7 +33,9 @@ async def webhook_secret(who: PrincipalDep, request: Request) -> dict:
 
 @router.get("/v1/jobs/{job_id}/webhook")
 async def job_webhook(job_id: str, who: PrincipalDep, request: Request) -> dict:
-    found = await request.app.state.webhook_targets.get(job_id) if len(job_id) <= 64 else None
+    # Only a job id can be a key of the bucket (others would be refused by NATS).
+    found = await request.app.state.webhook_targets.get(job_id) if JOB_ID.fullmatch(job_id) \
+        else None
     if found is None or found[0].account != who.account:
         raise APIError(404, f"No webhook for job {job_id!r}", "webhook_not_found")
     target = found[0]

@@ -88,7 +88,7 @@ async def resolve(host: str) -> list[str]:
     try:
         infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM),
                                        RESOLVE_S)
-    except (OSError, asyncio.TimeoutError):
+    except (OSError, UnicodeError, ValueError, asyncio.TimeoutError):  # no such name, or no name
         return []
     return list(dict.fromkeys(info[4][0] for info in infos))
 

@@ -201,3 +201,7 @@ def test_another_accounts_job_webhook_is_not_found(hook_stack):
     seen = httpx.get(f"{s.base_url}/v1/jobs/{r.json()['id']}/webhook", headers=bearer(other),
                      timeout=10)
     assert seen.status_code == 404
+    for job_id in ("no-such-job", "bad*id", "a" * 200):
+        seen = httpx.get(f"{s.base_url}/v1/jobs/{job_id}/webhook", headers=bearer(s.key),
+                         timeout=10)
+        assert seen.status_code == 404, (job_id, seen.text)

@@ -62,3 +62,11 @@ def test_retries_back_off_doubling_up_to_a_bound():
 def test_event_names_are_dotted():
     assert event_name("JobCompleted") == "job.completed"
     assert event_name("JobExpired") == "job.expired"
+
+
+@pytest.mark.parametrize("url", ["http://" + "a" * 300 + ".example/", "http://ex\u00e4mple..com/",
+                                 "http://.invalid./"])
+def test_hosts_that_cannot_be_names_are_refused_not_crashed_on(url):
+    with pytest.raises(APIError) as caught:
+        check(url)
+    assert caught.value.status == 400
