@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="the whole network on this machine")
     up.add_argument("--model", default=None, help="model the workers serve (default SmolLM2)")
+    up.add_argument("--embeddings", default="all-minilm-l6-v2",
+                    help="the embeddings model one more worker serves ('none': no such worker)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--regions", help="a supercluster: one NATS server, API and verifier per "
@@ -174,7 +176,8 @@ def _dispatch(args, settings: Settings) -> int:
         if args.regions:
             settings = settings.model_copy(update={"regions": args.regions})
             settings.layout()  # a bad --regions is one line, before anything starts
-        return up.run(settings, args.model or DEFAULT_MODEL, args.host, args.port)
+        return up.run(settings, args.model or DEFAULT_MODEL, args.host, args.port,
+                      args.embeddings)
     if args.command == "api":
         from api.app import serve
         serve(settings, args.host, args.port)

@@ -28,6 +28,9 @@ from bus.subjects import GLOBAL
 from cli import admin, model_admin, natsserver, node_grants
 from workers import models
 from workers.models import resolve
+from workers.embedding_models import DEFAULT_EMBEDDING_MODEL
+from cli.up_embeddings import Embedder, embedder_for
+from cli.up_embeddings import curl_line as embeddings_curl
 
 ZONES = ("eu", "na")
 DEMO_ACCOUNT = "demo"
@@ -60,6 +63,8 @@ class Network:
     regional: dict[str, str] = field(default_factory=dict)  # region -> its servers' URLs
     own_regions: bool = False
     stopping: bool = False
+    embeddings: str | None = DEFAULT_EMBEDDING_MODEL  # None: no embeddings worker
+    embedder: Embedder | None = None
 
     def _env(self, nats_url: str) -> dict[str, str]:
         # Only published roots are served: up publishes the one model it runs.
@@ -86,6 +91,8 @@ class Network:
         for zone, node_name in node_names.items():
             # Our own workers on our own machine: vouched for, no probation.
             node_grants.grant_worker(self.settings, zone, model_name, node_name, verified=True)
+        if self.embedder:
+            self.embedder.grant(self.settings)
         return store.write_config(self.settings.layout())
 
     def _nats_url(self, model_name: str, node_names: dict[str, str]) -> str:
@@ -134,6 +141,7 @@ class Network:
         zones = [layout.zones(r)[0] for r in layout.regions] if layout.split else ZONES
         # Spelled out (the default a worker picks) so key file and grant agree.
         node_names = {zone: f"{zone}-{model_name}" for zone in zones}
+        self.embedder = embedder_for(self.embeddings, zones[0])
         url = self._nats_url(model_name, node_names)
         self.settings = self.settings.model_copy(update={"nats_url": url})
         key = self._demo_key()
@@ -142,6 +150,8 @@ class Network:
                                             ",".join(layout.regions)))
         print(f"model {model_name}: root {pushed.root[:16]}… in {', '.join(pushed.regions)}",
               flush=True)
+        if self.embedder:
+            self.embedder.publish(self.settings, ",".join(layout.regions))
         store = CredentialStore(self.settings.data_dir)
         auth = self.nats is not None  # our server: each child gets its own user
 
@@ -165,6 +175,9 @@ class Network:
                                                 "--node-name", n],
                                 {**seed(store.worker_seed(n)), **where(z)})
                           for z, n in node_names.items()]
+        if self.embedder:
+            self.children.append(Child(self.embedder.child_name, self.embedder.args(), {
+                **seed(store.worker_seed(self.embedder.node_name)), **where(self.embedder.zone)}))
         for i, region in enumerate(layout.regions if self.regional else [None]):
             port = str(self.port + i)  # the home region's API on --port, the next on +1, ...
             self.children.append(Child(f"api-{region}" if region else "api",
@@ -204,7 +217,9 @@ class Network:
             request = urllib.request.Request(f"http://{self.host}:{what}/v1/models",
                                              headers={"Authorization": f"Bearer {key}"})
             with urllib.request.urlopen(request, timeout=2) as resp:
-                return any(m["id"] == self.model for m in json.load(resp)["data"])
+                served = {m["id"] for m in json.load(resp)["data"]}
+                return self.model in served and (not self.embedder or
+                                                 self.embedder.model in served)
         with urllib.request.urlopen(f"http://{self.host}:{self.port}/status.json",
                                     timeout=2) as resp:
             return json.load(resp)["zones"].get(what, {}).get("nodes_live", 0) > 0
@@ -247,8 +262,9 @@ def curl_line(host: str, port: int, key: str, model: str) -> str:
             f"-H 'Content-Type: application/json' -d '{body}'")
 
 
-def run(settings: Settings, model: str, host: str, port: int) -> int:
-    net = Network(settings, model, host, port)
+def run(settings: Settings, model: str, host: str, port: int,
+        embeddings: str | None = DEFAULT_EMBEDDING_MODEL) -> int:
+    net = Network(settings, model, host, port, embeddings=embeddings)
     stop = {"now": False}
 
     def _signal(*_):
@@ -267,7 +283,9 @@ def run(settings: Settings, model: str, host: str, port: int) -> int:
                             if c.name.startswith("worker-"))
         print(f"inferbus is up: API on {apis}, workers in {workers}\n"
               f"demo API key (account {DEMO_ACCOUNT!r}, {DEMO_CREDITS} credits): {key}\n\ntry:\n"
-              f"{curl_line(host, port, key, net.model)}\n\nCtrl-C stops everything.", flush=True)
+              f"{curl_line(host, port, key, net.model)}\n"
+              + (f"{embeddings_curl(host, port, key, net.embedder.model)}\n" if net.embedder
+                 else "") + "\nCtrl-C stops everything.", flush=True)
         while not stop["now"]:
             net.check_children()
             time.sleep(0.2)
