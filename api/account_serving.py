@@ -65,6 +65,18 @@ def _admin(who: Principal) -> None:
                        "admin_key_required")
 
 
+def _within(who: Principal, limit: int | None, expires: datetime | None) -> None:
+    """A limited admin key makes keys no freer than itself: else whoever holds it
+    could escape its own spend limit or expiry with a key it made."""
+    if who.spend_limit is not None and (limit is None or limit > who.spend_limit):
+        raise APIError(403, f"this key's spend limit is {_credits(who.spend_limit)} credits; "
+                       "the keys it makes need one no higher", "spend_limit_too_high",
+                       "spend_limit")
+    if who.expires_at is not None and (expires is None or expires > who.expires_at):
+        raise APIError(403, "this key expires; the keys it makes must expire no later",
+                       "expiry_too_late", "expires_at")
+
+
 class Accounts:
     """The account endpoints' work, for one API process."""
 
@@ -74,11 +86,13 @@ class Accounts:
     async def create_key(self, who: Principal, req: KeyRequest) -> dict:
         _admin(who)
         subcloud = await self._subcloud(who, req.subcloud)
+        limit, expires = req.spend_limit_micro(), req.expiry(datetime.now(timezone.utc))
+        _within(who, limit, expires)
         key = new_key()
         digest = hash_key(key)
         event = ApiKeyIssued(key_hash=digest, account=who.account, subcloud=subcloud,
-                             name=req.name, admin=req.admin, spend_limit=req.spend_limit_micro(),
-                             expires_at=req.expiry(datetime.now(timezone.utc)))
+                             name=req.name, admin=req.admin, spend_limit=limit,
+                             expires_at=expires)
         await publish_event(self._js, event)
         view = KeyView(digest, key_id_of(digest), who.account, event.name, event.admin,
                        event.spend_limit, subcloud, event.occurred_at, event.expires_at, None)

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from bus.events import JobCancelled, JobExpired, JobFailed
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
+          403: "permission_error",
           404: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
           409: "invalid_request_error", 429: "rate_limit_exceeded", 503: "service_unavailable", 504: "timeout"}
 

@@ -203,3 +203,10 @@ def test_cli_lists_and_revokes_keys(two_apis):
         key, "198.51.100.2")).status_code == 401, timeout=1.0)
     bad = two_apis.cli("keys", "revoke", "0000000000000000", check=False)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_audit_rebuilds_the_key_and_job_read_models_equal_to_the_live_ones(two_apis):
+    key = two_apis.new_key("audited")
+    httpx.post(f"{two_apis.urls[0]}/v1/keys", headers=_auth(key), json={"name": "x"})
+    report = two_apis.cli("audit", check=False)
+    assert report.returncode == 0, report.stdout + report.stderr
