@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from api.job_serving import JobServing
 from api.webhook_delivery import Sender
 from api.webhook_signing import account_secret
-from api.webhook_targets import WebhookTargets, bucket_ttl_s, retry_delay
+from api.webhook_targets import Target, WebhookTargets, bucket_ttl_s, retry_delay
 from bus import subjects
 from bus.config import Settings
 from bus.events import TERMINAL_JOB_EVENTS, parse_event
@@ -55,6 +55,9 @@ def event_name(event_type: str) -> str:
 
 
 class Dispatcher:
+    """Delivers the webhooks of job outcomes read from the ``webhooks`` consumer
+    (module docstring); ``run`` until stopped. Several may share the consumer."""
+
     def __init__(self, js: JetStreamContext, targets: WebhookTargets, jobs: JobServing,
                  store: Store, sender: Sender, network_secret: bytes, settings: Settings) -> None:
         self._js, self._targets, self._jobs, self._store = js, targets, jobs, store
@@ -142,7 +145,7 @@ class Dispatcher:
             changes["given_up_at"] = now
         await self._record(msg, event.job_id, target, revision, **changes)
 
-    async def _record(self, msg, job_id: str, target, revision: int, **changes) -> None:
+    async def _record(self, msg, job_id: str, target: Target, revision: int, **changes) -> None:
         """Record the attempt, then ack (done) or schedule the next one."""
         try:
             target = await self._targets.update(job_id, target, revision, **changes)
