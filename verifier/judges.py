@@ -23,7 +23,8 @@ from bus.model_cache import LocalModels
 from bus.model_fetch import service_fetch
 from bus.model_store import ModelStore, NotPublished
 from verifier.verdict import Judge, Verdict
-from workers.echo import is_echo_model
+from workers.echo import GRAMMAR_BYTES_PER_TOKEN, is_echo_model
+from workers.echo_grammar import smallest_instance
 from workers.embedder import is_embedding_model
 
 log = logging.getLogger("inferbus.verifier")
@@ -37,6 +38,9 @@ class EchoJudge:
         source = (job.messages[-1].content if job.kind == "chat" and job.messages
                   else job.prompt or "")
         expected = " ".join(source.split()[:job.sampling.max_tokens])
+        if job.sampling.grammar is not None:  # the echo answers with the smallest instance
+            expected = smallest_instance(job.sampling.grammar,
+                                         GRAMMAR_BYTES_PER_TOKEN * job.sampling.max_tokens)[0]
         if text == expected:
             return Verdict(True, "the echo model's output, re-run")
         evidence = json.dumps({"expected": expected[:400], "claimed": text[:400]})

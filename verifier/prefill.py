@@ -49,6 +49,7 @@ from bus.events import JobSubmitted, Sampling
 from verifier.verdict import Verdict
 from workers.engine import Engine
 from workers.generation import GenerationRequest
+from workers.logits import needs_rules
 
 _CANDIDATES = 8  # alternatives tried at an implausible position (re-tokenization)
 _CHUNK = 256  # positions scored at once: bounds the (positions x vocab) temporaries
@@ -83,6 +84,13 @@ class PrefillJudge:
     def load(cls, path: Path, **kw) -> "PrefillJudge":
         """A judge over the model in ``path`` (loaded as ``Engine.load`` does)."""
         return cls(Engine.load(path), **kw)
+
+    @staticmethod
+    def can_judge(job: JobSubmitted) -> bool:
+        """Whether the model's own logits say what the node sampled from: not when the
+        job changed them (logit_bias, penalties, ignore_eos, a grammar), which this
+        judge does not replay; such a job gets no verdict rather than a wrong one."""
+        return not needs_rules(job.sampling)
 
     def check(self, job: JobSubmitted, text: str, finish_reason: str) -> Verdict:
         """Judge ``text`` as the model's output for ``job``. ``finish_reason`` needs no

@@ -86,6 +86,8 @@ class Verifier:
             if (done.model_root or done.model) in self.judges.unjudgeable:
                 return await msg.ack()  # no verdict rather than a wrong one
             return await msg.nak(delay=NO_JUDGE_DELAY_S)
+        if not getattr(judge, "can_judge", lambda _: True)(job):
+            return await msg.ack()  # its sampling is not replayed: no verdict, not a wrong one
         if job.kind == "embedding":
             if not hasattr(judge, "check_vectors"):  # its copy is no embeddings model
                 return await msg.ack()  # no verdict rather than a wrong one

@@ -35,6 +35,7 @@ from workers.generation import LOGPROB_FLOOR, ContextLengthExceeded, GenerationR
 
 MODEL_TYPE = "inferbus-echo"
 CONTEXT_LENGTH = 8192
+GRAMMAR_BYTES_PER_TOKEN = 64  # a grammar's walk stops at this many bytes per max_tokens
 
 
 def is_echo_model(path: Path) -> bool:
@@ -111,7 +112,8 @@ class _Certain:
 async def _instance(request: GenerationRequest, prompt: int) -> AsyncIterator[Step]:
     """A grammar's smallest instance, as one step (a word, to the echo's count)."""
     sampling = request.sampling
-    text, complete = smallest_instance(sampling.grammar, limit=64 * sampling.max_tokens)
+    text, complete = smallest_instance(sampling.grammar,
+                                       GRAMMAR_BYTES_PER_TOKEN * sampling.max_tokens)
     count = min(max(1, len(text.split())), sampling.max_tokens)
     logprobs = () if sampling.logprobs is None else _Certain([], sampling.logprobs)(text)
     yield Step(text=text, completion_tokens=count, prompt_tokens=prompt,
