@@ -24,7 +24,7 @@ from bus.model_fetch import service_fetch
 from bus.model_store import ModelStore, NotPublished
 from verifier.verdict import Judge, Verdict
 from workers.echo import GRAMMAR_BYTES_PER_TOKEN, is_echo_model
-from workers.echo_grammar import smallest_instance
+from workers.echo_grammar import follows, smallest_instance
 from workers.embedder import is_embedding_model
 
 log = logging.getLogger("inferbus.verifier")
@@ -38,8 +38,9 @@ class EchoJudge:
         source = (job.messages[-1].content if job.kind == "chat" and job.messages
                   else job.prompt or "")
         expected = " ".join(source.split()[:job.sampling.max_tokens])
-        if job.sampling.grammar is not None:  # the echo answers with the smallest instance
-            expected = smallest_instance(job.sampling.grammar,
+        grammar = job.sampling.grammar
+        if grammar is not None and not follows(grammar, expected):  # see workers.echo
+            expected = smallest_instance(grammar,
                                          GRAMMAR_BYTES_PER_TOKEN * job.sampling.max_tokens)[0]
         if text == expected:
             return Verdict(True, "the echo model's output, re-run")

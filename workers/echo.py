@@ -17,9 +17,9 @@ a thread.
 The new sampling fields, as a model that is certain of each word:
 ``logprobs`` gives each echoed word logprob 0.0, its top alternatives the word
 itself first, then other words of the prompt (then ``<k>`` fillers) at the
-floor -1e4; a grammar is answered with its smallest instance
-(``workers.echo_grammar``: ``{}`` for json_object, a schema's required keys
-with the shortest values), one step, instead of the echo. logit_bias,
+floor -1e4; under a grammar the echo stands if it follows the grammar, else
+the answer is the grammar's smallest instance (``workers.echo_grammar``: ``{}``
+for json_object, a schema's required keys with the shortest values), one step. logit_bias,
 penalties and ignore_eos change nothing: the echo has no logits to bias (and
 ``ignore_eos`` has no EOS to ignore: it echoes what it has).
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from bus.sampling import TokenLogprob, TopLogprob
-from workers.echo_grammar import smallest_instance
+from workers.echo_grammar import follows, smallest_instance
 from workers.generation import LOGPROB_FLOOR, ContextLengthExceeded, GenerationRequest, Step
 
 MODEL_TYPE = "inferbus-echo"
@@ -80,10 +80,12 @@ class EchoEngine:
                 f"this model's context length is {self.context_length} tokens, but "
                 f"{prompt + wanted} were requested ({prompt} in the prompt + {wanted} "
                 f"max_tokens)")
-        if request.sampling.grammar is not None:
-            return _instance(request, prompt)
         done = len(request.continuation.split())
         words = str(source or "").split()[done:wanted]
+        grammar = request.sampling.grammar
+        if grammar is not None and not follows(grammar, " ".join(str(source or "").split()[
+                :wanted])):
+            return _instance(request, prompt)
         top = request.sampling.logprobs
         return _steps(words, prompt, done, wanted, should_stop or (lambda: False),
                       None if top is None else _Certain(str(source or "").split(), top))

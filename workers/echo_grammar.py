@@ -1,7 +1,9 @@
 """How the echo engine follows a grammar: the smallest instance it can walk to.
 
-The echo model has no logits, so it cannot sample within a grammar; it answers
-a constrained request with a deterministic instance instead. One llguidance
+The echo model has no logits, so it cannot sample within a grammar. Its echo
+stands when the echo itself follows the grammar (``follows``: plain text where
+a tool call is optional); otherwise it answers with a deterministic instance
+(``smallest_instance``). One llguidance
 matcher over a byte vocabulary (256 byte tokens and an end token) is walked
 byte by byte, each time taking the first byte the grammar allows from a fixed
 order that closes what is open first (end, ``"``, ``}``, ``]``, ``0``, ...).
@@ -48,6 +50,13 @@ def _byte_vocab() -> dict[str, int]:
             chars[chr(256 + extra)] = b
             extra += 1
     return chars
+
+
+def follows(grammar: Grammar, text: str) -> bool:
+    """Whether ``text`` is a complete instance of ``grammar`` (GrammarError when it
+    cannot be compiled)."""
+    matcher = LLMatcher(byte_tokens(), compiled(grammar), log_level=0)
+    return matcher.consume_tokens(list(text.encode())) and matcher.is_accepting()
 
 
 def smallest_instance(grammar: Grammar, limit: int) -> tuple[str, bool]:

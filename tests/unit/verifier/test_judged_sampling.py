@@ -34,7 +34,8 @@ def echoed(j: JobSubmitted) -> str:
 
 @pytest.mark.parametrize("sampling", [
     {}, {"logprobs": 2}, {"grammar": Grammar(kind="json_object")},
-    {"grammar": Grammar(kind="json_schema", text=SCHEMA)}, {"logit_bias": {3: 5.0}}])
+    {"grammar": Grammar(kind="json_schema", text=SCHEMA)}, {"logit_bias": {3: 5.0}},
+    {"grammar": Grammar(kind="lark", text='start: "{}" | /[a-z ]+/')}])
 def test_the_echo_judge_passes_what_an_honest_echo_node_answers(sampling):
     j = job(**sampling)
     assert EchoJudge().check(j, echoed(j), "stop").passed

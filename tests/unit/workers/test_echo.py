@@ -100,3 +100,12 @@ def test_echo_fails_a_grammar_it_cannot_compile_with_the_reason():
         max_tokens=16, grammar=Grammar(kind="json_schema", text="{broken")))
     with pytest.raises(InvalidRequest, match="not valid JSON"):
         run(EchoEngine("echo"), request)
+
+
+def test_an_echo_that_follows_the_grammar_stands():
+    grammar = Grammar(kind="lark", text='start: CALL | TEXT\nCALL: "{" /[a-z]*/ "}"\n'
+                                        'TEXT: /[^{\\s](.|\\n)*/')
+    request = dataclasses.replace(chat("plain words here"),
+                                  sampling=Sampling(max_tokens=16, grammar=grammar))
+    steps = run(EchoEngine("echo"), request)
+    assert "".join(s.text for s in steps) == "plain words here" and len(steps) == 3
