@@ -10,16 +10,21 @@ shape with ``param`` set, so a client sees which part of its request is wrong.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from api.errors import APIError
-from bus.bounds import MAX_TEXT
 from bus.node_record import ModelInfo
 from bus.sampling import Sampling
 from bus.vectors import MAX_INPUTS, Vectors
 
 FIELDS = {"input", "model", "encoding_format", "dimensions", "user"}
+# A job, and its spot check with its vectors, each travel as one NATS message (1 MiB
+# at most): its texts, as JSON writes them (escapes counted), must fit with room to
+# spare. A text this long is far over any served model's context anyway.
+MAX_INPUT_CHARS = 16_384
+MAX_INPUT_JSON = 256 * 1024
 
 
 def _bad(message: str, param: str, code: str = "invalid_request") -> APIError:
@@ -45,9 +50,8 @@ class EmbeddingRequest:
         return Sampling(max_tokens=1)
 
     def model_dump_json(self) -> str:
-        """What an ``Idempotency-Key`` compares: the whole body (``encoding_format``
-        included: a repeat answers in the first call's format)."""
-        import json
+        """What an ``Idempotency-Key`` compares: the whole body (another
+        ``encoding_format`` with the same key is another request: a 422)."""
         return json.dumps({"model": self.model, "input": list(self.input),
                            "encoding_format": self.encoding_format,
                            "dimensions": self.dimensions, "user": self.user}, sort_keys=True)
@@ -94,8 +98,11 @@ def _inputs(value: Any) -> tuple[str, ...]:
             raise _bad(f"input[{i}] must be a string", "input")
         if not text.strip():
             raise _bad(f"input[{i}] is empty", "input")
-        if len(text) > MAX_TEXT:
-            raise _bad(f"input[{i}] is longer than {MAX_TEXT} characters", "input")
+        if len(text) > MAX_INPUT_CHARS:
+            raise _bad(f"input[{i}] is longer than {MAX_INPUT_CHARS} characters", "input")
+    if len(json.dumps(texts)) > MAX_INPUT_JSON:
+        raise _bad(f"input is over {MAX_INPUT_JSON // 1024} KiB in all; send fewer texts per "
+                   "request", "input")
     return tuple(texts)
 
 

@@ -135,3 +135,33 @@ def test_honest_embeddings_pass_their_spot_checks(client, emb_stack):
         assert time.monotonic() < deadline, "no spot check was logged"
         time.sleep(1)
     assert all(v.passed for v in checked), [(v.reason, v.evidence) for v in checked]
+
+
+def post(stack, body: dict, **headers) -> httpx.Response:
+    return httpx.post(f"{stack.base_url}/v1/embeddings", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {stack.key}", **headers})
+
+
+def test_a_repeated_idempotency_key_gets_the_first_calls_vectors_and_one_charge(emb_stack):
+    body = {"model": MODEL, "input": ["once only"]}
+    first = post(emb_stack, body, **{"Idempotency-Key": "emb-1"})
+    again = post(emb_stack, body, **{"Idempotency-Key": "emb-1"})
+    assert first.status_code == again.status_code == 200, again.text
+    assert first.headers["X-Inferbus-Job"] == again.headers["X-Inferbus-Job"]
+    assert first.json()["data"] == again.json()["data"]
+    other = post(emb_stack, {**body, "input": ["something else"]}, **{"Idempotency-Key": "emb-1"})
+    assert other.status_code == 422
+
+
+def test_the_job_shows_its_vectors_while_its_content_is_kept(emb_stack):
+    answer = post(emb_stack, {"model": MODEL, "input": "keep me"})
+    job_id = answer.headers["X-Inferbus-Job"]
+    deadline = time.monotonic() + 10
+    while True:
+        job = httpx.get(f"{emb_stack.base_url}/v1/jobs/{job_id}", timeout=10, headers={
+            "Authorization": f"Bearer {emb_stack.key}"}).json()
+        if job["status"] == "completed" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert job["status"] == "completed" and job["usage"]["completion_tokens"] == 0
+    assert job["result"]["data"] == answer.json()["data"]
