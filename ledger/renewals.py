@@ -28,7 +28,14 @@ class RenewalClock:
 
     def follow(self) -> None:
         """Read the subscription events logged since the last call."""
-        while page := self.ledger.schedule_changes(self.position):
+        while True:
+            # Where the ledger ends before the read: with nothing more to read, the
+            # next read starts there, so it never rescans the events of other kinds.
+            end = self.ledger.max_notification_id()
+            page = self.ledger.schedule_changes(self.position)
+            if not page:
+                self.position = max(self.position, end)
+                return
             for notification_id, account, what, renews_at in page:
                 if what == "Lapsed":
                     self.due_at.pop(account, None)

@@ -43,6 +43,15 @@ def test_the_first_period_is_granted_at_the_start_and_each_later_one_once(subscr
     assert (view.status, view.period, view.renews_at) == ("active", 3, at(240))
 
 
+def test_the_clock_reads_past_other_events_instead_of_rescanning_them(subscribed):
+    clock = RenewalClock(subscribed)
+    clock.tick(at(1))
+    for i in range(5):
+        subscribed.deposit(f"other{i}", MICRO)
+    clock.tick(at(2))
+    assert clock.position == subscribed.max_notification_id()
+
+
 def test_two_clocks_and_a_restarted_one_renew_each_period_once(subscribed, tmp_path, fresh_nats):
     other = Ledger.open(Settings(data_dir=tmp_path, nats_url=fresh_nats.url))  # a 2nd process
     try:
