@@ -154,10 +154,33 @@ def test_a_wrong_key_is_refused_with_the_apis_message_and_nothing_is_shown(dash_
     assert page.js("sessionStorage.length") == 0
 
 
-def test_referrals_and_plan_show_exactly_when_the_api_serves_them(dash_stack, browser):
+def test_referrals_and_plan_are_shown_on_both_sides_of_a_referral(dash_stack, browser):
     s = dash_stack
+    code = httpx.get(f"{s.base_url}/v1/referrals", headers=bearer(s.key), timeout=10).json()["code"]
+    s.cli("accounts", "create", "dash-friend", "--referral", code)
+    friend = s.new_key("dash-friend", credits="10")
+    s.cli("plans", "create", "dash-monthly", "--credits", "10", "--period-days", "30")
+    s.cli("subscriptions", "start", "dasher", "dash-monthly")
+
     page = signed_in(browser, s, s.key)
-    for section, path in (("referrals", "/v1/referrals"), ("subscription", "/v1/subscription")):
-        served = httpx.get(f"{s.base_url}{path}", headers=bearer(s.key), timeout=10).status_code
-        assert served in (200, 404)
-        assert page.js(f"document.getElementById('{section}').hidden") is (served != 200), section
+    assert page.js("document.getElementById('referral-code').textContent") == code
+    # The referred accounts come from the read model, a moment behind the ledger.
+    referred = "[...document.querySelectorAll('#referred-table tbody td:first-child')]" \
+               ".map(td => td.textContent)"
+    deadline = time.monotonic() + 20
+    while not page.js(f"{referred}.length") and time.monotonic() < deadline:
+        page.js("document.getElementById('refresh').click()")
+        time.sleep(0.5)
+    assert page.js(referred) == ["dash-friend"]
+    assert page.js("document.getElementById('subscription').hidden") is False
+    plan = page.js("['plan','plan-credits','plan-period','plan-status'].map("
+                   "id => document.getElementById(id).textContent)")
+    assert plan == ["dash-monthly", "10", "30 days", "active"]
+
+    theirs = signed_in(browser, s, friend)
+    assert theirs.js("document.getElementById('account-name').textContent") == "dash-friend"
+    assert theirs.js("document.getElementById('referred-by').textContent") == "dasher"
+    # No plan: the API answers 404, and the section is not shown.
+    assert httpx.get(f"{s.base_url}/v1/subscription", headers=bearer(friend),
+                     timeout=10).status_code == 404
+    assert theirs.js("document.getElementById('subscription').hidden") is True
