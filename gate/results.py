@@ -45,7 +45,7 @@ from bus.replies import Finished
 from bus.signing import output_payload, verify_signature
 from bus.streams import DUPLICATE_WINDOW_S, has_key
 from gate.leasing import Held, Leasing
-from gate.usage import Counters
+from gate.usage import Counters, vectors_refusal
 
 log = logging.getLogger("inferbus.gate")
 # A repeat of a sealed report is logged again only while JetStream still drops it.
@@ -136,7 +136,8 @@ class Outcomes:
         job, node, attempt = held.job, grant.node_id, said.attempt
         event_id = outcome_id(job.job_id, attempt)
         if isinstance(said, Completed):
-            in_hash, out_hash = job.input_hash(), output_hash(said.text, said.logprobs)
+            in_hash = job.input_hash()
+            out_hash = output_hash(said.text, said.logprobs, vectors=said.vectors)
             payload = output_payload(job.job_id, node, attempt, job.model, in_hash, out_hash,
                                      said.model_root)
             if not verify_signature(node, payload, said.signature):
@@ -144,6 +145,9 @@ class Outcomes:
             if self.catalog and (why := self.catalog.refusal(job.model, said.model_root)):
                 raise Refused(f"result refused: {why}", strike=True)
             if why := logprobs_refusal(job, said.logprobs):
+                raise Refused(f"result refused: {why}", strike=True)
+            if why := vectors_refusal(job, said.vectors,
+                                      self.counters.get(job.model, said.model_root)):
                 raise Refused(f"result refused: {why}", strike=True)
             if (usage := self._usage(held, said.text, said.model_root)) is None:
                 return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,
@@ -155,7 +159,7 @@ class Outcomes:
                 text=said.text, finish_reason=said.finish_reason,
                 usage=usage, input_hash=in_hash, output_hash=out_hash,
                 signature=said.signature, probation=grant.status == "probation",
-                model_root=said.model_root, logprobs=said.logprobs)
+                model_root=said.model_root, vectors=said.vectors, logprobs=said.logprobs)
         if isinstance(said, Cancelled):
             if not await has_key(self.cancels, job.job_id):
                 return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,
