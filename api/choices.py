@@ -17,6 +17,8 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
+from api.answers import Body, Stream
+
 DONE = b"data: [DONE]\n\n"
 _USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -36,8 +38,6 @@ def choice_calls(call, n: int) -> list:
 
 async def fan_out(one: Callable[..., Awaitable], who, call, n: int):
     """Run ``n`` choices of ``call`` through ``one`` (one job each) and answer once."""
-    from api.serving import Body, Stream  # the answer shapes; serving imports this module
-
     answers = await asyncio.gather(*(one(who, c) for c in choice_calls(call, n)),
                                    return_exceptions=True)
     failed = [a for a in answers if isinstance(a, BaseException)]

@@ -21,7 +21,7 @@ from api.deps import (health_of, ChatCallDep, CompletionCallDep, JobsDep, Ledger
 from api.discovery import candidates, parse_query
 from api.errors import APIError
 from api.protocol import account_body, models_body
-from api.serving import Accepted, Answer, Stream
+from api.answers import Accepted, Answer, Stream
 from api.status_page import PAGE, REQUESTS, STARTED, render_metrics
 
 router = APIRouter()

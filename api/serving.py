@@ -18,10 +18,11 @@ end stops its job, and pays only for what was produced.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from api import choices, sse
+from api.answers import Accepted, Answer, Body, Stream
 from api.admission import Admission, GenerationBody, Prepared, Repeat
 from api.cancellation import Cancellation
 from api.discovery import Constraints
@@ -51,25 +52,6 @@ class Call:
     gone: Callable[[], Awaitable[object]] | None = None
 
 
-@dataclass(frozen=True)
-class Body:
-    body: dict
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Accepted:
-    body: dict
-    headers: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Stream:
-    chunks: AsyncIterator[bytes]
-    headers: dict[str, str]
-
-
-Answer = Body | Accepted | Stream
 
 
 @dataclass(frozen=True)
