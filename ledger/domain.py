@@ -200,6 +200,11 @@ class Account(Aggregate):
 class Reservation(Aggregate):
     """One job's hold: ``pending`` until settled or refunded, exactly once."""
 
+    # Who earned a referral reward on its debit, and how much (``note_referral``).
+    # Class defaults: reservations stored before referrals have neither.
+    referrer: str | None = None
+    referral_points = 0
+
     @staticmethod
     def create_id(job_id: str) -> UUID:
         return reservation_id(job_id)
@@ -243,9 +248,6 @@ class Reservation(Aggregate):
     @event("Revoked")
     def _revoked(self, reason: str) -> None:
         self.status = "revoked"
-
-    referrer: str | None = None  # who earned a referral reward on its debit, and how much
-    referral_points = 0
 
     @event("Referred")
     def note_referral(self, referrer: str, points: int) -> None:
