@@ -142,6 +142,21 @@ def test_a_key_created_on_the_page_is_shown_once_and_once_revoked_is_refused(das
     assert httpx.get(f"{s.base_url}/v1/account", headers=bearer(s.key), timeout=10).status_code == 200
 
 
+def test_a_key_that_is_not_admin_sees_its_account_but_not_the_key_manager(dash_stack, browser):
+    s = dash_stack
+    made = httpx.post(f"{s.base_url}/v1/keys", headers=bearer(s.key), timeout=10,
+                      json={"name": "plain", "admin": False})
+    assert made.status_code == 200, made.text
+    page = signed_in(browser, s, made.json()["key"])
+    assert page.js("document.getElementById('error').textContent") == ""
+    assert page.js("document.getElementById('account-name').textContent") == "dasher"
+    assert page.js("document.getElementById('keys-empty').textContent") == \
+        "Managing keys needs an admin key of this account."
+    assert page.js("[document.getElementById('key-form').hidden, "
+                   "document.getElementById('keys-table').hidden]") == [True, True]
+    assert page.js("document.querySelectorAll('#jobs-table tbody tr').length") >= JOBS
+
+
 def test_a_wrong_key_is_refused_with_the_apis_message_and_nothing_is_shown(dash_stack, browser):
     page = browser.page(f"{dash_stack.base_url}/account")
     page.wait_for("document.body && document.body.dataset.loaded")
