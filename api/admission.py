@@ -82,13 +82,14 @@ class Admission:
 
     async def prepare(self, who: Principal, req: GenerationBody, zone: str,
                       constraints: Constraints | None, location: tuple[float, float] | None,
-                      idempotency_key: str | None, reply_to: str | None) -> Prepared | Repeat:
+                      idempotency_key: str | None, reply_to: str | None,
+                      webhook: str | None = None) -> Prepared | Repeat:
         """The job ``req`` asks for, from ``zone``, or the job an earlier call with the
         same ``idempotency_key`` made. ``reply_to``: where live replies go (None: no
-        one waits live)."""
+        one waits live); ``webhook``: the ``X-Inferbus-Webhook`` header, if sent."""
         model = self._check_model(req)
-        webhook = None if self._webhooks is None else \
-            await self._webhooks.requested_for(respond_async=reply_to is None)
+        if self._webhooks is not None:
+            webhook = await self._webhooks.requested_for(webhook, respond_async=reply_to is None)
         is_chat = isinstance(req, ChatCompletionRequest)
         inputs = req.texts() if isinstance(req, EmbeddingRequest) else None
         messages = req.contract_messages() if is_chat else None

@@ -35,7 +35,6 @@ from api import asyncapi, webhook_routes
 from api import referral_routes
 from api.webhook_service import targets_of
 from api.webhook_signing import network_secret
-from api.webhook_targets import WebhookHeader
 from bus.config import Settings
 from bus.content import ContentStore
 from bus.guard import connect_service, preflight
@@ -68,7 +67,7 @@ class RegionHeader:
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        nc = await connect_service(settings, "api")
+        nc = app.state.nc = await connect_service(settings, "api")
         js = nc.jetstream()
         replicas, home = settings.stream_replicas, settings.home_placement()
         grants = await GrantBook().follow(await grants_bucket(js, replicas, home))
@@ -123,12 +122,11 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="inferbus", version="0.1.0", lifespan=lifespan)
     errors.install(app)
     app.include_router(router)
+    app.include_router(embeddings.router)
+    app.include_router(account_routes.router)
     app.include_router(asyncapi.router)
     app.include_router(webhook_routes.router)
     app.include_router(referral_routes.router)
-    app.add_middleware(WebhookHeader)
-    app.include_router(embeddings.router)
-    app.include_router(account_routes.router)
     app.include_router(dashboard.router)
     app.add_middleware(RequestCounter)
     app.add_middleware(RegionHeader, region=settings.this_region())

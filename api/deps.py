@@ -20,6 +20,7 @@ from api.discovery import parse_headers
 from api.errors import APIError
 from api.geoip import ZONE_HEADER, ZoneResolver
 from api.job_serving import JobServing
+from api.webhook_targets import HEADER as WEBHOOK_HEADER
 from api.keys import KeyRing, Principal
 from api.live_nodes import LiveNodes
 from api.protocol import ChatCompletionRequest, CompletionRequest
@@ -113,7 +114,8 @@ def _call(body: ChatCompletionRequest | CompletionRequest, request: Request,
                 constraints=parse_headers(request.headers, body.model),
                 respond_async="respond-async" in request.headers.get("prefer", "").lower(),
                 idempotency_key=idempotency_key, base_url=str(request.base_url),
-                gone=functools.partial(hung_up, request))
+                gone=functools.partial(hung_up, request),
+                webhook=request.headers.get(WEBHOOK_HEADER))
 
 
 async def chat_call(body: ChatCompletionRequest, request: Request,

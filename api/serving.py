@@ -50,6 +50,7 @@ class Call:
     base_url: str = ""  # where this API was reached, for absolute links (``Location``)
     # Returns once the client has hung up (never, when None): a job it waits for stops.
     gone: Callable[[], Awaitable[object]] | None = None
+    webhook: str | None = None  # X-Inferbus-Webhook: where an async job's outcome goes
 
 
 
@@ -113,7 +114,7 @@ class Serving:
         live = not call.respond_async
         prepared = await self._admission.prepare(
             who, req, call.zone, call.constraints, call.location, call.idempotency_key,
-            self._replies.subject if live else None)
+            self._replies.subject if live else None, call.webhook)
         if isinstance(prepared, Repeat):
             return await self._repeat(who, prepared.job_id, call)
         if not live:

@@ -7,15 +7,12 @@ id, before the job is logged, so the dispatcher (``api.webhook_dispatch``)
 finds it however fast the job ends. The same entry records the delivery's
 attempts (:class:`Target`).
 
-The header reaches admission through :data:`requested`, set per request by
-:class:`WebhookHeader` (an ASGI middleware): the request's own task carries
-it, so no route or serving signature has to change to pass it along.
+The header reaches admission with the call (``api.serving.Call.webhook``).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import ipaddress
 import json
 import socket
@@ -32,25 +29,6 @@ from bus.config import Settings
 HEADER = "X-Inferbus-Webhook"
 MAX_URL = 2048
 RESOLVE_S = 3.0
-requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("webhook", default=None)
-
-
-class WebhookHeader:
-    """Hands the request's ``X-Inferbus-Webhook`` header to admission (:data:`requested`)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        value = next((v.decode("latin-1") for k, v in scope["headers"]
-                      if k == HEADER.lower().encode()), None)
-        token = requested.set(value)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            requested.reset(token)
 
 
 def retry_delay(attempts: int, base_s: float, max_s: float) -> float:
@@ -148,10 +126,9 @@ class WebhookTargets:
     def __init__(self, kv: KeyValue, allow_private: bool) -> None:
         self._kv, self._allow_private = kv, allow_private
 
-    async def requested_for(self, respond_async: bool) -> str | None:
-        """The checked URL this request's header names (None: no header); 400 on a
+    async def requested_for(self, value: str | None, respond_async: bool) -> str | None:
+        """The checked URL a request's header names (None: no header); 400 on a
         bad one, or on one sent with a call that is not async."""
-        value = requested.get()
         if value is None:
             return None
         if not respond_async:
