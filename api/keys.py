@@ -11,6 +11,7 @@ the revocation subject refuses it from then on.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -124,10 +125,20 @@ class KeyRing:
             self._by_id.pop(hit[1].key_id, None)
 
     async def _watch(self) -> None:
-        # Subscribed before the first direct get, so no revocation can fall between.
+        # Subscribed before the first direct get, so no revocation can fall between;
+        # concurrent first lookups share the one subscribe.
         if self._watching is None:
-            self._watching = await self._js._nc.subscribe(all_key_revocations(),
-                                                          cb=self._on_revoked)
+            self._watching = asyncio.ensure_future(
+                self._js._nc.subscribe(all_key_revocations(), cb=self._on_revoked))
+        if isinstance(self._watching, asyncio.Future):
+            pending = self._watching
+            try:
+                subscription = await asyncio.shield(pending)
+            except Exception:
+                if self._watching is pending:  # the next lookup tries again
+                    self._watching = None
+                raise
+            self._watching = subscription
 
     async def _on_revoked(self, msg) -> None:
         # The subject names the hash (bus.publish.event_subject): no body to parse.

@@ -104,3 +104,27 @@ def test_a_limited_admin_key_makes_keys_no_freer_than_itself():
             _within(capped, limit, expires)
         assert err.value.status == 403
     _within(Principal("a", "k", None, admin=True), None, None)
+
+
+def test_concurrent_first_lookups_subscribe_to_revocations_once():
+    from nats.js.errors import NotFoundError
+
+    class Bus:  # the two calls a key ring makes, counted
+        subscribed = 0
+
+        async def subscribe(self, subject: str, cb):
+            Bus.subscribed += 1
+            await asyncio.sleep(0.01)
+            return subject
+
+        async def get_last_msg(self, *args, **kwargs):
+            raise NotFoundError()
+
+    bus = Bus()
+    bus._nc = bus
+    ring = KeyRing(bus)
+
+    async def many():
+        return await asyncio.gather(*(ring.lookup(new_key()) for _ in range(5)))
+    assert asyncio.run(many()) == [None] * 5
+    assert Bus.subscribed == 1 and ring._watching == "events.global.ApiKeyRevoked.>"
