@@ -54,6 +54,13 @@ def test_a_referred_accounts_paid_job_earns_its_referrer_rcp_seen_by_both(stack)
 def test_a_subscription_renews_each_period_until_cancelled_then_lapses(stack):
     period_days = str(3 / 86400)  # three seconds
     stack.cli("plans", "create", "e2e-pro", "--credits", "5", "--period-days", period_days)
+    for bad in (("plans", "create", "e2e-pro", "--credits", "5", "--period-days", "1"),
+                ("plans", "create", "e2e-free", "--credits", "0", "--period-days", "1"),
+                ("plans", "create", "e2e-fast", "--credits", "1", "--period-days", "0"),
+                ("subscriptions", "start", "sam", "no-such-plan"),
+                ("subscriptions", "cancel", "nobody")):
+        out = stack.cli(*bad, check=False)
+        assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     with api(stack, stack.new_key("sam", credits="1")) as sam:
         assert sam.get("/v1/subscription").status_code == 404
         stack.cli("subscriptions", "start", "sam", "e2e-pro")
