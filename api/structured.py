@@ -8,9 +8,9 @@ for the schema exactly: a keyword the grammar compiler cannot enforce is a
 400. Otherwise (OpenAI's best effort) such keywords are dropped (llguidance's
 ``lenient`` mode) and the rest still enforced.
 
-:func:`grammar_problem` compiles a grammar without a tokenizer (torch-free),
-so a schema no node could use is refused with the compiler's message instead
-of failing on a node.
+:func:`grammar_problem` compiles a grammar as the worker will, without a
+tokenizer (torch-free), so a schema no node could use is refused with the
+compiler's message instead of failing on a node.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bus.grammar_check import check, one_line
 from bus.sampling import MAX_GRAMMAR, Grammar
 
 
@@ -64,16 +65,9 @@ class ResponseFormat(BaseModel):
 
 
 def grammar_problem(grammar: Grammar) -> str | None:
-    """Why no node could decode with ``grammar``; None when it compiles."""
-    from llguidance import LLMatcher  # imported on first use: a Rust extension
-
+    """Why no node could decode with ``grammar`` (one line); None when it compiles.
+    The check is the one the worker's compiler makes (:mod:`bus.grammar_check`)."""
     try:
-        if grammar.kind == "lark":
-            compiled = LLMatcher.grammar_from_lark(grammar.text)
-        else:
-            compiled = LLMatcher.grammar_from_json_schema(
-                grammar.text if grammar.kind == "json_schema" else '{"type":"object"}')
+        return check(grammar)
     except Exception as exc:  # noqa: BLE001 - the compiler's reason, whatever it raised
-        return (str(exc).splitlines() or [type(exc).__name__])[0]
-    problem = LLMatcher.validate_grammar(compiled)
-    return problem.strip().splitlines()[0] if problem else None
+        return one_line(str(exc)) or type(exc).__name__

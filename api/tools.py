@@ -39,7 +39,7 @@ class FunctionDef(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     description: str | None = Field(default=None, max_length=4096)
     parameters: dict[str, Any] | None = None  # a JSON Schema of the arguments object
-    strict: bool | None = None  # always enforced: the output is constrained
+    strict: bool | None = None  # enforce every keyword of ``parameters`` (else best effort)
 
     @field_validator("parameters")
     @classmethod
@@ -83,9 +83,11 @@ def chosen(tools: list[Tool], choice: ToolChoice | None) -> tuple[list[Tool], st
 
 
 def _call_schema(tool: Tool) -> dict:
+    # Arguments carry the declared parameters only, unless the schema says otherwise:
+    # a small model free to add properties invents them until max_tokens.
+    arguments = {"additionalProperties": False, **(tool.function.parameters or _ANY_ARGS)}
     return {"type": "object", "properties": {
-        "name": {"const": tool.function.name},
-        "arguments": tool.function.parameters or _ANY_ARGS},
+        "name": {"const": tool.function.name}, "arguments": arguments},
         "required": ["name", "arguments"], "additionalProperties": False}
 
 
@@ -93,7 +95,12 @@ def grammar(tools: list[Tool], mode: str) -> Grammar | None:
     """The grammar of a reply that calls one of ``tools`` (``required``) or may (``auto``)."""
     if not tools or mode == "none":
         return None
-    calls = json.dumps({"anyOf": [_call_schema(t) for t in tools]}, separators=(",", ":"))
+    # No free whitespace (a small model can loop on it); a keyword the compiler cannot
+    # enforce is dropped unless a tool asks for strict schemas.
+    options = {"whitespace_flexible": False,
+               "lenient": not any(t.function.strict for t in tools)}
+    calls = json.dumps({"x-guidance": options, "anyOf": [_call_schema(t) for t in tools]},
+                       separators=(",", ":"))
     if mode == "required":
         return Grammar(kind="lark", text=f"{MARKER} required\nstart: call\ncall: %json{calls}\n")
     return Grammar(kind="lark", text=f"{MARKER} auto\nstart: call | TEXT\n"

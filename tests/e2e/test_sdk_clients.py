@@ -81,15 +81,16 @@ def test_a_tool_call_round_trip_conversation_is_accepted(client):
 
 
 def test_logprobs_parse_in_the_sdk_sync_and_streamed(client):
+    streamed = [t for chunk in client.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2,
+        stream=True) for c in chunk.choices if c.logprobs for t in c.logprobs.content]
+    assert 0 < len(streamed) <= 4 and all(len(t.top_logprobs) == 2 for t in streamed)
     resp = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4,
                                           temperature=0, logprobs=True, top_logprobs=2)
     content = resp.choices[0].logprobs.content
     assert "".join(t.token for t in content) == resp.choices[0].message.content
     assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
     assert content[0].token == content[0].top_logprobs[0].token  # greedy: the likeliest
-    streamed = [t for chunk in client.chat.completions.create(
-        model=MODEL, messages=ASK, max_tokens=4, temperature=0, logprobs=True, stream=True)
-        for c in chunk.choices if c.logprobs for t in c.logprobs.content]
     assert [t.token for t in streamed] == [t.token for t in content]
 
 
@@ -115,6 +116,19 @@ def test_required_tool_call_streams_through_the_sdks_stream_helper(client):
     call = choice.message.tool_calls[0]
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments)["city"] in ("Paris", "Rome")
+
+
+def test_auto_tool_choice_answers_with_text_or_a_whole_call(client):
+    chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=24,
+                                                 temperature=0, tools=[WEATHER], stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reason = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+    calls = [t for d in deltas for t in d.tool_calls or ()]
+    if reason == "tool_calls":
+        assert calls[0].function.name == "get_weather"
+        assert json.loads("".join(t.function.arguments for t in calls))["city"]
+    else:
+        assert "".join(d.content or "" for d in deltas) and not calls
 
 
 class Capital(BaseModel):
