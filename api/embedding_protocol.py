@@ -98,6 +98,10 @@ def _inputs(value: Any) -> tuple[str, ...]:
             raise _bad(f"input[{i}] must be a string", "input")
         if not text.strip():
             raise _bad(f"input[{i}] is empty", "input")
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate (JSON may escape one): no text at all
+            raise _bad(f"input[{i}] is not valid Unicode text", "input") from None
         if len(text) > MAX_INPUT_CHARS:
             raise _bad(f"input[{i}] is longer than {MAX_INPUT_CHARS} characters", "input")
     if len(json.dumps(texts)) > MAX_INPUT_JSON:

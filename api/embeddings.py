@@ -16,6 +16,7 @@ from api.embedding_protocol import parse
 from api.embedding_serving import EmbeddingCall, EmbeddingServing
 from api.errors import APIError
 from api.geoip import ZONE_HEADER
+from bus.pricing import EMBEDDING_MODEL
 
 router = APIRouter()
 
@@ -31,7 +32,8 @@ _SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {"s
     "type": "object", "required": ["input", "model"], "additionalProperties": False,
     "properties": {
         "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-        "model": {"type": "string"}, "encoding_format": {"enum": ["float", "base64"]},
+        "model": {"type": "string", "examples": [EMBEDDING_MODEL]},
+        "encoding_format": {"enum": ["float", "base64"]},
         "dimensions": {"type": "integer", "minimum": 1}, "user": {"type": "string"}}}}}}}
 
 
@@ -40,7 +42,7 @@ async def embeddings(request: Request, who: PrincipalDep, serving: EmbeddingServ
                      idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
     try:
         payload = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: not a body
         raise APIError(400, "We could not parse the JSON body of your request.",
                        "invalid_json") from None
     body = parse(payload)

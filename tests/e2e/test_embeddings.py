@@ -6,7 +6,10 @@ import asyncio
 import base64
 import math
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import nats
@@ -165,3 +168,17 @@ def test_the_job_shows_its_vectors_while_its_content_is_kept(emb_stack):
         time.sleep(0.2)
     assert job["status"] == "completed" and job["usage"]["completion_tokens"] == 0
     assert job["result"]["data"] == answer.json()["data"]
+
+
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+
+
+@pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis is not installed")
+def test_no_generated_embeddings_request_gets_a_server_error(emb_stack):
+    out = subprocess.run(
+        [str(SCHEMATHESIS), "run", f"{emb_stack.base_url}/openapi.json",
+         "--include-path", "/v1/embeddings", "--checks", "not_a_server_error",
+         "--max-examples", "30", "--seed", "1", "--request-timeout", "30",
+         "-H", f"Authorization: Bearer {emb_stack.key}"],
+        capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]

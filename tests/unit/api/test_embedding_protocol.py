@@ -28,6 +28,7 @@ def test_a_string_or_a_list_of_strings_is_accepted_with_openais_defaults():
     ({"model": "m", "input": []}, "input", "invalid_request"),
     ({"model": "m", "input": ""}, "input", "invalid_request"),
     ({"model": "m", "input": ["ok", None]}, "input", "invalid_request"),
+    ({"model": "m", "input": "lone \ud800 surrogate"}, "input", "invalid_request"),
     ({"model": "m"}, "input", "invalid_request"),
     ({"model": "m", "input": ["x"] * (MAX_INPUTS + 1)}, "input", "invalid_request"),
     ({"model": "m", "input": "x" * (MAX_INPUT_CHARS + 1)}, "input", "invalid_request"),
