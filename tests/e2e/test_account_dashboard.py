@@ -103,6 +103,13 @@ def test_signing_in_shows_the_balance_spend_and_jobs_the_api_reports(dash_stack,
     assert rows == [[j["id"], j["status"]] for j in listed.json()["data"]]
     assert sum(status == "completed" for _, status in rows) >= JOBS
 
+    # Filtered by status, by the API (GET /v1/jobs?status=).
+    jobs_shown = "document.querySelectorAll('#jobs-table tbody tr').length"
+    page.js("(() => { const select = document.getElementById('jobs-status');"
+            "select.value = 'failed'; select.dispatchEvent(new Event('change')); })()")
+    page.wait_for(f"{jobs_shown} === 0 && document.getElementById('jobs-empty').textContent")
+    assert page.js("document.getElementById('jobs-empty').textContent") == "No failed jobs."
+
 
 def test_a_key_created_on_the_page_is_shown_once_and_once_revoked_is_refused(dash_stack, browser):
     s = dash_stack
