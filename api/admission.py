@@ -191,7 +191,7 @@ class Admission:
         bound = prompt_tokens_bound(job.messages, job.prompt, job.inputs)
         amount = self._pricing.worst_case(job.model, bound, job.sampling.max_tokens)
         if self._spend is not None:
-            await self._spend.check(job.key_id, amount)
+            await self._spend.check(job.key_id, job.job_id, amount)
         try:
             held = await self._reserves.reserve(
                 job.account, job.job_id, amount, key_id=job.key_id, zone=job.zone,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 from bus.events import ApiKeyIssued, ApiKeyRevoked, Event
 from projections.store import Store, Table, Tx, utc
@@ -111,14 +111,18 @@ def key_of(store: Store, account: str, key_id: str) -> KeyView | None:
     return _view(rows[0]) if rows else None
 
 
-def key_spend(store: Store, key_id: str) -> int:
-    """What ``key_id`` has spent and holds now, in micro-credits."""
+def key_spend(store: Store, key_id: str, jobs: Sequence[str] = ()) -> tuple[int, set[str]]:
+    """What ``key_id`` has spent and holds now, in micro-credits, and which of
+    ``jobs`` already hold in this read model (the rest it does not count yet)."""
+    marks = ", ".join("?" * len(jobs))
     with store.transaction(write=False) as tx:
         rows = tx.query(
             "SELECT COALESCE((SELECT spent FROM key_usage WHERE key_id = ?), 0) + "
             "COALESCE((SELECT SUM(amount) FROM reservations WHERE key_id = ? "
             "AND status = 'pending'), 0) AS total", (key_id, key_id))
-    return int(rows[0]["total"])
+        seen = tx.query(f"SELECT job_id FROM reservations WHERE job_id IN ({marks})",
+                        tuple(jobs)) if jobs else []
+    return int(rows[0]["total"]), {r["job_id"] for r in seen}
 
 
 def has_live_key(store: Store, account: str) -> bool:
