@@ -153,6 +153,16 @@ def test_langchain_bind_tools_with_required_choice_returns_a_tool_call(chat_mode
     assert message.tool_calls[0]["args"]["city"] in ("Paris", "Rome")
 
 
+def test_langchain_streams_a_tool_call_it_can_assemble(chat_model):
+    chunks = list(chat_model.bind_tools([WEATHER], tool_choice="required").stream(
+        "What is the weather in Rome?"))
+    message = chunks[0]
+    for chunk in chunks[1:]:
+        message += chunk
+    assert message.tool_calls[0]["name"] == "get_weather"
+    assert message.tool_calls[0]["args"]["city"] in ("Paris", "Rome")
+
+
 def test_legacy_completion_logprobs_parse_in_the_sdk(client):
     resp = client.completions.create(model=MODEL, prompt="The capital of France is",
                                      max_tokens=3, temperature=0, logprobs=2)
