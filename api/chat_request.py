@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Callable
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from api.messages import RequestMessage, render
 from api.structured import MAX_GRAMMAR, ResponseFormat, grammar_problem
 from api.tools import MAX_TOOLS, Tool, ToolChoice, chosen, system_text
 from api.tools import grammar as tool_grammar
-from bus.bounds import MAX_TOKENS
+from bus.bounds import MAX_TEXT, MAX_TOKENS
 from bus.events import ChatMessage
 from bus.sampling import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, Grammar, Sampling
 
@@ -169,7 +169,7 @@ class ChatCompletionRequest(_Generation):
     prompt_cache_key: str | None = Field(default=None, max_length=512)
     safety_identifier: str | None = Field(default=None, max_length=512)
     _grammar: Grammar | None = PrivateAttr(default=None)
-    _system: str = PrivateAttr(default="")
+    _turns: tuple[ChatMessage, ...] = PrivateAttr(default=())
 
     @model_validator(mode="before")
     @classmethod
@@ -196,7 +196,11 @@ class ChatCompletionRequest(_Generation):
             raise request_error("tools", "the tools' parameter schemas are too large")
         if tools and (problem := grammar_problem(self._grammar)):
             raise request_error("tools", f"a tool's parameters cannot be enforced: {problem}")
-        self._system = system_text(tools, mode)
+        try:
+            self._turns = _turns(self.messages, system_text(tools, mode))
+        except ValidationError:  # a turn over the longest text a job may carry
+            raise request_error("messages", f"a turn is over {MAX_TEXT} characters (tool "
+                                "definitions count toward the system turn)") from None
         return self
 
     def limit(self) -> int | None:
@@ -210,14 +214,17 @@ class ChatCompletionRequest(_Generation):
 
     def contract_messages(self) -> tuple[ChatMessage, ...]:
         """The turns the worker gets: the tools told in the system turn."""
-        turns = list(render(self.messages))
-        if self._system:
-            if turns[0].role == "system":
-                turns[0] = ChatMessage(role="system",
-                                       content=f"{turns[0].content}\n\n{self._system}")
-            else:
-                turns.insert(0, ChatMessage(role="system", content=self._system))
-        return tuple(turns)
+        return self._turns
+
+
+def _turns(messages: list[RequestMessage], system: str) -> tuple[ChatMessage, ...]:
+    turns = list(render(messages))
+    if system:
+        if turns[0].role == "system":
+            turns[0] = ChatMessage(role="system", content=f"{turns[0].content}\n\n{system}")
+        else:
+            turns.insert(0, ChatMessage(role="system", content=system))
+    return tuple(turns)
 
 
 class CompletionRequest(_Generation):

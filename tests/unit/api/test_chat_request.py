@@ -145,3 +145,9 @@ def test_a_schema_no_node_could_enforce_is_refused(fmt):
 def test_response_format_and_callable_tools_together_are_refused():
     with pytest.raises(ValidationError, match="cannot be combined"):
         chat(tools=[WEATHER], response_format={"type": "json_object"})
+
+
+def test_a_turn_too_long_for_a_job_is_a_400_not_a_crash():
+    from bus.bounds import MAX_TEXT
+    with pytest.raises(ValidationError, match="characters"):
+        chat(messages=[{"role": "system", "content": "x" * MAX_TEXT}], tools=[WEATHER])
