@@ -237,5 +237,15 @@ class CompletionRequest(_Generation):
     def _refused(cls, data: Any) -> Any:
         return _refuse(data, REFUSED_LEGACY)
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, value: Any) -> Any:
+        # SDKs (LangChain's OpenAI, batch helpers) send a list: one text is one prompt.
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            return value[0]
+        if isinstance(value, list):
+            raise ValueError("one prompt per request: a string, or a list of one string")
+        return value
+
     def logprobs_k(self) -> int | None:
         return self.logprobs

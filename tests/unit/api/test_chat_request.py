@@ -151,3 +151,11 @@ def test_a_turn_too_long_for_a_job_is_a_400_not_a_crash():
     from bus.bounds import MAX_TEXT
     with pytest.raises(ValidationError, match="characters"):
         chat(messages=[{"role": "system", "content": "x" * MAX_TEXT}], tools=[WEATHER])
+
+
+def test_a_legacy_prompt_may_come_as_a_list_of_one_string():
+    assert CompletionRequest(model="m", prompt=["p"]).prompt == "p"
+    with pytest.raises(ValidationError, match="one prompt per request"):
+        CompletionRequest(model="m", prompt=["a", "b"])
+    with pytest.raises(ValidationError, match="one prompt per request"):
+        CompletionRequest(model="m", prompt=[1, 2, 3])
