@@ -116,6 +116,8 @@ async def _instance(request: GenerationRequest, prompt: int) -> AsyncIterator[St
     sampling = request.sampling
     text, complete = smallest_instance(sampling.grammar,
                                        GRAMMAR_BYTES_PER_TOKEN * sampling.max_tokens)
+    if request.continuation and text.startswith(request.continuation):  # resumed: the rest
+        text = text[len(request.continuation):]
     count = min(max(1, len(text.split())), sampling.max_tokens)
     logprobs = () if sampling.logprobs is None else _Certain([], sampling.logprobs)(text)
     yield Step(text=text, completion_tokens=count, prompt_tokens=prompt,

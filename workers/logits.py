@@ -57,6 +57,8 @@ class LogitRules:
         self.eos = torch.tensor(eos, device=device) if sampling.ignore_eos and eos else None
         self.constraint = constraint
         if constraint is not None:
+            for token in generated:  # a continuation is output the grammar already covers
+                constraint.consume(token)
             self.mask = torch.empty((width + 31) // 32, dtype=torch.int32)  # filled on the host
             self.bits = torch.arange(32, dtype=torch.int32, device=device)
         self.width = width

@@ -3,6 +3,7 @@ grammars (json_object, json_schema, lark), logit_bias, presence and frequency
 penalties, ignore_eos, and logprobs in OpenAI's shape."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -144,3 +145,18 @@ def test_logprobs_under_a_grammar_rule_out_what_it_forbids(engine):
 def test_without_logprobs_steps_carry_none(engine):
     _, steps = run(engine, completion(PROMPT, max_tokens=10, temperature=0))
     assert all(s.logprobs == () for s in steps)
+
+
+def test_a_continuation_under_a_grammar_is_completed_into_a_valid_instance(engine):
+    request = dataclasses.replace(
+        completion(PROMPT, max_tokens=100, temperature=1.0, seed=5, grammar=schema(RICHER)),
+        continuation='{"name":"ab')
+    text, _ = run(engine, request)
+    jsonschema.validate(json.loads('{"name":"ab' + text), RICHER)
+
+
+def test_a_continuation_that_left_the_grammar_fails_with_the_reason(engine):
+    request = dataclasses.replace(
+        completion(PROMPT, max_tokens=10, grammar=schema(SCHEMA)), continuation="[not json")
+    with pytest.raises(GrammarError):
+        run(engine, request)
