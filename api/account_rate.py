@@ -10,15 +10,17 @@ The window slides: a slot frees when its message is a minute old, and
 ``Retry-After`` says when the oldest one goes.
 
 Costs one JetStream round trip per request (memory storage). Should the stream
-be unreachable, the request is admitted (the per-instance bucket of
-:class:`api.limits.KeyLimiter` still bounds it): a rate limit is not worth an
-outage. Instances must agree on ``per_minute``; the last to start sets it.
+be unreachable, the request is admitted, and so are the next ``UNREACHABLE_S``
+seconds' without asking (the per-instance bucket of
+:class:`api.limits.KeyLimiter` still bounds them): a rate limit is not worth an
+outage, nor a timeout on every request. Instances must agree on ``per_minute``; the last to start sets it.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import math
+import time
 from datetime import datetime, timezone
 
 from nats.errors import NoRespondersError
@@ -26,7 +28,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, Placement, StorageType, StreamConfig
 from nats.js.errors import APIError as JetStreamError
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from api.errors import APIError
 from bus.subjects import accounts as subjects
@@ -34,7 +36,8 @@ from bus.streams import patiently
 
 log = logging.getLogger(__name__)
 WINDOW_S = 60.0
-PUBLISH_TIMEOUT_S = 2.0
+PUBLISH_TIMEOUT_S = 1.0
+UNREACHABLE_S = 5.0  # after a count that could not be made, how long to not try
 PER_SUBJECT_LIMIT = 10077  # JetStream: maximum messages per subject exceeded
 
 
@@ -56,6 +59,7 @@ class AccountRate:
 
     def __init__(self, js: JetStreamContext, per_minute: int) -> None:
         self._js, self.per_minute = js, per_minute
+        self._skip_until = 0.0  # the stream was unreachable: admit without asking till then
 
     async def ensure(self, replicas: int = 1, placement: Placement | None = None) -> None:
         """Make the ``RATES`` stream, or set its limit to this instance's."""
@@ -79,6 +83,8 @@ class AccountRate:
 
     async def admit(self, account: str) -> None:
         """Count one request of ``account``; 429 with ``Retry-After`` over the limit."""
+        if time.monotonic() < self._skip_until:
+            return
         subject = subjects.account_rate(account_digest(account))
         try:
             # Not an event, and meant to be counted every time: no Nats-Msg-Id, so
@@ -93,8 +99,12 @@ class AccountRate:
                            "account", "rate_limit_exceeded",
                            headers={"Retry-After": str(await self._retry_after(subject))}
                            ) from None
-        except (NatsTimeout, NoRespondersError) as exc:
-            log.warning("account rate not counted: %s", type(exc).__name__)
+        except (NatsTimeout, NoRespondersError, NoStreamResponseError) as exc:
+            # Its region is down or electing a leader: do not make every request
+            # wait out a timeout meanwhile.
+            self._skip_until = time.monotonic() + UNREACHABLE_S
+            log.warning("account rate not counted for %.0f s: %s", UNREACHABLE_S,
+                        type(exc).__name__)
 
     async def _retry_after(self, subject: str) -> int:
         """Seconds until the oldest request of the window leaves it."""
