@@ -77,8 +77,8 @@ async def recheck_node(js: JetStreamContext, node_id: str, since: datetime | Non
         # As its node saw it: no account, no key (as the gate queues a check).
         seen = JobSubmitted.model_validate({**job.model_dump(), **json.loads(asked.data),
                                             "account": "-", "key_id": "-", "input_sha256": None})
-        await request_check(js, seen, completed.model_copy(
-            update={"text": said.text, "finish_reason": said.finish_reason}))
+        await request_check(js, seen, completed.model_copy(update={
+            "text": said.text, "finish_reason": said.finish_reason, "vectors": said.vectors}))
         queued += 1
     log.warning("node %s suspended: %d of its completions since %s queued for checks",
                 node_id[:12], queued, since.isoformat())
