@@ -23,7 +23,7 @@ from bus.model_cache import LocalModels
 from bus.model_fetch import service_fetch
 from bus.model_store import ModelStore, NotPublished
 from verifier.verdict import Judge, Verdict
-from workers.echo import GRAMMAR_BYTES_PER_TOKEN, is_echo_model
+from workers.echo import instance_limit, is_echo_model
 from workers.echo_grammar import follows, smallest_instance
 from workers.embedder import is_embedding_model
 
@@ -40,8 +40,7 @@ class EchoJudge:
         expected = " ".join(source.split()[:job.sampling.max_tokens])
         grammar = job.sampling.grammar
         if grammar is not None and not follows(grammar, expected):  # see workers.echo
-            expected = smallest_instance(grammar,
-                                         GRAMMAR_BYTES_PER_TOKEN * job.sampling.max_tokens)[0]
+            expected = smallest_instance(grammar, instance_limit(job.sampling.max_tokens))[0]
         if text == expected:
             return Verdict(True, "the echo model's output, re-run")
         evidence = json.dumps({"expected": expected[:400], "claimed": text[:400]})

@@ -35,7 +35,13 @@ from workers.generation import LOGPROB_FLOOR, ContextLengthExceeded, GenerationR
 
 MODEL_TYPE = "inferbus-echo"
 CONTEXT_LENGTH = 8192
-GRAMMAR_BYTES_PER_TOKEN = 64  # a grammar's walk stops at this many bytes per max_tokens
+# A grammar's walk stops at 64 bytes per max_tokens, and at 4 KiB: it runs on the event loop.
+GRAMMAR_BYTES_PER_TOKEN, MAX_INSTANCE_BYTES = 64, 4096
+
+
+def instance_limit(max_tokens: int) -> int:
+    """The most bytes of a grammar's instance the echo answers with."""
+    return min(GRAMMAR_BYTES_PER_TOKEN * max_tokens, MAX_INSTANCE_BYTES)
 
 
 def is_echo_model(path: Path) -> bool:
@@ -114,8 +120,7 @@ class _Certain:
 async def _instance(request: GenerationRequest, prompt: int) -> AsyncIterator[Step]:
     """A grammar's smallest instance, as one step (a word, to the echo's count)."""
     sampling = request.sampling
-    text, complete = smallest_instance(sampling.grammar,
-                                       GRAMMAR_BYTES_PER_TOKEN * sampling.max_tokens)
+    text, complete = smallest_instance(sampling.grammar, instance_limit(sampling.max_tokens))
     if request.continuation and text.startswith(request.continuation):  # resumed: the rest
         text = text[len(request.continuation):]
     count = min(max(1, len(text.split())), sampling.max_tokens)
