@@ -182,3 +182,25 @@ def test_no_generated_embeddings_request_gets_a_server_error(emb_stack):
          "-H", f"Authorization: Bearer {emb_stack.key}"],
         capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_langchain_embeds_documents_and_a_query(emb_stack):
+    from langchain_openai import OpenAIEmbeddings
+    # check_embedding_ctx_length=False: else LangChain sends tiktoken ids (another
+    # model's tokens, refused here) and needs tiktoken's files from the internet.
+    embeddings = OpenAIEmbeddings(model=MODEL, base_url=f"{emb_stack.base_url}/v1",
+                                  api_key=emb_stack.key, check_embedding_ctx_length=False,
+                                  max_retries=0)
+    cat, market = embeddings.embed_documents(["a cat", "the stock market"])
+    kitten = embeddings.embed_query("a kitten")
+    assert len(cat) == len(kitten) == 384
+    assert cosine(cat, kitten) > cosine(market, kitten)
+
+
+def test_litellm_embeds_through_the_openai_route(emb_stack):
+    import litellm
+    resp = litellm.embedding(model=f"openai/{MODEL}", input=["a cat", "a kitten"],
+                             api_base=f"{emb_stack.base_url}/v1", api_key=emb_stack.key)
+    cat, kitten = (d["embedding"] for d in resp.data)
+    assert len(cat) == 384 and cosine(cat, kitten) > 0.5
+    assert resp.usage.prompt_tokens == 8
