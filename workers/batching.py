@@ -155,7 +155,7 @@ class Batcher:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not (self._closed or self._rows or any(  # ready: its grammar compiled
+                while not (self._closed or self._rows or any(  # ready: grammar compiled
                         s.seq.ready or s.seq.should_stop() for s in self._waiting)):
                     self._wake.wait()
                 if self._closed:
@@ -200,19 +200,19 @@ class Batcher:
             slot.send(exc)
 
     def _admit(self) -> list[_Slot]:
-        """Waiting requests that may join now, in order (called under the lock)."""
+        """Waiting requests that may join now, in order; one preparing lets others by."""
         joining: list[_Slot] = []
         width = 0  # of the joint prefill: its longest prompt
-        while self._waiting and len(self._rows) + len(joining) < self.max_batch:
-            slot = self._waiting[0]
-            if not slot.seq.ready:  # its grammar is still compiling: the queue keeps order
+        while len(self._rows) + len(joining) < self.max_batch:
+            if (slot := next((s for s in self._waiting if s.seq.ready), None)) is None:
                 break
             wider = max(width, len(slot.seq.input_ids))
             if joining and (len(joining) + 1) * wider > PREFILL_TOKENS_PER_TURN:
                 break
             if (self._rows or joining) and not self._fits([*joining, slot]):
                 break
-            joining.append(self._waiting.popleft())
+            self._waiting.remove(slot)
+            joining.append(slot)
             width = wider
         return joining
 

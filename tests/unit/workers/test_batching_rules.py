@@ -119,3 +119,19 @@ def test_only_plain_greedy_rows_take_the_batchs_argmax_and_pipeline(engine):  # 
         same(all_at_once(b, requests), [list(engine.generate(r)) for r in requests])
     finally:
         b.close()
+
+
+def test_a_request_whose_grammar_still_compiles_lets_plain_requests_by(engine, batcher):
+    gate = threading.Event()
+    slow = completion(PROMPT, max_tokens=5, temperature=0, logprobs=0)
+    real = engine._prepare
+    engine._prepare = lambda *a: (gate.wait(30), real(*a))[1]  # a slow compile, held here
+    try:
+        held = stream(batcher, slow)
+        plain = completion("a", max_tokens=8, temperature=0)
+        assert [s.text for s in stream(batcher, plain)] == [s.text
+                                                             for s in engine.generate(plain)]
+    finally:
+        engine._prepare = real
+        gate.set()
+    assert [s.text for s in held] == [s.text for s in engine.generate(slow)]
