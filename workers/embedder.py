@@ -64,6 +64,7 @@ class Embedder:
         self._queue: list[_Waiting] = []
         self._drain: asyncio.Task | None = None
         self._closed = False
+        self.passes = 0  # forward passes run: fewer than requests when batching works
 
     @classmethod
     def load(cls, path: Path, name: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
@@ -138,6 +139,7 @@ class Embedder:
                     self._queue.remove(waiting)
                 if len(taken) >= self.max_batch:
                     break
+            self.passes += 1
             try:
                 rows = await asyncio.to_thread(self.forward, [w.texts[i] for w, i in taken])
             except Exception as exc:  # noqa: BLE001 - fails the requests in this pass only

@@ -57,6 +57,16 @@ def test_concurrent_requests_share_passes_and_get_their_own_vectors(embedder):
     assert all(cosine(a, b) > 0.99999 for a, b in zip(alone, together, strict=True))
 
 
+def test_many_concurrent_requests_take_fewer_forward_passes(minilm_models):  # noqa: F811
+    embedder = Embedder.load(minilm_models / MINILM, MINILM, max_batch=64)
+
+    async def many():
+        return await asyncio.gather(*(embedder.embed([f"text {i}"]) for i in range(16)))
+    results = asyncio.run(many())
+    assert [v.count for v, _ in results] == [1] * 16
+    assert embedder.passes < 16
+
+
 def test_an_input_over_the_models_length_is_refused_before_any_compute(embedder):
     with pytest.raises(ContextLengthExceeded, match="input 1 has"):
         embed(embedder, "short", "word " * 400)
