@@ -17,15 +17,19 @@ cannot carry it.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from typing import Any
 
 import torch
+from llguidance import LLExecutor
 
 from bus.sampling import Sampling, TokenLogprob, TopLogprob
 from workers.generation import LOGPROB_FLOOR
 from workers.grammar import Constraint, GrammarTokens
 
+log = logging.getLogger("inferbus.worker")
 _MAX_PIECE = 256  # characters and bytes of one token's text (the contract's bound)
 
 
@@ -61,6 +65,7 @@ class LogitRules:
                 constraint.consume(token)
             self.mask = torch.empty((width + 31) // 32, dtype=torch.int32)  # filled on the host
             self.bits = torch.arange(32, dtype=torch.int32, device=device)
+        self.filled: torch.Tensor | None = None  # this step's mask, when fill_masks made it
         self.width = width
 
     @torch.inference_mode()
@@ -75,8 +80,12 @@ class LogitRules:
         if self.eos is not None and not (self.constraint and self.constraint.accepting):
             x[self.eos] = -math.inf
         if self.constraint is not None:
-            self.constraint.fill(self.mask.data_ptr(), self.mask.numel() * 4)
-            words = self.mask.to(x.device, non_blocking=False)
+            mask, self.filled = self.filled, None
+            if mask is None:
+                self.constraint.fill(self.mask.data_ptr(), self.mask.numel() * 4)
+                mask = self.mask
+            self.constraint.raise_if_error()
+            words = mask.to(x.device, non_blocking=False)
             allowed = ((words.unsqueeze(1) >> self.bits) & 1).view(-1)[:self.width].bool()
             # A plain masked_fill: llguidance's own apply is torch.compile'd (seconds, gcc).
             x.masked_fill_(~allowed, -math.inf)
@@ -93,6 +102,30 @@ class LogitRules:
     def finished(self) -> bool:
         """The grammar is complete and nothing may follow it."""
         return self.constraint is not None and self.constraint.stopped
+
+
+def fill_masks(rules: list[LogitRules]) -> None:
+    """Fill this step's grammar masks of several rows at once, on llguidance's own
+    threads (without the GIL), instead of one after the other in each ``apply``."""
+    rows = [r for r in rules if r.constraint is not None]
+    if len(rows) < 2:
+        return
+    words = rows[0].mask.numel()  # one engine: one width
+    block = torch.empty((len(rows), words), dtype=torch.int32)
+    try:
+        _executor().unsafe_compute_mask_ptr(
+            [(r.constraint.matcher, i) for i, r in enumerate(rows)], block.data_ptr(),
+            words * 4, len(rows))
+    except Exception:  # noqa: BLE001 - each row then fills its own (and meets its own error)
+        log.exception("parallel grammar masks failed")
+        return
+    for i, r in enumerate(rows):
+        r.filled = block[i]
+
+
+@functools.lru_cache(maxsize=1)
+def _executor() -> LLExecutor:
+    return LLExecutor()  # llguidance's default: 80% of the cores, at most 32 threads
 
 
 class LogprobReport:

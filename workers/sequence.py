@@ -24,7 +24,7 @@ import torch
 
 from bus.sampling import Sampling, TokenLogprob
 from workers.generation import Step
-from workers.logits import LogitRules, LogprobReport
+from workers.logits import LogitRules, LogprobReport, fill_masks
 
 _REPLACEMENT = "\ufffd"  # what a decode of an unfinished UTF-8 sequence ends in
 
@@ -156,6 +156,7 @@ def pick_tokens(seqs: list[Sequence], logits: torch.Tensor, greedy: Callable[[],
     (a grammar in error): the others go on."""
     where = where or range(len(seqs))
     picks = greedy() if any(s.fast_greedy for s in seqs) else None
+    fill_masks([s.rules for s in seqs if s.rules is not None])  # grammar rows in parallel
     tokens: list[int | Exception] = []
     for r, seq in zip(where, seqs):
         try:
