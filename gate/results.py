@@ -147,7 +147,7 @@ class Outcomes:
             if why := logprobs_refusal(job, said.logprobs):
                 raise Refused(f"result refused: {why}", strike=True)
             if why := vectors_refusal(job, said.vectors,
-                                      self.counters.get(job.model, said.model_root)):
+                                      self.counters.get(job.model, said.model_root), said.text):
                 raise Refused(f"result refused: {why}", strike=True)
             if (usage := self._usage(held, said.text, said.model_root)) is None:
                 return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,

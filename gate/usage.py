@@ -164,15 +164,19 @@ class Counters:
             return None
 
 
-def vectors_refusal(job: JobSubmitted, vectors: Vectors | None, counter: Counter | None
-                    ) -> str | None:
+def vectors_refusal(job: JobSubmitted, vectors: Vectors | None, counter: Counter | None,
+                    text: str = "") -> str | None:
     """Why a result's vectors cannot be an honest answer to ``job``, or None: one
     vector per input, of the model's size, each finite and of unit length (the
-    embedder normalises); no vectors on a job that asked for text."""
+    embedder normalises), and no text beside them (the signature covers only the
+    vectors, and text would be billed as output); no vectors on a job that asked
+    for text."""
     if job.kind != "embedding":
         return None if vectors is None else "vectors returned for a job that asked for text"
     if vectors is None:
         return "no vectors returned for an embedding job"
+    if text:
+        return "text returned beside the vectors of an embedding job"
     if vectors.count != len(job.inputs or ()):
         return f"{vectors.count} vectors returned for {len(job.inputs or ())} inputs"
     if counter is not None and counter.dims is not None and vectors.dims != counter.dims:

@@ -58,6 +58,11 @@ def test_vectors_of_the_wrong_shape_or_length_are_refused(counter, vectors, why)
     assert why in vectors_refusal(job(), vectors, counter)
 
 
+def test_text_beside_an_embedding_jobs_vectors_is_refused(counter):
+    # Unsigned (the digest covers the vectors only), and it would be billed as output.
+    assert "text returned" in vectors_refusal(job(), unit(2), counter, "free tokens")
+
+
 def test_vectors_for_a_text_job_are_refused(counter):
     assert "asked for text" in vectors_refusal(job("chat"), unit(2), counter)
     assert vectors_refusal(job("chat"), None, counter) is None
