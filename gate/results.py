@@ -165,7 +165,9 @@ class Outcomes:
                 return JobFailed(event_id=event_id, job_id=job.job_id, node_id=node,
                                  zone=job.zone, code="worker_error",
                                  message="the node stopped the job though no cancel was asked")
-            usage = None if said.text is None else self._usage(held, said.text)
+            # A cancelled embedding job delivered nothing: it is refunded whole.
+            usage = None if said.text is None or job.kind == "embedding" else \
+                self._usage(held, said.text)
             return JobCancelled(event_id=event_id, job_id=job.job_id, zone=job.zone,
                                 reason="cancelled", model=job.model, node_id=node, usage=usage)
         if isinstance(said, Expired):

@@ -11,8 +11,9 @@ import pytest
 
 from bus import signing
 from bus.content import ContentStore
-from bus.events import JobCompleted, JobSubmitted, NodeStrike, Sampling, output_hash
-from bus.node_messages import Completed
+from bus.events import (JobCancelled, JobCompleted, JobSubmitted, NodeStrike, Sampling,
+                        output_hash)
+from bus.node_messages import Cancelled, Completed
 from bus.regions import single
 from bus.replies import Finished, parse_reply
 from bus.vectors import pack
@@ -91,3 +92,13 @@ async def test_vectors_signed_for_other_vectors_are_struck(gate_world):
     forged = honest.model_copy(update={"vectors": pack([[0.0, 1.0], [1.0, 0.0]], 2)})
     answer = await w.gate["A"].report(forged)
     assert not answer.logged and "signature" in answer.reason
+
+
+async def test_a_cancelled_embedding_job_is_refunded_whole_whatever_the_node_says(gate_world):
+    w = gate_world
+    job = embedding_job("e6")
+    await leased(w, job)
+    await w.cancels.put("e6", b"1")  # its owner asked (DELETE /v1/jobs/e6)
+    assert (await w.gate["A"].report(Cancelled(job_id="e6", attempt=1, text="made up"))).logged
+    (cancelled,) = await events_of(w, JobCancelled, "e6")
+    assert cancelled.usage is None  # nothing was delivered: nothing is charged
