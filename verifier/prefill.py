@@ -49,7 +49,6 @@ from bus.events import JobSubmitted, Sampling
 from verifier.verdict import Verdict
 from workers.engine import Engine
 from workers.generation import GenerationRequest
-from workers.logits import needs_rules
 
 _CANDIDATES = 8  # alternatives tried at an implausible position (re-tokenization)
 _CHUNK = 256  # positions scored at once: bounds the (positions x vocab) temporaries
@@ -87,10 +86,25 @@ class PrefillJudge:
 
     @staticmethod
     def can_judge(job: JobSubmitted) -> bool:
-        """Whether the model's own logits say what the node sampled from: not when the
-        job changed them (logit_bias, penalties, ignore_eos, a grammar), which this
-        judge does not replay; such a job gets no verdict rather than a wrong one."""
-        return not needs_rules(job.sampling)
+        """Whether this judge can replay what the node sampled from: the model's logits
+        with the job's ``logit_bias`` and ``ignore_eos`` (the same at every position),
+        not its penalties or grammar (they hang on the very ids made, which a re-read
+        text may segment otherwise); such a job gets no verdict rather than a wrong one."""
+        s = job.sampling
+        return not (s.presence_penalty or s.frequency_penalty or s.grammar is not None)
+
+    @torch.inference_mode()
+    def _replayed(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+        """``logits`` (a pass's own copy) as the job's sampler saw them (``can_judge``)."""
+        if sampling.logit_bias:
+            bias = {t: b for t, b in sampling.logit_bias.items() if t < logits.shape[-1]}
+            ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
+            logits[:, ids] += torch.tensor(list(bias.values()), dtype=logits.dtype,
+                                           device=logits.device)
+        if sampling.ignore_eos and (eos := [t for t in self.engine.eos_token_ids
+                                            if t < logits.shape[-1]]):
+            logits[:, eos] = -math.inf
+        return logits
 
     def check(self, job: JobSubmitted, text: str, finish_reason: str) -> Verdict:
         """Judge ``text`` as the model's output for ``job``. ``finish_reason`` needs no
@@ -117,6 +131,7 @@ class PrefillJudge:
         pos, passes, cache = 0, 0, None
         while pos < len(ids):
             logits, cache = self._logits(prompt + ids, len(prompt), pos, cache)
+            logits = self._replayed(logits, sampling)
             for i, row in enumerate(self._score(logits, ids[pos:], sampling), start=pos):
                 ok, rank, logprob, gained, entropy, var, alts = row
                 surprise, variance = surprise + entropy, variance + var

@@ -13,6 +13,8 @@ from bus.events import ChatMessage, JobSubmitted
 from bus.sampling import Grammar, Sampling
 from verifier.judges import EchoJudge
 from verifier.prefill import PrefillJudge, job_request
+from tests.unit.verifier.test_prefill import dirs, engine, generate, judge  # noqa: F401
+from tests.unit.verifier.test_prefill import job as tiny_job
 from workers.echo import EchoEngine
 
 SCHEMA = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}},
@@ -43,9 +45,24 @@ def test_the_echo_judge_passes_what_an_honest_echo_node_answers(sampling):
 
 
 @pytest.mark.parametrize("sampling, judged", [
-    ({}, True), ({"logprobs": 5}, True), ({"grammar": Grammar(kind="json_object")}, False),
-    ({"logit_bias": {3: 5.0}}, False), ({"presence_penalty": 0.5}, False),
-    ({"frequency_penalty": -0.5}, False), ({"ignore_eos": True}, False)])
-def test_the_prefill_judge_judges_only_jobs_sampled_from_the_models_own_logits(sampling,
-                                                                              judged):
+    ({}, True), ({"logprobs": 5}, True), ({"logit_bias": {3: 5.0}}, True),
+    ({"ignore_eos": True}, True), ({"grammar": Grammar(kind="json_object")}, False),
+    ({"presence_penalty": 0.5}, False), ({"frequency_penalty": -0.5}, False)])
+def test_the_prefill_judge_judges_only_jobs_whose_sampling_it_replays(sampling, judged):
     assert PrefillJudge.can_judge(job(**sampling)) is judged
+
+
+def test_a_biased_honest_output_passes_and_would_fail_without_the_bias(engine, judge):
+    plain = tiny_job(0, max_tokens=30, temperature=0)
+    honest, _ = generate(engine, plain)
+    # Push the greedy output off its course: its first word's token is banned, and a
+    # word it never writes favoured (but not forced: the model still has its say).
+    first = engine.tokenizer.encode(" " + honest.split()[0], add_special_tokens=False)[0]
+    other = next(w for w in (" fox", " dog", " Paris", " capital") if w.strip() not in honest)
+    liked = engine.tokenizer.encode(other, add_special_tokens=False)[0]
+    biased = tiny_job(0, max_tokens=30, temperature=0, ignore_eos=True,
+                      logit_bias={first: -100.0, liked: 3.0})
+    text, reason = generate(engine, biased)
+    assert text != honest
+    assert judge.check(biased, text, reason).passed
+    assert not judge.check(plain, text, reason).passed
