@@ -204,3 +204,10 @@ def test_litellm_embeds_through_the_openai_route(emb_stack):
     cat, kitten = (d["embedding"] for d in resp.data)
     assert len(cat) == 384 and cosine(cat, kitten) > 0.5
     assert resp.usage.prompt_tokens == 8
+
+
+def test_the_audit_finds_every_embedding_job_settled_once(emb_stack, client):
+    client.embeddings.create(model=MODEL, input="audit me")
+    time.sleep(2)  # settlement and the read models follow the log
+    audit = emb_stack.cli("audit", check=False)
+    assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-2000:]
