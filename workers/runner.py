@@ -38,6 +38,7 @@ Outcome = Completed | Failed | Cancelled | Expired
 
 log = logging.getLogger("inferbus.worker")
 RESUME_TIMEOUT_S = 1.0
+RESULT_MARGIN = 16 * 1024  # bytes a result's message adds around it (the gate's reply)
 LEASE_RETRY_S = 1.0
 
 
@@ -146,9 +147,18 @@ class JobRunner:
         signature = signing.sign_output(self.key, job.job_id, attempt, job.model,
                                         job.input_hash(), output_hash(text, logprobs),
                                         self.model_root)
-        return Completed(job_id=job.job_id, attempt=attempt, text=text,
+        done = Completed(job_id=job.job_id, attempt=attempt, text=text,
                          finish_reason=(last.finish_reason if last else None) or "stop",
                          signature=signature, model_root=self.model_root, logprobs=logprobs)
+        # One NATS message carries the result (to the gate, and on to the caller): one
+        # too big would never arrive, and the job would come back forever.
+        size, room = len(done.model_dump_json()), self.nc.max_payload - RESULT_MARGIN
+        if size > room:
+            return Failed(job_id=job.job_id, attempt=attempt, code="job_failed",
+                          message=f"the result is {size} bytes with its logprobs, over the "
+                                  f"{room} one message carries: ask for fewer tokens or "
+                                  f"top_logprobs")
+        return done
 
     async def _resume_point(self, job: JobSubmitted, held: LeaseAnswer) -> str:
         """The text the caller already has when this node takes a job over mid-stream,

@@ -16,8 +16,10 @@ from workers.runner import JobRunner
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
 
 
-async def run_job(w, job) -> tuple[list, Finished]:
-    live = await w.nc.subscribe(subjects.node_live(w.ids["A"], "replies.api1"))
+async def run_job(w, job, watch: bool = True) -> tuple[list, Finished]:
+    """Run ``job`` on node A: its live replies (when ``watch``) and its final one."""
+    live = await w.nc.subscribe(subjects.node_live(w.ids["A"], "replies.api1")
+                                if watch else "nobody.listens")
     done = await w.nc.subscribe("replies.api1")
     await w.queue(job)
     runner = JobRunner(nc=w.nc, generator=EchoEngine("echo"), key=w.keys["A"], ack_wait_s=30,
@@ -64,3 +66,11 @@ async def test_a_schema_no_worker_can_compile_fails_the_job_with_its_reason(gate
         max_tokens=8, grammar=Grammar(kind="json_schema", text="{broken"))})
     _, final = await run_job(gate_world, job)
     assert final.event.type == "JobFailed" and "not valid JSON" in final.event.message
+
+
+async def test_a_result_too_big_for_one_message_fails_the_job_saying_why(gate_world):  # noqa: F811
+    words = " ".join(f"w{i}" for i in range(2000))  # 2000 tokens x 20 alternatives: > 1 MiB
+    job = a_job("big", words=words, reply_to="replies.api1")
+    job = job.model_copy(update={"sampling": Sampling(max_tokens=2000, logprobs=20)})
+    _, final = await run_job(gate_world, job, watch=False)
+    assert final.event.type == "JobFailed" and "top_logprobs" in final.event.message
