@@ -93,7 +93,7 @@ class _Generation(BaseModel):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, Any] | None = None
-    ignore_eos: bool = False
+    ignore_eos: bool | None = False  # vLLM's extension: generate until max_tokens
     # Bookkeeping SDKs send; nothing in the output depends on them.
     user: str | None = Field(default=None, max_length=512)
     metadata: dict[str, Any] | None = None
@@ -127,10 +127,6 @@ class _Generation(BaseModel):
         """How many choices to generate (``n``): one job each, billed each."""
         return self.n or 1
 
-    @property
-    def streaming(self) -> bool:
-        return bool(self.stream)
-
     def limit(self) -> int | None:
         return self.max_tokens
 
@@ -150,7 +146,7 @@ class _Generation(BaseModel):
             top_p=1.0 if self.top_p is None else self.top_p, stop=stop, seed=self.seed,
             logprobs=self.logprobs_k(), presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0, logit_bias=bias,
-            ignore_eos=self.ignore_eos, grammar=self.output_grammar())
+            ignore_eos=bool(self.ignore_eos), grammar=self.output_grammar())
 
     @property
     def include_usage(self) -> bool:
