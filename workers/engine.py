@@ -69,7 +69,10 @@ class Engine:
             dtype = torch.float32  # half precision matmuls are slow or missing on many CPUs
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-        return cls(model.to(device).eval(), tokenizer, name or path.name, device)
+        engine = cls(model.to(device).eval(), tokenizer, name or path.name, device)
+        # In the background, so the first grammar or logprobs request does not wait for it.
+        _PREPARE.submit(engine.vocabulary)
+        return engine
 
     @property
     def kv_bytes_per_token(self) -> int:
