@@ -80,8 +80,9 @@ def test_a_banned_token_never_comes_and_ignore_eos_runs_to_max_tokens(smol):
     assert steps[-1].completion_tokens == 40 and steps[-1].finish_reason == "length"
 
 
-def test_the_batcher_gives_a_schema_row_and_plain_rows_what_they_asked(smol):
-    batcher = Batcher(smol, max_batch=4)
+@pytest.mark.parametrize("decoder", ["padded", "slots"])
+def test_the_batcher_gives_a_schema_row_and_plain_rows_what_they_asked(smol, decoder):
+    batcher = Batcher(smol, max_batch=4, decoder=decoder)
     try:
         schema_row = ask("Describe a person as JSON.", max_tokens=80, temperature=0,
                          grammar=Grammar(kind="json_schema", text=json.dumps(PERSON)))
