@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,8 +54,9 @@ def time_row(engine: Engine, logits: torch.Tensor, steps: int, **sampling) -> di
     """Mean ms per ``pick`` over up to ``steps`` steps (a grammar may end sooner)."""
     built = time.perf_counter()
     seq = engine.sequence(request(steps, **sampling))
-    if seq._prepared is not None:
-        seq._prepared.result()
+    ready = threading.Event()
+    seq.when_ready(ready.set)
+    ready.wait()
     built = time.perf_counter() - built
     if seq.fast_greedy:  # the batch's argmax: no per-row work at all
         return {"pick_ms": 0.0, "steps": steps, "prepare_ms": round(built * 1e3, 2)}
