@@ -38,6 +38,8 @@ def compile_grammar(grammar: Grammar) -> str:
             schema = json.loads(grammar.text)
         except ValueError as exc:
             raise BadGrammar(f"the JSON schema is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadGrammar("the JSON schema is nested too deeply") from None
         if schema is False:
             raise BadGrammar("the JSON schema false matches nothing")
         if schema is True:
@@ -50,7 +52,7 @@ def compile_grammar(grammar: Grammar) -> str:
         return LLMatcher.grammar_from_lark(grammar.text)
     try:
         return LLMatcher.grammar_from_json_schema(schema, overrides=_JSON_OPTIONS)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise BadGrammar(f"the JSON schema cannot be used: {exc}") from None
 
 

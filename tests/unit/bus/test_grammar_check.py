@@ -34,6 +34,9 @@ def test_a_usable_schema_or_grammar_passes_the_check(grammar):
     (Grammar(kind="json_schema", text='{"$ref": "#/defs/missing"}'), "/defs/missing"),
     (Grammar(kind="lark", text="start: undefined_rule"), "undefined_rule"),
     (Grammar(kind="lark", text="   "), "empty"),
+    (Grammar(kind="json_schema", text="[" * 5000 + "]" * 5000), "nested too deeply"),
+    (Grammar(kind="json_schema", text='{"type":"array","items":' * 600 + "{}" + "}" * 600),
+     "recursion limit"),
 ])
 def test_a_bad_schema_or_grammar_is_refused_with_one_line_naming_the_problem(grammar, says):
     message = check(grammar)
