@@ -118,7 +118,9 @@ class Outcomes:
                                   Finished(event=event).model_dump_json().encode())
         await storing
         if isinstance(event, JobCompleted) and self.sampler.wanted(grant, event.job_id):
-            await request_check(self.js, held.job, event)
+            # The judges read the text (its signature stands on output_hash): a check
+            # request without the logprobs stays well inside one message.
+            await request_check(self.js, held.job, event.model_copy(update={"logprobs": None}))
         self.leasing.forget(said.job_id)
         return OutcomeAnswer(logged=True)
 
