@@ -42,7 +42,8 @@ def result_of(view: JobView, output: Output | None) -> dict | None:
             view.model, output.vectors, view.prompt_tokens or 0, "float")
     usage = Usage(prompt_tokens=view.prompt_tokens or 0, completion_tokens=view.completion_tokens)
     return result_body(view.kind, view.job_id, view.model, _unix(view.created_at),
-                       output.text, output.finish_reason, usage)
+                       output.text, output.finish_reason, usage, logprobs=output.logprobs,
+                       tools=output.tools)
 
 
 def job_body(view: JobView, cost: int | None, output: Output | None = None,

@@ -30,7 +30,7 @@ from api.errors import APIError, outcome_error
 from api.job_serving import JobServing
 from api.keys import Principal
 from api.limits import KeyLimiter
-from api.protocol import accepted_body, now, result_body
+from api.protocol import accepted_body, completed_body, now
 from api.reply_router import JobReplies, ReplyRouter
 from bus.config import Settings
 from bus.events import JobCompleted, JobSubmitted
@@ -156,9 +156,7 @@ class Serving:
             exc = outcome_error(outcome)
             exc.headers.update(where(job))
             raise exc
-        body = result_body(job.kind, job.job_id, job.model, created, outcome.text,
-                           outcome.finish_reason, outcome.usage)
-        return Body(body, where(job, outcome.zone))
+        return Body(completed_body(job, created, outcome), where(job, outcome.zone))
 
     async def _stream(self, prepared: Prepared, replies: JobReplies,
                       include_usage: bool, gone) -> Stream:

@@ -26,9 +26,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.messages import NAME_PATTERN
-from bus.sampling import Grammar, Sampling
+from bus.sampling import TOOL_CALL_MARKER, Grammar, Sampling
 
-MARKER = "// inferbus:tool-call"
+MARKER = TOOL_CALL_MARKER
 MAX_TOOLS = 128
 _ANY_ARGS = {"type": "object"}
 
@@ -123,7 +123,7 @@ def system_text(tools: list[Tool], mode: str) -> str:
 
 def is_tool_job(sampling: Sampling) -> bool:
     """Whether a job's text is to be read as a tool call (module docstring)."""
-    return sampling.grammar is not None and sampling.grammar.text.startswith(MARKER)
+    return sampling.grammar is not None and sampling.grammar.for_tools
 
 
 def must_call(sampling: Sampling) -> bool:

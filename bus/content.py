@@ -28,6 +28,7 @@ from bus import subjects
 from bus.events import JobCompleted, JobSubmitted
 from bus.publish import MSG_ID
 from bus.regions import Layout
+from bus.sampling import TokenLogprob
 from bus.stream_configs import DEFAULT_RETENTION_S
 from bus.vectors import Vectors
 
@@ -58,11 +59,17 @@ async def put_input(js: JetStreamContext, job: JobSubmitted) -> None:
     await put(js, job.zone, job.job_id, INPUT, body.encode(), f"in-{job.event_id}")
 
 
-async def put_output(js: JetStreamContext, zone: str, completed: JobCompleted) -> None:
-    """A completed job's text, under its job's zone (where its input is)."""
+async def put_output(js: JetStreamContext, zone: str, completed: JobCompleted,
+                     tools: bool = False) -> None:
+    """A completed job's text, under its job's zone (where its input is); its
+    logprobs when it asked for them, and whether its text is a tool call."""
     kept = {"text": completed.text, "finish_reason": completed.finish_reason}
     if completed.vectors is not None:  # an embedding job's result
         kept["vectors"] = completed.vectors.model_dump()
+    if completed.logprobs is not None:
+        kept["logprobs"] = [p.model_dump(mode="json") for p in completed.logprobs]
+    if tools:
+        kept["tools"] = True
     body = json.dumps(kept)
     await put(js, zone, completed.job_id, OUTPUT, body.encode(), f"out-{completed.event_id}")
 
@@ -75,6 +82,8 @@ class Output:
     finish_reason: str
     expires_at: datetime | None  # None: kept on the log (written before the content store)
     vectors: Vectors | None = None  # an embedding job's result
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when the job asked for them
+    tools: bool = False  # the text is a tool call (the job ran under a tool grammar)
 
 
 class ContentStore:
@@ -106,8 +115,10 @@ class ContentStore:
             return None
         body = json.loads(kept.data)
         vectors = Vectors.model_validate(body["vectors"]) if body.get("vectors") else None
+        logprobs = tuple(TokenLogprob.model_validate(p) for p in body["logprobs"]) \
+            if body.get("logprobs") is not None else None
         return Output(body["text"], body["finish_reason"], kept.stored_at + self.retention,
-                      vectors)
+                      vectors, logprobs, bool(body.get("tools")))
 
     async def erase(self, jobs: list[tuple[str, str]]) -> int:
         """Erase every part of each ``(zone, job_id)``, leaving an ``erased`` marker;

@@ -32,9 +32,19 @@ Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 
 
+# Opens every grammar the API writes for tool calls (clients cannot send a lark
+# grammar): a job under such a grammar answers with a call, read as ``tool_calls``.
+TOOL_CALL_MARKER = "// inferbus:tool-call"
+
+
 class Grammar(Contract):
     kind: Literal["json_object", "json_schema", "lark"]
     text: str = Field(default="", max_length=MAX_GRAMMAR)
+
+    @property
+    def for_tools(self) -> bool:
+        """Whether the API wrote it for tool calls (:data:`TOOL_CALL_MARKER`)."""
+        return self.text.startswith(TOOL_CALL_MARKER)
 
 
 class Sampling(Contract):

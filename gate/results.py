@@ -112,7 +112,7 @@ class Outcomes:
         # The caller is answered while the log stores the outcome: the outcome is
         # checked and sealed, and until it is stored the node has no answer, so it
         # reports again (to any gate) and the outcome is logged then.
-        storing = asyncio.ensure_future(self._store(event, held.job.zone))
+        storing = asyncio.ensure_future(self._store(event, held.job))
         if held.job.reply_to:
             await self.nc.publish(held.job.reply_to,
                                   Finished(event=event).model_dump_json().encode())
@@ -124,11 +124,13 @@ class Outcomes:
         self.leasing.forget(said.job_id)
         return OutcomeAnswer(logged=True)
 
-    async def _store(self, event: Event, zone: str) -> None:
+    async def _store(self, event: Event, job: JobSubmitted) -> None:
         """Log the outcome; a completion's text goes to the job's region's content
         store, and the log keeps its hash."""
+        zone = job.zone
         if isinstance(event, JobCompleted):
-            await asyncio.gather(put_output(self.js, zone, event),
+            tools = job.sampling.grammar is not None and job.sampling.grammar.for_tools
+            await asyncio.gather(put_output(self.js, zone, event, tools),
                                  publish_event(self.js, event.without_content(), zone))
         else:
             await publish_event(self.js, event, zone)
