@@ -81,9 +81,12 @@ def test_jobs_in_flight_over_the_cap_get_429(limited):
 
 def test_clients_cannot_set_price_node_or_rcp(limited):
     with client(limited, "sneaky") as c:
-        body = {**SMALL, "price": 0, "cost": 0, "node_id": "mine", "operator": "sneaky",
-                "rcp": 10**6, "tier": 6}
-        r = c.post("/v1/chat/completions", json=body)
+        for field, value in (("price", 0), ("cost", 0), ("node_id", "mine"),
+                             ("operator", "sneaky"), ("rcp", 10**6), ("tier", 6)):
+            r = c.post("/v1/chat/completions", json={**SMALL, field: value})
+            assert r.status_code == 400, r.text  # refused by name, never quietly ignored
+            assert r.json()["error"]["param"] == field
+        r = c.post("/v1/chat/completions", json=SMALL)
         assert r.status_code == 200
         usage = r.json()["usage"]
         job_id = r.headers["x-inferbus-job"]
