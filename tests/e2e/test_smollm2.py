@@ -10,8 +10,7 @@ import pytest
 from bus.events import SpotChecked
 from tests.eventlog import read_log
 
-from tests.natsd import NatsServer
-from tests.stack import Stack
+from tests.stack import pulled_model_stack
 
 MODEL = "smollm2-135m-instruct"
 pytestmark = pytest.mark.slow
@@ -20,22 +19,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smol_stack(tmp_path_factory):
     # A network of its own: one NATS server is one network (its gates share the work).
-    tmp = tmp_path_factory.mktemp("smol")
-    server = NatsServer(tmp / "nats").start()
-    s = Stack(tmp, server.url, env_extra={"INFERBUS_SPOT_CHECK_SHARE": "1.0"})
-    pulled = s.cli("models", "pull", MODEL)
-    assert pulled.returncode == 0, pulled.stderr
-    assert MODEL in s.cli("models", "list").stdout
-    s.start_projector()
-    s.start_worker("oc", MODEL)
-    s.start_api()
-    try:
-        s.key = s.new_key("smol")
-        s.wait_for_model(s.key, MODEL, timeout=180)
+    with pulled_model_stack(tmp_path_factory.mktemp("smol"), MODEL, "oc", "smol",
+                            env={"INFERBUS_SPOT_CHECK_SHARE": "1.0"}) as s:
+        assert MODEL in s.cli("models", "list").stdout
         yield s
-    finally:
-        s.stop()
-        server.stop()
 
 
 def test_smollm2_knows_the_capital_of_france(smol_stack):
