@@ -29,6 +29,7 @@ class KeyRequest(BaseModel):
     expires_in_days: int | None = Field(default=None, ge=1, le=MAX_EXPIRY_DAYS)
     subcloud: str | None = Field(default=None, min_length=1, max_length=64)
     admin: bool = False
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
     @field_validator("name")
     @classmethod

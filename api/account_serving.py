@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 
 from api.account_requests import KeyRequest, group_of
 from api.errors import APIError
+from api.webhook_targets import check_url
 from api.keys import KeyRing, Principal, hash_key, key_id_of, new_key
 from bus.credits import credits
 from bus.events import ApiKeyIssued, ApiKeyRevoked
@@ -46,7 +47,7 @@ def key_item(view: KeyView) -> dict:
             "created_at": _unix(view.created_at), "expires_at": _unix(view.expires_at),
             "spend_limit": _credits(view.spend_limit), "spent": _credits(view.spent),
             "revoked": view.revoked_at is not None, "admin": view.admin,
-            "subcloud": view.subcloud}
+            "subcloud": view.subcloud, "webhook_url": view.webhook_url}
 
 
 def job_item(line: account_usage.JobLine) -> dict:
@@ -80,22 +81,27 @@ def _within(who: Principal, limit: int | None, expires: datetime | None) -> None
 class Accounts:
     """The account endpoints' work, for one API process."""
 
-    def __init__(self, js: JetStreamContext, store: Store, keys: KeyRing) -> None:
+    def __init__(self, js: JetStreamContext, store: Store, keys: KeyRing,
+                 webhooks_to_private: bool = False) -> None:
         self._js, self._store, self._keys = js, store, keys
+        self._webhooks_to_private = webhooks_to_private
 
     async def create_key(self, who: Principal, req: KeyRequest) -> dict:
         _admin(who)
         subcloud = await self._subcloud(who, req.subcloud)
         limit, expires = req.spend_limit_micro(), req.expiry(datetime.now(timezone.utc))
         _within(who, limit, expires)
+        webhook = None if req.webhook_url is None else \
+            await check_url(req.webhook_url.strip(), self._webhooks_to_private, "webhook_url")
         key = new_key()
         digest = hash_key(key)
         event = ApiKeyIssued(key_hash=digest, account=who.account, subcloud=subcloud,
                              name=req.name, admin=req.admin, spend_limit=limit,
-                             expires_at=expires)
+                             expires_at=expires, webhook_url=webhook)
         await publish_event(self._js, event)
         view = KeyView(digest, key_id_of(digest), who.account, event.name, event.admin,
-                       event.spend_limit, subcloud, event.occurred_at, event.expires_at, None)
+                       event.spend_limit, subcloud, event.occurred_at, event.expires_at, None,
+                       webhook)
         return {**key_item(view), "key": key}
 
     async def list_keys(self, who: Principal) -> dict:

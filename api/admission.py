@@ -89,6 +89,8 @@ class Admission:
         one waits live); ``webhook``: the ``X-Inferbus-Webhook`` header, if sent."""
         model = self._check_model(req)
         if self._webhooks is not None:
+            if webhook is None and reply_to is None:  # an async call: the key's default
+                webhook = who.webhook_url
             webhook = await self._webhooks.requested_for(webhook, respond_async=reply_to is None)
         is_chat = isinstance(req, ChatCompletionRequest)
         inputs = req.texts() if isinstance(req, EmbeddingRequest) else None

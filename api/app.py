@@ -104,7 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.embeddings = EmbeddingServing(admission, replies, serving._limits, jobs,
                                                 settings.job_timeout_s)
         zones = ZoneResolver(settings.geoip_db, settings.trusted_proxies, settings.zone_table())
-        app.state.accounts = Accounts(js, store, keys)
+        app.state.accounts = Accounts(js, store, keys, settings.webhook_allow_private)
         app.state.services = Services(keys, zones, nodes, ledger, serving, jobs,
                                       StatusBoard(nodes, store))
         try:

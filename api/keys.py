@@ -56,6 +56,7 @@ class Principal:
     spend_limit: int | None = None  # micro-credits of debits and holds, at most
     expires_at: datetime | None = None
     name: str | None = None
+    webhook_url: str | None = None  # its async jobs' default webhook
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and (now or datetime.now(timezone.utc)) >= self.expires_at
@@ -63,7 +64,7 @@ class Principal:
 
 def principal_of(event: ApiKeyIssued) -> Principal:
     return Principal(event.account, key_id_of(event.key_hash), event.subcloud, event.admin,
-                     event.spend_limit, event.expires_at, event.name)
+                     event.spend_limit, event.expires_at, event.name, event.webhook_url)
 
 
 class KeyRing:

@@ -71,11 +71,20 @@ async def resolve(host: str) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
-async def check_url(url: str, allow_private: bool) -> str:
-    """``url`` if a webhook may be sent there, else a 400 naming the header:
-    http(s) only, no credentials in it, and (unless ``allow_private``) a host that
-    resolves only to public addresses, so a caller cannot aim the network at its
-    own loopback or private services."""
+async def check_url(url: str, allow_private: bool, param: str = HEADER) -> str:
+    """``url`` if a webhook may be sent there, else a 400 naming ``param`` (the
+    header, or a key's ``webhook_url``): http(s) only, no credentials in it, and
+    (unless ``allow_private``) a host that resolves only to public addresses, so
+    a caller cannot aim the network at its own loopback or private services."""
+    try:
+        return await _checked(url, allow_private)
+    except APIError as exc:
+        if param == HEADER:
+            raise
+        raise APIError(400, exc.message.replace(HEADER, param, 1), exc.code, param) from None
+
+
+async def _checked(url: str, allow_private: bool) -> str:
     if len(url) > MAX_URL:
         raise _bad(f"the URL is longer than {MAX_URL} characters")
     try:

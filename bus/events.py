@@ -191,8 +191,9 @@ class ApiKeyIssued(Event):
 
     ``admin``: the key may manage its account's keys (``/v1/keys``);
     ``spend_limit``: micro-credits its debits and holds may reach at most;
-    ``expires_at``: refused from then on. All optional: a key logged before
-    they existed is a plain, unlimited, non-admin key."""
+    ``expires_at``: refused from then on; ``webhook_url``: where its async jobs'
+    outcomes go when a call names none. All optional: a key logged before they
+    existed is a plain, unlimited, non-admin key."""
 
     type: Literal["ApiKeyIssued"] = "ApiKeyIssued"
     key_hash: Id
@@ -202,6 +203,7 @@ class ApiKeyIssued(Event):
     admin: bool = False
     spend_limit: Micro | None = None
     expires_at: datetime | None = None
+    webhook_url: Annotated[str, Field(max_length=2048)] | None = None
 
 
 class SubcloudCreated(Event):

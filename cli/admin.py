@@ -76,7 +76,7 @@ def deposit(settings: Settings, account: str, micro: int, deposit_id: str | None
 async def create_key(settings: Settings, account: str, subcloud: str | None = None,
                      micro_credits: int = 0, *, name: str | None = None,
                      admin: bool | None = None, spend_limit: int | None = None,
-                     expires_at: datetime | None = None) -> str:
+                     expires_at: datetime | None = None, webhook_url: str | None = None) -> str:
     """Issue a key for ``account`` (optionally with a deposit); only its hash is
     published. ``admin`` None: the account's first live key is its admin key."""
     key = new_key()
@@ -91,7 +91,7 @@ async def create_key(settings: Settings, account: str, subcloud: str | None = No
             await asyncio.to_thread(deposit, settings, account, micro_credits, f"key-{digest}")
         await _log(js, ApiKeyIssued(key_hash=digest, account=account, subcloud=subcloud,
                                     name=name, admin=admin, spend_limit=spend_limit,
-                                    expires_at=expires_at))
+                                    expires_at=expires_at, webhook_url=webhook_url))
     finally:
         await nc.close()
     return key

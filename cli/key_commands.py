@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     kc.add_argument("--spend-limit", help="credits the key may spend (debits and holds)")
     kc.add_argument("--expires-in-days", type=int, help="the key is refused after this")
     kc.add_argument("--subcloud")
+    kc.add_argument("--webhook", help="where its async jobs' outcomes go when a call names "
+                    "none (see docs/webhooks.md)")
     kc.add_argument("--admin", action=argparse.BooleanOptionalAction, default=None,
                     help="may manage the account's keys (default: the account's first key)")
     kc.add_argument("--credits", default="0", help="credits deposited for the account first")
@@ -52,8 +54,18 @@ def dispatch(args, settings: Settings) -> int:
         if not 1 <= args.expires_in_days <= 3650:
             raise ValueError("--expires-in-days must be between 1 and 3650")
         expires = datetime.now(timezone.utc) + timedelta(days=args.expires_in_days)
+    webhook = None
+    if args.webhook is not None:
+        from api.errors import APIError
+        from api.webhook_targets import check_url
+        try:
+            webhook = admin.run(check_url(args.webhook.strip(), settings.webhook_allow_private,
+                                          "--webhook"))
+        except APIError as exc:
+            raise ValueError(exc.message) from None
     key = admin.run(admin.create_key(settings, account, args.subcloud, micro, name=args.name,
-                                     admin=args.admin, spend_limit=limit, expires_at=expires))
+                                     admin=args.admin, spend_limit=limit, expires_at=expires,
+                                     webhook_url=webhook))
     print(f"API key for account {account!r} (shown once, keep it safe):")
     print(key)
     return 0

@@ -22,7 +22,7 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS api_keys (
         key_hash TEXT PRIMARY KEY, key_id TEXT NOT NULL, account TEXT,
         name TEXT, admin INTEGER NOT NULL DEFAULT 0, spend_limit BIGINT, subcloud TEXT,
-        created_at {ts}, expires_at {ts}, revoked_at {ts})""",
+        created_at {ts}, expires_at {ts}, revoked_at {ts}, webhook_url TEXT)""",
     "CREATE INDEX IF NOT EXISTS api_keys_by_account ON api_keys (account, created_at)",
     # What a key holds now (balances' reservations): its spend limit is checked
     # against it at admission.
@@ -33,13 +33,14 @@ SCHEMA = (
 def _issued(tx: Tx, e: ApiKeyIssued) -> None:
     tx.execute(
         "INSERT INTO api_keys (key_hash, key_id, account, name, admin, spend_limit, subcloud, "
-        "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "created_at, expires_at, webhook_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (key_hash) DO UPDATE SET account = excluded.account, "
         "name = excluded.name, admin = excluded.admin, spend_limit = excluded.spend_limit, "
         "subcloud = excluded.subcloud, created_at = excluded.created_at, "
-        "expires_at = excluded.expires_at",
+        "expires_at = excluded.expires_at, webhook_url = excluded.webhook_url",
         (e.key_hash, e.key_hash[:KEY_ID_CHARS], e.account, e.name, int(e.admin), e.spend_limit,
-         e.subcloud, utc(e.occurred_at), None if e.expires_at is None else utc(e.expires_at)))
+         e.subcloud, utc(e.occurred_at), None if e.expires_at is None else utc(e.expires_at),
+         e.webhook_url))
 
 
 def _revoked(tx: Tx, e: ApiKeyRevoked) -> None:
@@ -79,11 +80,12 @@ class KeyView:
     created_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    webhook_url: str | None = None
     spent: int = 0
     held: int = 0
 
 
-_KEY_COLUMNS = ", ".join(f"k.{f.name}" for f in fields(KeyView)[:10])
+_KEY_COLUMNS = ", ".join(f"k.{f.name}" for f in fields(KeyView)[:11])
 _SPENT = ("COALESCE((SELECT spent FROM key_usage u WHERE u.key_id = k.key_id), 0) AS spent, "
           "COALESCE((SELECT SUM(amount) FROM reservations r WHERE r.key_id = k.key_id "
           "AND r.status = 'pending'), 0) AS held")

@@ -205,3 +205,34 @@ def test_another_accounts_job_webhook_is_not_found(hook_stack):
         seen = httpx.get(f"{s.base_url}/v1/jobs/{job_id}/webhook", headers=bearer(s.key),
                          timeout=10)
         assert seen.status_code == 404, (job_id, seen.text)
+
+
+def test_a_keys_webhook_receives_its_async_jobs_that_name_none(hook_stack):
+    s = hook_stack
+    receiver = Receiver().start()
+    try:
+        made = httpx.post(f"{s.base_url}/v1/keys", headers=bearer(s.key), timeout=10,
+                          json={"name": "hooked", "webhook_url": receiver.url})
+        assert made.status_code == 200, made.text
+        assert made.json()["webhook_url"] == receiver.url
+        hooked = made.json()["key"]
+        r = httpx.post(f"{s.base_url}/v1/chat/completions", timeout=30,
+                       headers={**bearer(hooked), "Prefer": "respond-async"},
+                       json={"model": "echo", "max_tokens": 4,
+                             "messages": [{"role": "user", "content": "by default"}]})
+        assert r.status_code == 202, r.text
+        wait_for(lambda: delivery(s, r.json()["id"])["delivered_at"], 30, "never delivered")
+        assert json.loads(receiver.received[0][2])["id"] == r.json()["id"]
+        sync = httpx.post(f"{s.base_url}/v1/chat/completions", headers=bearer(hooked),
+                          timeout=30, json={"model": "echo", "max_tokens": 4,
+                                            "messages": [{"role": "user", "content": "now"}]})
+        assert sync.status_code == 200, sync.text  # the default is for async calls only
+    finally:
+        receiver.stop()
+
+
+def test_a_key_with_a_bad_webhook_url_is_refused_naming_the_field(hook_stack):
+    r = httpx.post(f"{hook_stack.base_url}/v1/keys", headers=bearer(hook_stack.key),
+                   timeout=10, json={"webhook_url": "ftp://example.com/hook"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "webhook_url"
