@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NoReturn
 from datetime import datetime, timedelta, timezone
+from typing import NoReturn
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -122,11 +123,13 @@ class Admission:
             reply_to=reply_to)
         return Prepared(job, request_hash, route.chain, idempotency_key is not None, webhook)
 
-    async def place(self, prepared: Prepared) -> Prepared | Repeat:
+    async def place(self, prepared: Prepared,
+                    on_held: Callable[[], None] | None = None) -> Prepared | Repeat:
         """Hold the job's worst case, log it, queue it, watch it for escalation;
         returns the job as placed (a job whose region is down, re-homed), or
         :class:`Repeat` when a concurrent call with the same ``Idempotency-Key``
-        made the job first (its caller waits for it; this one polls it)."""
+        made the job first (its caller waits for it; this one polls it). ``on_held``
+        runs once the hold is this call's, before the job is logged or queued."""
         if not self._js._nc.is_connected:  # this API lost its region's servers: fail at once
             raise APIError(503, "this API cannot reach its region's servers; nothing was "
                            "held or queued", "bus_unavailable")
@@ -141,6 +144,8 @@ class Admission:
                                "queued", "bus_unavailable") from None
         if not await self._reserve(prepared):
             return Repeat(prepared.job.job_id)
+        if on_held is not None:
+            on_held()
         try:
             await self._log(prepared.job)
         except (NoRespondersError, NoStreamResponseError, NatsTimeout) as exc:

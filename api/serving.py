@@ -122,21 +122,27 @@ class Serving:
             if isinstance(placed, Repeat):
                 return await self._repeat(who, placed.job_id, call)
             return accepted(placed.job.job_id, where(placed.job), call.base_url)
-        # Watched before it is queued, so no reply arrives unrouted.
-        replies = self._replies.watch(prepared.job.job_id, prepared.job.deadline)
+        watching: list[JobReplies] = []
+
+        def watch() -> None:
+            # Once the hold is this call's (a call that lost the race for its key's job
+            # must not take the job's replies from the winner), and before the job is
+            # queued, so no reply arrives unrouted.
+            watching.append(self._replies.watch(prepared.job.job_id, prepared.job.deadline))
         handed_over = False
         try:
-            placed = await self._admission.place(prepared)
+            placed = await self._admission.place(prepared, on_held=watch)
             if isinstance(placed, Repeat):  # a concurrent call with its key made the job
                 return await self._repeat(who, placed.job_id, call)
+            replies = watching[0]
             if req.stream:
                 answer = await self._stream(placed, replies, req.include_usage, call.gone)
                 handed_over = True  # the stream closes them
                 return answer
             return await self._complete(placed, replies, call.gone)
         finally:
-            if not handed_over:
-                replies.close()
+            if watching and not handed_over:
+                watching[0].close()
 
     async def _complete(self, prepared: Prepared, replies: JobReplies, gone) -> Body:
         """Wait for the job's outcome: the sync body, or its error."""
