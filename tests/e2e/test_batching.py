@@ -29,7 +29,9 @@ def one_worker(models_dir, tmp_path_factory):
 
 
 def request(i: int) -> dict:
-    return dict(model=LONG_MODEL, max_tokens=600, temperature=0,
+    # Long enough (about 3 s here) to span more than one heartbeat, which is when a
+    # node reports how many jobs it runs: a shorter batch can end between two.
+    return dict(model=LONG_MODEL, max_tokens=1800, temperature=0,
                 messages=[{"role": "user", "content": f"Story {i}: " + "once upon a time " * i}])
 
 
@@ -57,7 +59,7 @@ def test_one_worker_streams_concurrent_requests_in_one_batch(one_worker):
                             .json()["totals"]["busy"])
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     watcher = threading.Thread(target=watch_busy)
     watcher.start()
