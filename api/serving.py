@@ -35,6 +35,7 @@ from api.reply_router import JobReplies, ReplyRouter
 from bus.config import Settings
 from bus.events import JobCompleted, JobSubmitted
 from bus.replies import Delta, Finished, Started
+from bus.sampling import MAX_LOGPROB_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,15 @@ class Serving:
     async def generate(self, who: Principal, call: Call) -> Answer:
         """Run ``call`` for ``who`` and say how to answer it (module docstring)."""
         req = call.body
-        if req.sampling().max_tokens > self._config.max_tokens_limit:
+        sampling = req.sampling()
+        if sampling.max_tokens > self._config.max_tokens_limit:
             raise APIError(400, f"max_tokens is at most {self._config.max_tokens_limit} here",
                            "max_tokens_too_large", "max_tokens")
+        if sampling.logprobs is not None and \
+                sampling.max_tokens * (sampling.logprobs + 1) > MAX_LOGPROB_ENTRIES:
+            raise APIError(400, "with logprobs, max_tokens × (top_logprobs + 1) is at most "
+                           f"{MAX_LOGPROB_ENTRIES} (a result is one message)",
+                           "logprobs_too_large", "top_logprobs")
         if (n := getattr(req, "n", None) or 1) > 1:
             if call.respond_async:
                 raise APIError(400, "n > 1 is served on sync and streaming calls, not with "

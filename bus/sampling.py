@@ -26,6 +26,9 @@ from bus.contracts import Contract
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 MAX_LOGIT_BIAS = 300  # entries; OpenAI's bound
 MAX_GRAMMAR = 64 * 1024  # characters of one schema or grammar
+# Token entries (a token and each of its alternatives) one result may carry: a
+# node's result is one NATS message (1 MiB), and an entry takes up to ~50 bytes.
+MAX_LOGPROB_ENTRIES = 14_000
 
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Bias = Annotated[float, Field(ge=-100.0, le=100.0)]

@@ -125,3 +125,11 @@ def test_concurrent_calls_with_one_idempotency_key_all_get_the_one_answer(stack)
         assert settled(http)["spent"] == pytest.approx(cost(answers[0].json()["usage"]))
 
 
+
+
+def test_logprobs_too_large_for_one_result_are_refused_before_anything_runs(stack, key):
+    with api(stack, key) as http:
+        r = http.post("/v1/chat/completions", json={
+            **CHAT, "max_tokens": 4000, "logprobs": True, "top_logprobs": 20})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "top_logprobs"
