@@ -90,9 +90,11 @@ class Admission:
         one waits live); ``webhook``: the ``X-Inferbus-Webhook`` header, if sent."""
         model = self._check_model(req)
         if self._webhooks is not None:
-            if webhook is None and reply_to is None:  # an async call: the key's default
-                webhook = who.webhook_url
             webhook = await self._webhooks.requested_for(webhook, respond_async=reply_to is None)
+            if webhook is None and reply_to is None:
+                # An async call naming none: its key's default, checked when the key was
+                # made (the dispatcher resolves the host again before every attempt).
+                webhook = who.webhook_url
         is_chat = isinstance(req, ChatCompletionRequest)
         inputs = req.texts() if isinstance(req, EmbeddingRequest) else None
         messages = req.contract_messages() if is_chat else None
