@@ -75,8 +75,9 @@ def test_erased_content_is_gone_while_the_audit_still_verifies_the_job(regions):
     marker = f"marker-{uuid.uuid4().hex}"
     auth = {"Authorization": f"Bearer {regions.eu_key}"}
     r = ask(regions.eu_url, regions.eu_key, f"forget {marker}")
+    assert r.status_code == 200, r.text
     job = r.headers["x-inferbus-job"]
-    got = httpx.get(f"{regions.eu_url}/v1/jobs/{job}", headers=auth, timeout=10).json()
+    got = completed_job(regions.eu_url, regions.eu_key, job)
     assert marker in got["result"]["choices"][0]["message"]["content"]
     gone = httpx.delete(f"{regions.eu_url}/v1/jobs/{job}/content", headers=auth, timeout=10)
     assert gone.status_code == 200, gone.text
@@ -95,13 +96,7 @@ def test_erased_content_is_gone_while_the_audit_still_verifies_the_job(regions):
     assert other.status_code == 404  # only its owner may erase it
     out = regions.cli("accounts", "forget", "eurocorp")
     assert "erased" in out.stdout
-    # The ledger's events reach the log through the relay, a moment after the ledger
-    # has them: under load the first audit can run before they are there.
-    deadline = time.monotonic() + 30
-    while (audit := regions.cli("audit", check=False)).returncode != 0 and \
-            time.monotonic() < deadline:
-        time.sleep(1)
-    assert audit.returncode == 0, audit.stdout + audit.stderr
+    audit_passes(regions)
 
 
 def test_one_balance_holds_across_regions_with_no_overspend(regions):
@@ -121,6 +116,30 @@ def test_one_balance_holds_across_regions_with_no_overspend(regions):
         time.sleep(0.1)
     assert account["balance"] >= 0
     assert abs(account["balance"] + account["spent"] - deposit) < 1e-6  # nothing made or lost
+
+
+def completed_job(url: str, key: str, job: str, wait_s: float = 30) -> dict:
+    """The job once its read model says completed. The read model follows the log
+    a moment after the answer: under load it can still say running when the
+    client already has the text."""
+    deadline = time.monotonic() + wait_s
+    while (got := httpx.get(f"{url}/v1/jobs/{job}", timeout=10,
+                            headers={"Authorization": f"Bearer {key}"}).json())["status"] \
+            != "completed":
+        assert time.monotonic() < deadline, got
+        time.sleep(0.1)
+    return got
+
+
+def audit_passes(regions, wait_s: float = 30) -> None:
+    """``inferbus audit`` passes. The ledger's events reach the log through the relay
+    a moment after the ledger has them, so under load the first audit can run
+    before they are there."""
+    deadline = time.monotonic() + wait_s
+    while (audit := regions.cli("audit", check=False)).returncode != 0 and \
+            time.monotonic() < deadline:
+        time.sleep(1)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
 def account_of(url: str, key: str) -> dict:
@@ -157,9 +176,6 @@ def test_losing_a_region_keeps_the_others_serving_and_loses_nothing_acked(region
     while (back := ask(regions.eu_url, regions.eu_key, "back")).status_code != 200:
         assert time.monotonic() < deadline, back.text
         time.sleep(1)
-    audit = regions.cli("audit", check=False)  # eu's log, sourced again, checks out whole
-    assert audit.returncode == 0, audit.stdout + audit.stderr
-    job = before.headers["x-inferbus-job"]
-    got = httpx.get(f"{regions.eu_url}/v1/jobs/{job}", timeout=10,
-                    headers={"Authorization": f"Bearer {regions.eu_key}"}).json()
-    assert got["status"] == "completed" and got["result"] is not None
+    audit_passes(regions)  # eu's log, sourced again, checks out whole
+    got = completed_job(regions.eu_url, regions.eu_key, before.headers["x-inferbus-job"])
+    assert got["result"] is not None
