@@ -9,8 +9,10 @@ redeliveries. A ring can come before JetStream has stored the job it announces
 (the plain subscription hears the publish as the stream does), so a ring whose
 probe finds nothing is followed by a few quick probes (``RING_RETRIES_S``)
 before the worker sleeps again: a queue with one worker (a node's own) would
-otherwise wait out the safety poll. Each job runs as a task of its own (``JobRunner.run``: lease,
-replies, outcome, ack).
+otherwise wait out the safety poll. A turn woken by a ring asks the queues that rang
+first (the rest after, in their order): a job in the global pool would
+otherwise wait for a round trip to each emptier queue before it. Each job runs
+as a task of its own (``JobRunner.run``: lease, replies, outcome, ack).
 """
 from __future__ import annotations
 
@@ -68,24 +70,34 @@ class Doorbell:
     """
 
     def __init__(self, nc: Client, subject_list: list[str]) -> None:
+        """``subject_list``: each queue's jobs subject, in the order of its sources."""
         self._nc, self._subjects = nc, subject_list
         self._rung = asyncio.Event()
+        self._which: set[int] = set()  # the queues (by index) that rang since clear()
 
     async def start(self) -> Doorbell:
         for subject in self._subjects:
             await self._nc.subscribe(subject, cb=self._rang)
         return self
 
-    async def _rang(self, _: Msg) -> None:
-        self.ring()
+    async def _rang(self, msg: Msg) -> None:
+        self.ring(self._subjects.index(msg.subject) if msg.subject in self._subjects else None)
 
-    def ring(self) -> None:
-        """A job was queued on one of the subjects."""
+    def ring(self, queue: int | None = None) -> None:
+        """A job was queued on one of the subjects (``queue``: its index, if known)."""
+        if queue is not None:
+            self._which.add(queue)
         self._rung.set()
+
+    def rung_first(self, sources: list) -> list:
+        """``sources`` with the queues that rang since :meth:`clear` first."""
+        return [s for i, s in enumerate(sources) if i in self._which] + \
+            [s for i, s in enumerate(sources) if i not in self._which]
 
     def clear(self) -> None:
         """Call before probing the queues, so a job queued meanwhile still rings."""
         self._rung.clear()
+        self._which.clear()
 
     async def wait(self, timeout: float) -> bool:
         """Until a ring or ``timeout``; whether it rang."""
@@ -139,6 +151,7 @@ async def pull_loop(sources: list[JobSource], bell: Doorbell,
             while not free.locked():  # every free slot, taken without waiting
                 await free.acquire()
                 room += 1
+            order = bell.rung_first(sources)
             bell.clear()
 
             def launch(msgs: list[Msg]) -> None:
@@ -146,7 +159,7 @@ async def pull_loop(sources: list[JobSource], bell: Doorbell,
                     task = asyncio.create_task(run_one(msg))
                     running.add(task)
                     task.add_done_callback(running.discard)
-            msgs = [] if stop.is_set() else await next_jobs(sources, room, launch)
+            msgs = [] if stop.is_set() else await next_jobs(order, room, launch)
             for _ in range(room - len(msgs)):
                 free.release()
             if msgs:

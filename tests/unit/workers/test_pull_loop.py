@@ -61,3 +61,50 @@ async def test_a_job_in_hand_starts_before_a_far_queue_is_asked_for_more():
     loop = asyncio.create_task(pull_loop([near, far], bell, run, stop, max_jobs=4))
     await asyncio.wait_for(loop, 5)
     assert started and started[0] - begun < 0.25  # not after the far queue's 0.5 s
+
+
+class CountingQueue:
+    """A queue that holds ``jobs`` and records when it was asked."""
+
+    def __init__(self, name: str, asked: list, jobs: list | None = None) -> None:
+        self.name, self.asked, self.jobs = name, asked, jobs or []
+
+    async def take(self, n: int) -> list:
+        self.asked.append(self.name)
+        found, self.jobs = self.jobs[:n], self.jobs[n:]
+        return found
+
+
+async def test_a_ring_from_the_global_pool_asks_it_before_the_emptier_queues():
+    asked, stop = [], asyncio.Event()
+    own, zone, pool = (CountingQueue("own", asked), CountingQueue("zone", asked),
+                       CountingQueue("global", asked))
+    bell = Doorbell(None, ["jobs.eu.own.m", "jobs.eu.m", "jobs.global.m"])
+
+    async def run(msg) -> None:
+        stop.set()
+
+    loop = asyncio.create_task(pull_loop([own, zone, pool], bell, run, stop))
+    await asyncio.sleep(0.05)  # idle: probed everything once, asleep on the bell
+    asked.clear()
+    pool.jobs = ["job"]
+    bell.ring(2)
+    await asyncio.wait_for(loop, 5)
+    assert asked[0] == "global"
+
+
+async def test_an_unknown_ring_still_asks_in_order_of_preference():
+    asked, stop = [], asyncio.Event()
+    own, pool = CountingQueue("own", asked), CountingQueue("global", asked)
+    bell = Doorbell(None, ["jobs.eu.own.m", "jobs.global.m"])
+
+    async def run(msg) -> None:
+        stop.set()
+
+    loop = asyncio.create_task(pull_loop([own, pool], bell, run, stop))
+    await asyncio.sleep(0.05)
+    asked.clear()
+    pool.jobs = ["job"]
+    bell.ring()
+    await asyncio.wait_for(loop, 5)
+    assert asked[:2] == ["own", "global"]
