@@ -53,11 +53,10 @@ class EmbeddingServing:
 
     async def embed(self, who: Principal, call: EmbeddingCall) -> tuple[dict, dict[str, str]]:
         """The embeddings of ``call`` for ``who``: (body, headers); errors raise APIError."""
-        await self._limits.admit(who)  # before anything is reserved
         req = call.body
-        prepared = await self._admission.prepare(
+        prepared = await self._limits.admit(who, self._admission.prepare(  # then reserve
             who, req, call.zone, call.constraints, call.location, call.idempotency_key,
-            self._replies.subject)
+            self._replies.subject))
         if isinstance(prepared, Repeat):
             return await self._repeat(who, prepared.job_id, req)
         job = prepared.job

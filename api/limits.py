@@ -10,14 +10,17 @@
   count may be up to ``ACTIVE_READ_S`` old, with the jobs admitted here since
   added; near the cap it is read for each request. With ``account_rate``
   (:class:`api.account_rate.AccountRate`), the account's requests are also
-  counted network-wide, once the local checks passed.
+  counted network-wide, once the local checks passed; that count is a round
+  trip, made while the job is prepared (which holds nothing), not before it.
 """
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import math
 import time
+from typing import Awaitable, TypeVar
 
 from api.account_rate import AccountRate
 from api.errors import APIError
@@ -26,6 +29,7 @@ from bus.credits import credits
 from projections.api_keys import key_spend
 from projections.job_status import active_jobs
 
+T = TypeVar("T")
 # How stale the read-model count of a key's unfinished jobs may be. Reading it for
 # every request cost the API a third of its CPU at 64 requests in flight.
 ACTIVE_READ_S = 0.1
@@ -82,7 +86,36 @@ class KeyLimiter:
         # key -> (unfinished jobs when read, admitted here since, read at)
         self._active: dict[str, tuple[int, int, float]] = {}
 
-    async def admit(self, who: Principal) -> None:
+    async def admit(self, who: Principal, meanwhile: Awaitable[T] | None = None) -> T | None:
+        """Admit one request of ``who`` (429 over a limit) and return ``meanwhile``'s
+        result: work that holds nothing (the job's preparation), run while the
+        account's network-wide count is made, so it does not wait for that round
+        trip. Nothing may be reserved until this returns."""
+        try:
+            await self._local(who)
+        except BaseException:
+            if inspect.iscoroutine(meanwhile):
+                meanwhile.close()
+            raise
+        if meanwhile is None:
+            meanwhile = asyncio.sleep(0)
+        if self._account_rate is None:
+            return await meanwhile
+        counted = asyncio.ensure_future(self._account_rate.admit(who.account))
+        await asyncio.sleep(0)  # the count's publish goes out before the preparation runs
+        try:
+            result = await meanwhile
+        except Exception:
+            await counted  # over the rate is the answer, as it was before any preparing
+            raise
+        except BaseException:  # cancelled: the count completes on its own
+            counted.add_done_callback(lambda t: t.cancelled() or t.exception())
+            raise
+        await counted
+        return result
+
+    async def _local(self, who: Principal) -> None:
+        """This instance's checks of the key: its rate and its unfinished jobs."""
         now = time.monotonic()
         tokens, at = self._buckets.get(who.key_id, (float(self._rate), now))
         tokens = min(float(self._rate), tokens + (now - at) * self._rate / 60.0)
@@ -100,8 +133,6 @@ class KeyLimiter:
         self._buckets[who.key_id] = (tokens - 1.0, now)
         count, since, at = self._active[who.key_id]
         self._active[who.key_id] = (count, since + 1, at)
-        if self._account_rate is not None:  # last: the one check that costs a round trip
-            await self._account_rate.admit(who.account)
 
     async def _active_jobs(self, key_id: str, now: float) -> int:
         """The key's unfinished jobs. Far below the cap, the read-model count of up to

@@ -117,11 +117,10 @@ class Serving:
     async def one(self, who: Principal, call: Call) -> Answer:
         """One job for ``call`` (one choice)."""
         req = call.body
-        await self._limits.admit(who)  # before anything is reserved
         live = not call.respond_async
-        prepared = await self._admission.prepare(
+        prepared = await self._limits.admit(who, self._admission.prepare(  # then reserve
             who, req, call.zone, call.constraints, call.location, call.idempotency_key,
-            self._replies.subject if live else None, call.webhook)
+            self._replies.subject if live else None, call.webhook))
         if isinstance(prepared, Repeat):
             return await self._repeat(who, prepared.job_id, call)
         if not live:
