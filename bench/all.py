@@ -1,6 +1,6 @@
 """Every benchmark of the performance targets, one after another, then one table.
 
-    .venv/bin/python -m bench.all [--quick] [--only bus,ledger,worker,audit]
+    .venv/bin/python -m bench.all [--quick] [--only bus,ledger,worker,audit,peers]
 
 Each benchmark runs as its own process (``python -m bench.<name>``), prints its
 own table with its raw baseline measured in the same run, and writes
@@ -27,6 +27,7 @@ BENCHES = {
     "ledger": ([], ["--seconds", "1"]),
     "worker": ([], ["--tokens", "8", "--rounds", "1", "--streams", "1,8", "--ttft", "3"]),
     "audit": ([], ["--repeat", "1"]),  # it needs 100,000 events: --jobs stays
+    "peers": ([], ["--rounds", "1", "--n", "50", "--seconds", "3"]),
 }
 
 
@@ -57,6 +58,11 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     if audit := results.get("audit"):
         row("audit replay >= 20,000 events/s", audit.get("audit", {}).get("events_per_s"),
             20000, "{:,.0f} events/s", True)
+    if peers := results.get("peers"):
+        row("p50 <= 0.5x LiteLLM proxy", peers["ratio_p50"], 0.5, "{:.2f}x", False)
+        row("p99 <= 1.0x LiteLLM proxy", peers["ratio_p99"], 1.0, "{:.2f}x", False)
+        row("req/s >= 2x LiteLLM proxy, 64 in flight", peers["ratio_throughput"], 2.0,
+            "{:.2f}x", True)
     return rows
 
 

@@ -143,7 +143,11 @@ def until_audited(stack: Stack, timeout: float = 120):
         time.sleep(1.0)
 
 
-def run(n: int, seconds: float, inflight: int) -> dict:
+@contextlib.contextmanager
+def echo_network(inflight: int):
+    """(server, stack): a nats-server of the bench's own and a stack on it whose
+    data dir holds the echo model, sized for ``inflight`` at once; both stopped
+    and their files removed on exit. No service runs yet: see ``serve_echo``."""
     tmp = Path(tempfile.mkdtemp(prefix="inferbus-bench-"))
     server = NatsServer(tmp / "nats").start()
     # The bench's one key sends far more than a consumer's default limits allow.
@@ -152,12 +156,28 @@ def run(n: int, seconds: float, inflight: int) -> dict:
         "INFERBUS_MAX_JOBS_IN_FLIGHT": str(4 * inflight)})
     try:
         write_echo_model(tmp / "data" / "models" / MODEL)
+        yield server, stack
+    finally:
+        stack.stop()
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def serve_echo(stack: Stack) -> str:
+    """Start the projector, an echo worker and the API; a key with credits, once
+    the model is served."""
+    stack.start_projector()
+    stack.start_worker("eu", MODEL)
+    stack.start_api()
+    key = stack.new_key("bench", credits="1000000")
+    stack.wait_for_model(key, MODEL)
+    return key
+
+
+def run(n: int, seconds: float, inflight: int) -> dict:
+    with echo_network(inflight) as (server, stack):
         raw_1, raw_n = asyncio.run(raw_trips(server.url, n, inflight, seconds))
-        stack.start_projector()
-        stack.start_worker("eu", MODEL)
-        stack.start_api()
-        key = stack.new_key("bench", credits="1000000")
-        stack.wait_for_model(key, MODEL)
+        key = serve_echo(stack)
         full_1 = stack_latency(stack, key, n)
         full_n = stack_load(stack, key, inflight, seconds)
         lag_s, account = until_settled(stack, key)
@@ -170,10 +190,6 @@ def run(n: int, seconds: float, inflight: int) -> dict:
         full_n["audit_exit"] = audit.returncode
         if audit.returncode != 0:
             print(f"inferbus audit exit {audit.returncode}:\n{audit.stdout[-3000:]}")
-    finally:
-        stack.stop()
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"raw_1": raw_1, "raw_n": raw_n, "stack_1": full_1, "stack_n": full_n,
             "ratio_p50": full_1["p50_ms"] / raw_1["p50_ms"],
             "ratio_p99": full_1["p99_ms"] / raw_1["p99_ms"],
