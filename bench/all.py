@@ -28,6 +28,7 @@ BENCHES = {
     "worker": ([], ["--tokens", "8", "--rounds", "1", "--streams", "1,8", "--ttft", "3"]),
     "audit": ([], ["--repeat", "1"]),  # it needs 100,000 events: --jobs stays
     "peers": ([], ["--rounds", "1", "--n", "50", "--seconds", "3"]),
+    "clients": ([], ["--seconds", "15", "--streams", "1,8", "--rounds", "1"]),
 }
 
 
