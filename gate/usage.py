@@ -107,6 +107,7 @@ class Counters:
         self.models_dir, self.store = Path(models_dir), store
         self._loaded: dict[str, Counter | None] = {}  # by root, or by name
         self._by_model: dict[str, Counter] = {}  # the last root loaded of each name
+        self._loading: dict[str, asyncio.Future] = {}  # loads under way, by root or name
 
     def get(self, model: str, root: str | None = None) -> Counter | None:
         """The counter of ``root`` once :meth:`ready` loaded it, else of ``model`` by
@@ -122,12 +123,21 @@ class Counters:
         load (transformers' import included) takes seconds, which the gate's must not."""
         key = root or model
         if key not in self._loaded:
-            path = await self._fetched(root) if root and self.store else None
-            counter = await asyncio.to_thread(self._load, model, path)
+            # One load per key, however many results arrive before it is done:
+            # transformers' lazy imports fail when two threads make them at once.
+            if (loading := self._loading.get(key)) is None:
+                loading = self._loading[key] = asyncio.ensure_future(self._load_off_loop(
+                    model, root))
+                loading.add_done_callback(lambda _: self._loading.pop(key, None))
+            counter = await asyncio.shield(loading)
             self._loaded.setdefault(key, counter)
             if counter is not None:
                 self._by_model[model] = counter
         return self.get(model, root)
+
+    async def _load_off_loop(self, model: str, root: str | None) -> Counter | None:
+        path = await self._fetched(root) if root and self.store else None
+        return await asyncio.to_thread(self._load, model, path)
 
     async def _fetched(self, root: str) -> Path | None:
         """A local copy of ``root``'s files but its weights; None when unpublished."""

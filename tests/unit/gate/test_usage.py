@@ -2,6 +2,9 @@
 for the same tokens whichever side counts (a tiny random-weight Llama)."""
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -47,3 +50,21 @@ def test_echo_models_count_words_and_unknown_models_cannot_be_counted(models):
     assert isinstance(counters.get("echo"), WordCounter)
     assert counters.get("echo").output("a b  c\n") == 3
     assert counters.get("missing") is None
+
+
+def test_results_arriving_together_load_a_models_tokenizer_once(models, monkeypatch):
+    """Two threads importing transformers' tokenizer at once fail; one load serves all."""
+    counters, loads, lock = Counters(models), [], threading.Lock()
+    real = Counters._load
+
+    def slow_load(self, model, path=None):
+        with lock:
+            loads.append(model)
+        time.sleep(0.05)  # the window in which other results arrive
+        return real(self, model, path)
+    monkeypatch.setattr(Counters, "_load", slow_load)
+
+    async def eight_at_once():
+        return await asyncio.gather(*(counters.ready("tiny") for _ in range(8)))
+    got = asyncio.run(eight_at_once())
+    assert loads == ["tiny"] and all(c is got[0] and c is not None for c in got)
