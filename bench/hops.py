@@ -1,7 +1,7 @@
 """Where one request's milliseconds go: every NATS message of a sync 1-token
 chat, in the order the server carried them, timed from the HTTP send.
 
-    .venv/bin/python -m bench.hops [--n 200] [--show 1]
+    .venv/bin/python -m bench.hops [--n 200] [--show 1] [--inflight 64] [--seconds 10]
 
 Starts the stack ``bench.bus`` runs (echo worker, gate, verifier, projector,
 billing on), sends ``--n`` requests one at a time while a wiretap subscribes
@@ -13,12 +13,16 @@ forwards it, so a gap is the time the sender took to produce the next message
 (its CPU and its wait for an earlier answer), plus loopback.
 
 The tap costs the server one more delivery per message; the gaps, not the
-total, are what it is for. Prints only: it is a profile, not a target.
+total, are what it is for. Then, with the tap gone, ``--inflight`` clients for
+``--seconds``: each process's CPU time per completed job (user + system, from
+``/proc``), which is what a bigger machine's jobs/s follows. Prints only: it
+is a profile, not a target.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import time
@@ -91,14 +95,41 @@ def report(traces: list[list[tuple[float, str]]], show: int) -> None:
         print(f"{statistics.median(values):8.2f} ms  x{len(values):<5} {subject}")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_job(stack, server, key: str, inflight: int, seconds: float) -> None:
+    """Each process's CPU milliseconds per job while ``inflight`` clients load it."""
+    pids = {name: proc.pid for name, proc in stack.procs.items()} | {"nats-server":
+                                                                    server.proc.pid}
+    before = {name: cpu_s(pid) for name, pid in pids.items()}
+    load = asyncio.run(httpload.closed_loop(stack.base_url, PATH, BODY,
+                                            {"Authorization": f"Bearer {key}"}, inflight,
+                                            seconds))
+    used = {name: cpu_s(pid) - before[name] for name, pid in pids.items()}
+    jobs = load["jobs"]
+    print(f"\n{inflight} in flight for {seconds:.0f} s: {jobs} jobs, "
+          f"{load['jobs_per_s']:.0f} jobs/s; CPU per job by process:")
+    for name, spent in sorted(used.items(), key=lambda kv: -kv[1]):
+        print(f"{1000 * spent / max(jobs, 1):8.2f} ms  {name}")
+    print(f"{1000 * sum(used.values()) / max(jobs, 1):8.2f} ms  in all "
+          f"(the settling after the load not included)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--show", type=int, default=1)
+    parser.add_argument("--inflight", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    with echo_network(1) as (server, stack):
+    with echo_network(args.inflight) as (server, stack):
         key = serve_echo(stack)
         report(asyncio.run(traced(stack.base_url, key, server.url, args.n)), args.show)
+        cpu_per_job(stack, server, key, args.inflight, args.seconds)
 
 
 if __name__ == "__main__":
