@@ -47,15 +47,19 @@ def is_empty(tx: Tx) -> bool:
     return not any(tx.query(f"SELECT 1 AS one FROM {t.name} LIMIT 1") for t in TABLES)
 
 
-def open_store_url(url_or_path: str | Path, *, schema: str | None = None) -> Store:
+def open_store_url(url_or_path: str | Path, *, schema: str | None = None,
+                   scratch: bool = False) -> Store:
     """A store of the read models: PostgreSQL for a ``postgresql://`` URL (its
-    tables in ``schema`` when given), else SQLite at that path."""
+    tables in ``schema`` when given), else SQLite at that path (``scratch``: a
+    rebuild's file, see :class:`~projections.store.SqliteStore`)."""
     target = str(url_or_path)
     if target.startswith(POSTGRES_SCHEMES):
+        if scratch:
+            raise ValueError("a scratch store is a SQLite file")
         return PostgresStore(target, SCHEMA, schema=schema)
     if schema is not None:
         raise ValueError("schema applies to PostgreSQL stores only")
-    return SqliteStore(target, SCHEMA)
+    return SqliteStore(target, SCHEMA, scratch=scratch)
 
 
 def open_store(settings: Settings) -> Store:

@@ -106,12 +106,14 @@ class SqliteStore:
 
     Other processes open their own connection to the same file; WAL lets them
     read during our writes, and ``busy_timeout`` makes concurrent writers wait
-    instead of failing with ``database is locked``."""
+    instead of failing with ``database is locked``. A ``scratch`` store (the
+    audit's rebuild) has one reader and writer at a time and may be lost in a
+    crash: it trades WAL and fsync for speed."""
 
     dialect = "sqlite"
 
     def __init__(self, path: str | Path, tables: Sequence[str] = (),
-                 busy_timeout_ms: int = 5000) -> None:
+                 busy_timeout_ms: int = 5000, *, scratch: bool = False) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
@@ -120,10 +122,17 @@ class SqliteStore:
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL is safe here: a commit lost to power failure rolls back rows and
-        # position together, and the projector simply re-applies those events.
-        self._conn.execute("PRAGMA synchronous = NORMAL")
+        if scratch:
+            # A rebuild nobody else reads and nobody needs after a crash: no
+            # write-ahead log (the file stays one file, to copy when closed) and
+            # no fsync, ~15% of a rebuild's time.
+            self._conn.execute("PRAGMA journal_mode = MEMORY")
+            self._conn.execute("PRAGMA synchronous = OFF")
+        else:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is safe here: a commit lost to power failure rolls back rows
+            # and position together, and the projector simply re-applies those events.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
         with self.transaction() as tx:
             for statement in (*tables, _TRACKING):
                 tx.execute(statement.format(ts="TEXT"))
