@@ -21,7 +21,6 @@ from bus.streams import nodes_bucket, patiently
 from bus.zones import ZONES, is_zone
 from ledger import Ledger
 from projections import api_keys
-from projections.audit import audit
 from projections.job_status import jobs_of
 from projections.readmodels import open_store
 
@@ -149,19 +148,6 @@ async def create_subcloud(settings: Settings, name: str, zones: list[str], stric
         return event
     finally:
         await nc.close()
-
-
-async def run_audit(settings: Settings):
-    """Replay the log and check it against the live read models and the ledger."""
-    nc, js = await connect_admin(settings)
-    store = await asyncio.to_thread(open_store, settings)
-    ledger = await asyncio.to_thread(Ledger.open, settings)
-    try:
-        return await audit(js, store, await asyncio.to_thread(ledger.accounts))
-    finally:
-        await nc.close()
-        store.close()
-        ledger.close()
 
 
 async def forget_account(settings: Settings, account: str) -> tuple[int, int]:

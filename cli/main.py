@@ -12,7 +12,7 @@ import signal
 import sys
 
 from bus.config import Settings
-from cli import account_commands, key_commands
+from cli import account_commands, audit_command, key_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     dep = cr.add_parser("deposit", help="add credits to an account")
     dep.add_argument("--account", required=True)
     dep.add_argument("amount", help="credits, e.g. 25 or 0.5")
-    sub.add_parser("audit", help="replay the log and check every invariant")
+    audit_command.add_parser(sub)
     acc = sub.add_parser("accounts", help="consumer accounts").add_subparsers(
         dest="accounts_cmd", required=True)
     acc.add_parser("forget", help="erase an account's prompts and results in every region"
@@ -229,10 +229,7 @@ def _dispatch(args, settings: Settings) -> int:
               f"every region; the log keeps their hashes, usage and cost")
         return 0
     if args.command == "audit":
-        from cli import admin
-        report = admin.run(admin.run_audit(settings))
-        print(report.render())
-        return 0 if report.ok else 1
+        return audit_command.dispatch(args, settings)
     if args.command == "models":
         return _models(args, settings)
     if args.command == "status":
