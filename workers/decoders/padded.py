@@ -3,8 +3,9 @@
 Every row of a ``PaddedBatch`` is one sequence's cache; rows are left-padded
 to one common length, and an attention mask marks the padding, so one forward
 pass of ``[B, 1]`` tokens decodes every sequence at once. Rows join (the
-prefill of one or more new sequences, itself a left-padded pass, then padded
-to the batch's length or the batch padded to it) and leave (dropped by index)
+prefill of one or more new sequences, a left-padded pass or a packed one
+unpacked into left-padded rows, then padded to the batch's length or the batch
+padded to it) and leave (dropped by index)
 between two steps; columns that became padding in every row are trimmed off,
 so a long sequence leaving gives its memory back. Each row keeps its own
 position ids, counted from its own first token, so rotary positions are those
@@ -32,6 +33,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from workers.decoders.backend import Launched
+from workers.decoders.packed import packed_inputs, packing_pays, packs_exactly, unpack
 from workers.decoders.prefix import KV, PrefixCache
 from workers.sequence import Sequence
 
@@ -181,7 +183,9 @@ def _pad_left(mask: torch.Tensor, n: int) -> torch.Tensor:
 class PaddedDecoder:
     """A :class:`~workers.decoders.backend.DecodeBackend` over a ``PaddedBatch``: the
     model's own eager forward passes, prompts prefilled left-padded. Works for any
-    model whose cache is ``batchable``."""
+    model whose cache is ``batchable``. Joining prompts of unequal lengths are
+    prefilled packed, without padding (``workers.decoders.packed``), where the
+    model allows it and it pays."""
 
     pipelines = False  # each step needs its input tokens from the host
 
@@ -192,6 +196,7 @@ class PaddedDecoder:
         # A quarter of the batch's budget on top of it, for the prefixes' own KV.
         self.prefixes = PrefixCache(self._prefix_kv, engine.kv_bytes_per_token,
                                     kv_budget_bytes // 4) if prefixes else None
+        self.packs = packs_exactly(engine.model, engine.device)
 
     def fits(self, rows: list[Sequence], joining: list[Sequence]) -> bool:
         """Whether the batch with ``joining`` stays in budget at its worst case: every
@@ -205,8 +210,11 @@ class PaddedDecoder:
         prompts = [s.input_ids for s in seqs]
         found = self.prefixes.find(prompts) if self.prefixes is not None else None
         length, kv = found or (0, None)
+        rests = [p[length:] for p in prompts]
+        if self.packs and packing_pays(self.engine.model.config, list(map(len, rests)), length):
+            return self._prefill_packed(rests, length, kv)
         # Each row: the cached prefix (if any), its own padding, the rest of its prompt.
-        inputs = PaddedBatch.prefill_inputs([p[length:] for p in prompts], self.engine.device)
+        inputs = PaddedBatch.prefill_inputs(rests, self.engine.device)
         mask, cache = inputs["attention_mask"], None
         if kv is not None:
             mask = torch.cat([mask.new_ones((len(prompts), length)), mask], dim=1)
@@ -220,6 +228,16 @@ class PaddedDecoder:
                                 logits_to_keep=1)
         self._group = PaddedBatch(out.past_key_values, mask)
         return out.logits[:, -1].float()
+
+    def _prefill_packed(self, rests: list[list[int]], length: int, kv: KV | None
+                        ) -> torch.Tensor:
+        """``prefill`` of ``rests`` packed in one row on top of a cached prefix of
+        ``length`` tokens (its keys and values ``kv``), unpacked into padded rows."""
+        inputs = packed_inputs(rests, length, self.engine.device)
+        cache = None if kv is None else DynamicCache(list(kv))  # one row: no copies
+        out = self.engine.model(past_key_values=cache, use_cache=True, **inputs)
+        self._group = PaddedBatch(*unpack(out.past_key_values, list(map(len, rests)), length))
+        return out.logits[0].float()
 
     def _prefix_kv(self, tokens: list[int]) -> KV | None:
         """A prefix's keys and values, prefilled alone; None when the model's cache is
