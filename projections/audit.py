@@ -41,15 +41,19 @@ from nats.js import JetStreamContext
 from bus import subjects
 from projections import audit_resume
 from projections.audit_checkpoint import Checkpoint, CheckpointRefused, Checkpoints, Mark
-from projections.audit_compare import compare_ledger, compare_rows, snapshot
+from projections.audit_compare import (Rows, compare_files, compare_ledger, compare_rows,
+                                       live_snapshot, snapshot)
 from projections.audit_replay import replay
-from projections.invariants import Checker
+from projections.invariants import Checker, Violations
 from projections.readmodels import open_store_url
 from projections.rebuild import LocalRebuild, ScratchRebuild, stored_position
 from projections.store import Store
 
 __all__ = ["AuditReport", "audit", "compare_ledger", "compare_rows", "snapshot"]
 DEFAULT_GRACE_S = 120.0  # beyond the expiry sweep's grace (30 s) and its period
+# A child process costs ~0.5 s of CPU to start: worth it only for a long replay
+# (~40,000 events/s rebuilt in one process on a small machine).
+CHILD_FROM_EVENTS = 20_000
 FIRST = Mark(0, "")
 
 
@@ -97,6 +101,15 @@ class AuditReport:
         return "\n".join(lines)
 
 
+def _compare_with_rebuild(live: Rows, path: Path, v: Violations) -> None:
+    scratch = open_store_url(path, scratch=True)
+    try:
+        _, rebuilt = snapshot(scratch)
+    finally:
+        scratch.close()
+    compare_rows(live, rebuilt, v)
+
+
 async def _resume(js: JetStreamContext, checkpoints: Checkpoints, live: Store,
                   created: str) -> tuple[Checkpoint | None, str]:
     """The checkpoint to resume from, or None and why not (in the report's words).
@@ -116,20 +129,21 @@ async def _resume(js: JetStreamContext, checkpoints: Checkpoints, live: Store,
 
 async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list | None = None,
                 *, now: datetime | None = None, grace_s: float = DEFAULT_GRACE_S,
-                parallel: bool = True, timeout: float = 3600.0,
+                parallel: bool | None = None, timeout: float = 3600.0,
                 checkpoints: Checkpoints | None = None, full: bool = False) -> AuditReport:
     """Replay the EVENTS stream and check I1-I9 (module docstring).
 
     ``ledger_accounts``: the ledger's account views (``account, balance, held,
     spent, deposited, rcp``). ``parallel``: rebuild in a child process (see
-    :class:`~projections.rebuild.ScratchRebuild`), else in this one. ``now``
+    :class:`~projections.rebuild.ScratchRebuild`), else in this one; None: in
+    a child when more than ``CHILD_FROM_EVENTS`` are to be rebuilt. ``now``
     and ``grace_s``: what counts as overdue (:mod:`projections.invariants`).
     ``checkpoints``: resume from the last checkpoint (unless ``full``) and
     write one if the audit passes; a checkpoint that fails a check raises
     :class:`~projections.audit_checkpoint.CheckpointRefused`."""
     started = time.perf_counter()
-    created = (await js.stream_info(subjects.EVENTS_STREAM)).created
-    created = created.isoformat() if isinstance(created, datetime) else str(created)
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    created = info.created.isoformat() if isinstance(info.created, datetime) else str(info.created)
     resume, said = None, None
     if checkpoints is not None:
         resume, said = ((None, "not used (a full replay)") if full else
@@ -143,9 +157,13 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
         path = Path(scratch_dir) / "rebuild.sqlite3"
         if resume:
             shutil.copyfile(resume.rebuild_file, path)
+        if parallel is None:  # the live position is not known yet: the log's end bounds it
+            parallel = info.state.last_seq - (resume.rebuilt.seq if resume else 0) \
+                > CHILD_FROM_EVENTS
         sink = ScratchRebuild(path) if parallel else LocalRebuild(path)
+        live_copy = Path(scratch_dir) / "live.sqlite3"
         try:  # a child process takes ~0.4 s to start: the snapshot runs meanwhile
-            live_position, live = await asyncio.to_thread(snapshot, live_store)
+            live_position, live = await asyncio.to_thread(live_snapshot, live_store, live_copy)
             last = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
             rebuilt, checked, reached = await replay(
                 js, sink, checker, rebuilt=resume.rebuilt if resume else FIRST,
@@ -153,26 +171,26 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
                 last=last, timeout=timeout)
         finally:
             sink.close()
-        scratch = open_store_url(path, scratch=True)
-        try:
-            _, rebuilt_rows = await asyncio.to_thread(snapshot, scratch)
-        finally:
-            scratch.close()
         if live_position > reached:
             checker.v.add("I3", f"live read model at sequence {live_position}, beyond what "
                                 f"the stream replays ({reached} of {last}): built from another log?")
+        elif live is None:
+            await asyncio.to_thread(compare_files, live_copy, path, checker.v)
         else:
-            compare_rows(live, rebuilt_rows, checker.v)
+            await asyncio.to_thread(_compare_with_rebuild, live, path, checker.v)
         # The state a later audit resumes from is the one before `finish`.
-        state = audit_resume.dump(checker) if checkpoints is not None and \
+        unchanged = resume is not None and (checked, rebuilt) == (resume.checked, resume.rebuilt)
+        state = audit_resume.dump(checker) if checkpoints is not None and not unchanged and \
             not checker.v.total else None
         await asyncio.to_thread(checker.finish, now, grace_s)
         if ledger_accounts is not None:
             compare_ledger(checker, ledger_accounts, checker.v)
         v = checker.v
         if checkpoints is not None:
-            if v.total or state is None or reached != rebuilt.seq:
+            if v.total or reached != rebuilt.seq:
                 said += "; none written (the audit failed)"
+            elif unchanged or state is None:
+                said += "; it stands (nothing new)"
             else:
                 await asyncio.to_thread(checkpoints.write, created=created, checked=checked,
                                         rebuilt=rebuilt, state=state, rebuild_file=path)

@@ -1,15 +1,25 @@
 """I3 and the ledger check of ``inferbus audit`` (:mod:`projections.audit`): a
 consistent snapshot of a store's read models, the live rows compared with the
 rebuilt ones row by row, and the ledger's account views compared with the
-accounts replayed from the log."""
+accounts replayed from the log.
+
+A SQLite live store is snapshotted as a copy of its file (:func:`live_snapshot`)
+and compared with the rebuilt file in SQLite itself (:func:`compare_files`):
+only the rows that differ are read into Python, where reading every row of
+both stores cost a tenth of a full audit and most of one from a checkpoint.
+A PostgreSQL one is read into memory (:func:`snapshot`, :func:`compare_rows`).
+"""
 from __future__ import annotations
 
+import json
+import sqlite3
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from projections.invariants import Checker, Violations
 from projections.readmodels import POSITION, TABLES
-from projections.store import Store, Table, read_position, utc
+from projections.store import SqliteStore, Store, Table, read_position, utc
 
 LEDGER_FIELDS = ("balance", "held", "spent", "deposited", "rcp")
 Rows = dict[str, dict[Any, dict[str, Any]]]
@@ -34,6 +44,51 @@ def snapshot(store: Store) -> tuple[int, Rows]:
         rows: Rows = {table.name: {r[table.key]: r for r in tx.query(f"SELECT * FROM {table.name}")}
                       for table in TABLES}
     return position, rows
+
+
+def live_snapshot(store: Store, copy: Path) -> tuple[int, Rows | None]:
+    """The live read model at one position, and that position: a SQLite store
+    copied whole to ``copy`` (rows None: :func:`compare_files` reads it), any
+    other read into memory."""
+    if not isinstance(store, SqliteStore):
+        return snapshot(store)
+    store.copy_to(copy)
+    conn = sqlite3.connect(copy)
+    try:
+        found = conn.execute("SELECT position FROM tracking WHERE projection = ?",
+                             (POSITION,)).fetchall()
+    finally:
+        conn.close()
+    return (int(found[0][0]) if found else 0), None
+
+
+def compare_files(live: Path, rebuilt: Path, v: Violations) -> None:
+    """I3 for two SQLite files, judged as :func:`compare_rows` judges them; the
+    rows that differ (found by a join on each table's key) are all it reads."""
+    conn = sqlite3.connect(rebuilt)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("ATTACH DATABASE ? AS live", (str(live),))
+        differing: dict[str, Rows] = {"main": {}, "live": {}}
+        for table in TABLES:
+            t, key = table.name, f'"{table.key}"'
+            columns = [f'"{r["name"]}"' for r in conn.execute(f"PRAGMA main.table_info({t})")]
+            try:
+                keys = [r[0] for r in conn.execute(
+                    f"SELECT m.{key} FROM main.{t} m LEFT JOIN live.{t} l ON l.{key} = m.{key} "
+                    f"WHERE {' OR '.join(f'm.{c} IS NOT l.{c}' for c in columns)} UNION ALL "
+                    f"SELECT {key} FROM live.{t} WHERE {key} NOT IN (SELECT {key} FROM main.{t})")]
+                select = f"SELECT {', '.join(columns)} FROM {{}}.{t} WHERE {key} IN " \
+                         f"(SELECT value FROM json_each(?))"
+                args: tuple = (json.dumps(keys),)
+            except sqlite3.OperationalError:  # the live table lacks a column: all rows
+                keys, select, args = [None], f"SELECT * FROM {{}}.{t}", ()
+            for schema, rows in differing.items():
+                rows[t] = {r[table.key]: dict(r) for r in
+                           conn.execute(select.format(schema), args)} if keys else {}
+    finally:
+        conn.close()
+    compare_rows(differing["live"], differing["main"], v)
 
 
 def _short(value: Any) -> str:

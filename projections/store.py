@@ -150,6 +150,16 @@ class SqliteStore:
                 raise
             self._conn.execute("COMMIT")
 
+    def copy_to(self, path: str | Path) -> None:
+        """A consistent copy of the whole database at ``path``: SQLite's online
+        backup in one step, one read transaction (the audit's snapshot)."""
+        target = sqlite3.connect(str(path))
+        try:
+            with self._lock:
+                self._conn.backup(target)
+        finally:
+            target.close()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
