@@ -13,9 +13,10 @@ Checks and rebuild then run on two cores. Threads would not help: both halves
 are Python-bound, and a thread that released the GIL for a SQLite call waits
 for the busy one at every call.
 
-Events travel through a pipe enlarged to 1 MiB where the OS allows, so
-handing over a batch rarely blocks: the parent waits only when the child is
-a whole batch behind (back-pressure, bounded memory). ``spawn`` rather than
+Events travel through a pipe enlarged to 1 MiB where the OS allows, written
+by a thread of the parent's from a queue of at most ``QUEUED_BATCHES``: the
+reader goes on while the child starts or falls behind, and waits only when
+the queue is full (back-pressure, bounded memory). ``spawn`` rather than
 ``fork``: the parent runs an event loop and worker threads. The child pauses
 the garbage collector: it keeps nothing between batches that could form a
 cycle, and a collection pass every few hundred parsed events cost ~10%.
@@ -27,6 +28,8 @@ import contextlib
 import gc
 import logging
 import multiprocessing
+import queue
+import threading
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -41,6 +44,7 @@ from projections.replay import Delivery, read_stream
 from projections.store import Store, read_position
 
 PIPE_BYTES = 1 << 20
+QUEUED_BATCHES = 32  # of read_stream's 2,000 events: ~20 MB waiting at most
 
 
 async def rebuild(store: Store, js: JetStreamContext, *, projection: str = POSITION,
@@ -112,20 +116,38 @@ class ScratchRebuild:
         self._proc.start()  # spawning takes ~0.4 s: start before anything else
         events_in.close()
         results_out.close()
+        self._queue: queue.Queue[list[tuple] | None] = queue.Queue(QUEUED_BATCHES)
+        self._broken = threading.Event()
+        self._sender = threading.Thread(target=self._send_all, name="inferbus-audit-send",
+                                        daemon=True)
+        self._sender.start()
+
+    def _send_all(self) -> None:
+        # Writing to the pipe blocks while the child is behind, as it is while it
+        # starts (~0.4 s, a pipe's worth of batches): here, not in the reader.
+        try:
+            while True:
+                rows = self._queue.get()
+                self._events.send(rows)
+                if rows is None:
+                    return
+        except (BrokenPipeError, OSError):
+            self._broken.set()
+
+    def _put(self, rows: list[tuple] | None) -> None:
+        while not self._broken.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(rows, timeout=0.5)
+                return
+        raise RuntimeError(self._failure())
 
     def send(self, deliveries: Sequence[Delivery]) -> None:
-        """Hand over a batch (blocks only while the child is a batch behind)."""
-        try:
-            self._events.send([(d.seq, d.subject, d.data) for d in deliveries])
-        except (BrokenPipeError, OSError):
-            raise RuntimeError(self._failure()) from None
+        """Hand over a batch (blocks only while ``QUEUED_BATCHES`` wait for the child)."""
+        self._put([(d.seq, d.subject, d.data) for d in deliveries])
 
     async def finish(self, timeout: float) -> int:
         """Wait for the child to apply everything; returns its final position."""
-        try:
-            self._events.send(None)
-        except (BrokenPipeError, OSError):
-            raise RuntimeError(self._failure()) from None
+        self._put(None)
         if not await asyncio.to_thread(self._results.poll, timeout):
             raise TimeoutError(f"scratch rebuild still running after {timeout}s")
         try:
@@ -148,6 +170,9 @@ class ScratchRebuild:
         if self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(5)
+        with contextlib.suppress(queue.Full):  # a sender waiting for a batch stops
+            self._queue.put_nowait(None)
+        self._sender.join(5)
         self._events.close()
         self._results.close()
 
