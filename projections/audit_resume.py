@@ -10,31 +10,45 @@ everything that depends on the clock or on the whole log happens in
 passed: no violation lines, no account flagged. Encoded as compressed JSON
 (not pickle: loading it runs no code, and an operator can read it).
 
-:func:`fingerprint` names the shapes this encoding and the read models have:
-a checkpoint written by code with other shapes is not resumed from.
+:func:`fingerprint` names the shapes and the code a checkpoint depends on: one
+written by other code is not resumed from.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import zlib
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from bus.events import ReferralRewarded, parse_event
+from projections import (account_checks, audit_state, invariants, lifecycle, projector,
+                         residency)
 from projections.audit_state import Balance, Job
 from projections.invariants import Checker
-from projections.readmodels import SCHEMA
+from projections.readmodels import PROJECTIONS, SCHEMA
 
 FORMAT = "inferbus-audit-state-1"
-_JOB_TIMES = frozenset({"deadline", "closed_at", "compensated_at"})
 
 
 def fingerprint() -> str:
     """What a checkpoint's state and rebuilt read model depend on: this format,
-    the checker's per-job and per-account slots, and the read models' schema."""
-    parts = [FORMAT, *Job.__slots__, "|", *Balance.__slots__, "|", *SCHEMA]
+    the checker's per-job and per-account slots, the read models' schema, and
+    the code that folds the one and applies the other. After an upgrade that
+    changes any of them the next audit replays from the first event once."""
+    parts = [FORMAT, *Job.__slots__, "|", *Balance.__slots__, "|", *SCHEMA, "|",
+             *_code_digests()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+@functools.cache
+def _code_digests() -> tuple[str, ...]:
+    modules = (invariants, account_checks, residency, audit_state, lifecycle, projector,
+               *PROJECTIONS)
+    return tuple(hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()  # type: ignore
+                 for m in modules)
 
 
 def _time(value: datetime | None) -> str | None:
@@ -45,27 +59,35 @@ def _parse_time(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
+# Per Job slot, how it is written and read back (None: as it is). A checkpoint
+# holds every job ever audited: one loop over the slots, no branch per slot.
+_SLOTS = Job.__slots__
+_WRITE = {"deadline": _time, "closed_at": _time, "compensated_at": _time,
+          "failed_checks": lambda d: {n: _time(at) for n, at in d.items()}}
+_READ = {"deadline": _parse_time, "closed_at": _parse_time, "compensated_at": _parse_time,
+         "failed_checks": lambda d: {n: _parse_time(at) for n, at in d.items()},
+         "awards": lambda items: [tuple(i) for i in items],
+         "later": lambda items: [tuple(i) for i in items]}
+_WRITTEN = [(i, f) for i, f in ((_SLOTS.index(n), f) for n, f in _WRITE.items())]
+_READ_AT = [(i, f) for i, f in ((_SLOTS.index(n), f) for n, f in _READ.items())]
+
+
 def _job(job: Job) -> list[Any]:
-    out = []
-    for name in Job.__slots__:
-        value = getattr(job, name)
-        if name in _JOB_TIMES:
-            value = _time(value)
-        elif name == "failed_checks":
-            value = {node: _time(at) for node, at in value.items()}
-        out.append(value)
-    return out
+    values = [getattr(job, name) for name in _SLOTS]
+    for i, write in _WRITTEN:
+        if values[i]:
+            values[i] = write(values[i])
+    return values
 
 
 def _unjob(values: list[Any]) -> Job:
-    job = Job()
-    for name, value in zip(Job.__slots__, values, strict=True):
-        if name in _JOB_TIMES:
-            value = _parse_time(value)
-        elif name == "failed_checks":
-            value = {node: _parse_time(at) for node, at in value.items()}
-        elif name in ("awards", "later"):
-            value = [tuple(item) for item in value]
+    if len(values) != len(_SLOTS):
+        raise ValueError("a job of other slots")
+    for i, read in _READ_AT:
+        if values[i]:
+            values[i] = read(values[i])
+    job = Job.__new__(Job)
+    for name, value in zip(_SLOTS, values):
         setattr(job, name, value)
     return job
 
@@ -86,7 +108,7 @@ def dump(checker: Checker) -> bytes:
                     for job_id, rewards in checks.rewards.items()},
         "renewed": sorted(checks.renewed), "lapsed": sorted(checks.lapsed),
     }
-    return zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 6)
+    return zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1)
 
 
 def load(data: bytes) -> Checker:

@@ -90,6 +90,7 @@ async def test_audit_from_a_checkpoint_reads_only_the_events_after_it(
         report.render()
     again = await audit(js, stores("live"), checkpoints=checkpoints, parallel=parallel)
     assert again.ok and (again.resumed_from, again.events) == (last, 0), again.render()
+    assert again.checkpoint.endswith("; it stands (nothing new)")
 
 
 async def test_a_tampered_event_after_the_checkpoint_fails_the_audit(
@@ -206,3 +207,15 @@ async def test_a_checkpoint_ahead_of_the_live_read_model_falls_back_to_a_full_re
     assert report.resumed_from is None and report.events == last, report.render()
     assert report.checkpoint.startswith(f"the last one is ahead of the live read model "
                                         f"({last:,} > ")
+
+
+async def test_a_checkpoint_of_other_code_falls_back_to_a_full_replay(
+        js, stores, history, checkpoints) -> None:
+    last = await checkpointed(js, stores, history, checkpoints)
+    resign(checkpoints, lambda body: body.update(shapes="written by an older audit"))
+
+    report = await audit(js, stores("live"), checkpoints=checkpoints)
+
+    assert report.ok and report.resumed_from is None and report.events == last, report.render()
+    assert report.checkpoint == ("the checkpoint was written by another version of the audit: "
+                                 f"replayed from the first event; a new one at sequence {last:,}")
