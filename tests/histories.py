@@ -24,7 +24,7 @@ from bus.credits import MICRO
 from bus.events import (ChatMessage, CreditsDebited, CreditsDeposited, CreditsRefunded,
                         CreditsReserved, Event, JobCancelled, JobCompleted, JobExpired, JobFailed,
                         JobStarted, JobSubmitted, RCPAwarded, Sampling, Usage, output_hash)
-from bus.signing import node_id, sign_result
+from bus.signing import node_id, sign_output, sign_result
 from ledger import AccountView
 
 MODEL = "tiny"
@@ -54,7 +54,7 @@ class _Books:
 
 
 def _job(rng: random.Random, books: _Books, i: int, account: str, node: SigningKey,
-         operator: str, now: datetime) -> Iterator[tuple[str, Event]]:
+         operator: str, now: datetime, signed_as: str) -> Iterator[tuple[str, Event]]:
     job_id, zone = f"job-{i:06d}", rng.choice(ZONES)
     max_tokens = rng.randint(4, 64)
     prompt = " ".join(rng.choice(("why", "sky", "blue", "tell", "me")) for _ in range(8))
@@ -81,8 +81,10 @@ def _job(rng: random.Random, books: _Books, i: int, account: str, node: SigningK
         return
     if outcome == "completed":
         text, tier = f"answer {i}", rng.randint(1, 3)
-        sig = sign_result(node, job_id, operator, tier, 1, submitted.input_hash(),
-                          output_hash(text), usage)
+        sig = sign_output(node, job_id, 1, MODEL, submitted.input_hash(), output_hash(text)) \
+            if signed_as == "output" else sign_result(node, job_id, operator, tier, 1,
+                                                      submitted.input_hash(), output_hash(text),
+                                                      usage)
         yield zone, JobCompleted(
             job_id=job_id, model=MODEL, node_id=nid, operator=operator, tier=tier, zone=zone,
             attempt=1, text=text, finish_reason="stop", usage=usage,
@@ -114,10 +116,13 @@ def _job(rng: random.Random, books: _Books, i: int, account: str, node: SigningK
 
 
 def credit_history(seed: int, *, jobs: int, accounts: int = 20, nodes: list[SigningKey],
-                   concurrency: int = 8, now: datetime | None = None) -> History:
+                   concurrency: int = 8, now: datetime | None = None,
+                   signed_as: str = "output") -> History:
     """A consistent history of about ``jobs`` jobs (those declined log nothing).
     The last node is run by an operator that is also a consumer account, so
-    some jobs are self-jobs (no RCP)."""
+    some jobs are self-jobs (no RCP). Completions are signed as nodes sign them
+    now (``bus.signing.sign_output``), or in the earlier form (``signed_as=
+    "result"``, which a reader verifies after trying today's form first)."""
     rng, books = random.Random(seed), _Books()
     now = now or datetime.now(timezone.utc)
     names = [f"acct-{i:03d}" for i in range(accounts)]
@@ -138,7 +143,7 @@ def credit_history(seed: int, *, jobs: int, accounts: int = 20, nodes: list[Sign
         while started < jobs and len(running) < concurrency:
             node = rng.choice(nodes)
             running.append(_job(rng, books, started, rng.choice(names), node,
-                                operators[node_id(node)], now))
+                                operators[node_id(node)], now, signed_as))
             started += 1
         stream = rng.choice(running)
         step = next(stream, None)
