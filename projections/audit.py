@@ -5,9 +5,9 @@ from the first event or from the last checkpoint.
 its stream position P), then reads the EVENTS stream once:
 
 - events up to P are rebuilt into a scratch SQLite file by the projector's own
-  :func:`~projections.projector.apply_batch`, in a child process
-  (:class:`~projections.rebuild.ScratchRebuild`; ``parallel=False``: in this
-  one, :class:`~projections.rebuild.LocalRebuild`), while the money checker
+  :func:`~projections.projector.apply_batch`, in a child process for a long
+  replay (:class:`~projections.rebuild.ScratchRebuild`), else in this one
+  (:class:`~projections.rebuild.LocalRebuild`), while the money checker
   (:mod:`projections.invariants`) observes every event here;
 - the rebuilt tables must equal the live ones row by row (I3): both are the
   same events applied by the same code, so any difference is a lost,
@@ -29,7 +29,7 @@ Amounts are integer micro-credits throughout.
 from __future__ import annotations
 
 import asyncio
-import shutil
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -101,6 +101,13 @@ class AuditReport:
         return "\n".join(lines)
 
 
+def _cpus() -> int:
+    """The CPUs this process may run on (a container's share, where Linux says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _compare_with_rebuild(live: Rows, path: Path, v: Violations) -> None:
     scratch = open_store_url(path, scratch=True)
     try:
@@ -110,11 +117,12 @@ def _compare_with_rebuild(live: Rows, path: Path, v: Violations) -> None:
     compare_rows(live, rebuilt, v)
 
 
-async def _resume(js: JetStreamContext, checkpoints: Checkpoints, live: Store,
-                  created: str) -> tuple[Checkpoint | None, str]:
-    """The checkpoint to resume from, or None and why not (in the report's words).
-    Raises :class:`CheckpointRefused` for one that fails a check."""
-    checkpoint, why_not = await asyncio.to_thread(checkpoints.load)
+async def _resume(js: JetStreamContext, checkpoints: Checkpoints, live: Store, created: str,
+                  scratch: Path) -> tuple[Checkpoint | None, str]:
+    """The checkpoint to resume from, its rebuild copied to ``scratch``, or None
+    and why not (in the report's words). Raises :class:`CheckpointRefused` for
+    one that fails a check."""
+    checkpoint, why_not = await asyncio.to_thread(checkpoints.load, scratch)
     if checkpoint is None:
         return None, f"{why_not}: replayed from the first event"
     await checkpoints.verify_log(js, checkpoint, created)
@@ -136,7 +144,8 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
     ``ledger_accounts``: the ledger's account views (``account, balance, held,
     spent, deposited, rcp``). ``parallel``: rebuild in a child process (see
     :class:`~projections.rebuild.ScratchRebuild`), else in this one; None: in
-    a child when more than ``CHILD_FROM_EVENTS`` are to be rebuilt. ``now``
+    a child when more than ``CHILD_FROM_EVENTS`` are to be rebuilt and this
+    process may run on more than one CPU. ``now``
     and ``grace_s``: what counts as overdue (:mod:`projections.invariants`).
     ``checkpoints``: resume from the last checkpoint (unless ``full``) and
     write one if the audit passes; a checkpoint that fails a check raises
@@ -145,21 +154,21 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
     info = await js.stream_info(subjects.EVENTS_STREAM)
     created = info.created.isoformat() if isinstance(info.created, datetime) else str(info.created)
     resume, said = None, None
-    if checkpoints is not None:
-        resume, said = ((None, "not used (a full replay)") if full else
-                        await _resume(js, checkpoints, live_store, created))
-    try:
-        checker = audit_resume.load(resume.state) if resume else Checker()
-    except ValueError as exc:  # signed and intact, yet unreadable: our own bug
-        raise CheckpointRefused(f"its state is unreadable ({exc})") from None
-    events_before, malformed_before = checker.events, checker.malformed
     with tempfile.TemporaryDirectory(prefix="inferbus-audit-") as scratch_dir:
         path = Path(scratch_dir) / "rebuild.sqlite3"
-        if resume:
-            shutil.copyfile(resume.rebuild_file, path)
+        if checkpoints is not None:
+            resume, said = ((None, "not used (a full replay)") if full else
+                            await _resume(js, checkpoints, live_store, created, path))
+            if resume is None:
+                path.unlink(missing_ok=True)  # a checkpoint set aside: start empty
+        try:
+            checker = audit_resume.load(resume.state) if resume else Checker()
+        except ValueError as exc:  # signed and intact, yet unreadable: our own bug
+            raise CheckpointRefused(f"its state is unreadable ({exc})") from None
+        events_before, malformed_before = checker.events, checker.malformed
         if parallel is None:  # the live position is not known yet: the log's end bounds it
-            parallel = info.state.last_seq - (resume.rebuilt.seq if resume else 0) \
-                > CHILD_FROM_EVENTS
+            parallel = _cpus() > 1 and \
+                info.state.last_seq - (resume.rebuilt.seq if resume else 0) > CHILD_FROM_EVENTS
         sink = ScratchRebuild(path) if parallel else LocalRebuild(path)
         live_copy = Path(scratch_dir) / "live.sqlite3"
         try:  # a child process takes ~0.4 s to start: the snapshot runs meanwhile

@@ -79,7 +79,7 @@ class Checkpoint:
     checked: Mark
     rebuilt: Mark
     state: bytes
-    rebuild_file: Path
+    rebuild_file: Path  # a copy of its rebuild, checked against the signed digest
     written_at: str
 
 
@@ -112,17 +112,18 @@ class Checkpoints:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
 
-    def load(self) -> tuple[Checkpoint | None, str | None]:
-        """The checkpoint whose signature and files check out, else (None, why
+    def load(self, rebuild_to: Path) -> tuple[Checkpoint | None, str | None]:
+        """The checkpoint whose signature and files check out, its rebuild copied
+        to ``rebuild_to`` (the copy is what is checked and used), else (None, why
         not) when there is none or it has other shapes. Raises
         :class:`CheckpointRefused` for one that fails a check. Call
         :meth:`verify_log` before trusting its marks."""
         if not self.manifest.exists():
             return None, "no checkpoint yet"
         with self._locked():
-            return self._load()
+            return self._load(rebuild_to)
 
-    def _load(self) -> tuple[Checkpoint | None, str | None]:
+    def _load(self, rebuild_to: Path) -> tuple[Checkpoint | None, str | None]:
         key_path = self.directory / KEY_FILE
         try:
             manifest = json.loads(self.manifest.read_bytes())
@@ -140,19 +141,25 @@ class Checkpoints:
                                     f"auditor's key {key_path})") from None
         if body.get("format") != FORMAT or body.get("shapes") != fingerprint():
             return None, "the checkpoint was written by another version of the audit"
-        files = {}
-        for part in ("state", "rebuild"):
-            path = self.directory / body[part]["file"]
-            if Path(body[part]["file"]).name != body[part]["file"] or not path.exists():
-                raise CheckpointRefused(f"its {part} file {path} is missing")
-            if _file_digest(path) != body[part]["sha256"]:
-                raise CheckpointRefused(f"its {part} file {path} differs from the one "
-                                        "it signed")
-            files[part] = path
+        state = self._part(body, "state")
+        shutil.copyfile(self._part(body, "rebuild"), rebuild_to)
+        if _file_digest(rebuild_to) != body["rebuild"]["sha256"]:
+            raise CheckpointRefused(f"its rebuild file {body['rebuild']['file']} differs from "
+                                    "the one it signed")
+        data = state.read_bytes()
+        if hashlib.sha256(data).hexdigest() != body["state"]["sha256"]:
+            raise CheckpointRefused(f"its state file {state} differs from the one it signed")
         return Checkpoint(stream_created=body["stream_created"],
                           checked=Mark(**body["checked"]), rebuilt=Mark(**body["rebuilt"]),
-                          state=files["state"].read_bytes(), rebuild_file=files["rebuild"],
+                          state=data, rebuild_file=rebuild_to,
                           written_at=body["written_at"]), None
+
+    def _part(self, body: dict[str, Any], part: str) -> Path:
+        name = body[part]["file"]
+        path = self.directory / name
+        if Path(name).name != name or not path.exists():
+            raise CheckpointRefused(f"its {part} file {path} is missing")
+        return path
 
     @staticmethod
     async def verify_log(js: JetStreamContext, checkpoint: Checkpoint, created: str) -> None:

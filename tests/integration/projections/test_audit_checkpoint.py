@@ -153,13 +153,14 @@ async def test_a_checkpoint_signed_by_another_key_is_refused(
         await audit(js, stores("live"), checkpoints=checkpoints)
 
 
-async def test_a_checkpoint_whose_state_file_changed_is_refused(
-        js, stores, history, checkpoints) -> None:
+@pytest.mark.parametrize("part", ["state", "rebuild"])
+async def test_a_checkpoint_whose_file_changed_is_refused(
+        js, stores, history, checkpoints, part) -> None:
     await checkpointed(js, stores, history, checkpoints)
-    state = next(checkpoints.directory.glob("state-*"))
-    state.write_bytes(state.read_bytes() + b"\0")
+    changed = next(checkpoints.directory.glob(f"{part}-*"))
+    changed.write_bytes(changed.read_bytes() + b"\0")
 
-    with pytest.raises(CheckpointRefused, match="state file .* differs from the one it signed"):
+    with pytest.raises(CheckpointRefused, match=f"{part} file .* differs from the one it signed"):
         await audit(js, stores("live"), checkpoints=checkpoints)
 
 
