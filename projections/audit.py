@@ -47,6 +47,7 @@ from projections.audit_replay import replay
 from projections.invariants import Checker, Violations
 from projections.readmodels import open_store_url
 from projections.rebuild import LocalRebuild, ScratchRebuild, stored_position
+from projections.replay import collector_paused
 from projections.store import Store
 
 __all__ = ["AuditReport", "audit", "compare_ledger", "compare_rows", "snapshot"]
@@ -154,7 +155,9 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
     info = await js.stream_info(subjects.EVENTS_STREAM)
     created = info.created.isoformat() if isinstance(info.created, datetime) else str(info.created)
     resume, said = None, None
-    with tempfile.TemporaryDirectory(prefix="inferbus-audit-") as scratch_dir:
+    # Loading a checkpoint's state makes an object or more per job ever audited:
+    # the collector would walk them again and again (and all else the process holds).
+    with collector_paused(), tempfile.TemporaryDirectory(prefix="inferbus-audit-") as scratch_dir:
         path = Path(scratch_dir) / "rebuild.sqlite3"
         if checkpoints is not None:
             resume, said = ((None, "not used (a full replay)") if full else
@@ -182,7 +185,8 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
             sink.close()
         if live_position > reached:
             checker.v.add("I3", f"live read model at sequence {live_position}, beyond what "
-                                f"the stream replays ({reached} of {last}): built from another log?")
+                                f"the stream replays ({reached} of {last}): built from another "
+                                "log?")
         elif live is None:
             await asyncio.to_thread(compare_files, live_copy, path, checker.v)
         else:

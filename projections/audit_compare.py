@@ -41,7 +41,8 @@ def snapshot(store: Store) -> tuple[int, Rows]:
         if tx.dialect == "postgres":  # READ COMMITTED would give each SELECT its own view
             tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         position = read_position(tx, POSITION)
-        rows: Rows = {table.name: {r[table.key]: r for r in tx.query(f"SELECT * FROM {table.name}")}
+        rows: Rows = {table.name: {r[table.key]: r
+                                   for r in tx.query(f"SELECT * FROM {table.name}")}
                       for table in TABLES}
     return position, rows
 
