@@ -10,7 +10,10 @@ nearest the median, each message's subject (ids masked) and the milliseconds
 since the request was sent; then, over all ``--n``, the median gap between
 consecutive hops of the chain. The wiretap sees a message when the server
 forwards it, so a gap is the time the sender took to produce the next message
-(its CPU and its wait for an earlier answer), plus loopback.
+(its CPU and its wait for an earlier answer), plus loopback. A JetStream
+delivery carries its message's own subject, so a job or an event shows twice:
+when it is published, and when a consumer (a worker's pull, the projector)
+receives it.
 
 The tap costs the server one more delivery per message; the gaps, not the
 total, are what it is for. Then, with the tap gone, ``--inflight`` clients for
