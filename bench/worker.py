@@ -40,6 +40,7 @@ from bus.events import Sampling
 from workers.batching import Batcher
 from workers.engine import Engine
 from workers.generation import GenerationRequest
+from workers.omp import release_openmp_pool
 
 TOPICS = ["a cat", "the sea at night", "why the sky is blue", "a robot learning to paint",
           "the history of bread", "a lighthouse keeper", "trains in winter", "a small garden"]
@@ -183,7 +184,12 @@ def main() -> None:
         for key, samples in runs.items():
             print(f"  {key}: {', '.join(f'{x:.1f}' for x in samples)} tok/s", flush=True)
     loop = asyncio.new_event_loop()
+    # The baselines run on this thread, the worker on the batcher's. After each baseline
+    # this thread's OpenMP pool is freed, and the batcher frees its own when idle, so
+    # each side runs with its pool alone, as the worker's batcher does in its process:
+    # two pools alive slow both (workers.omp).
     plain_generate(engine, 1, 4)  # warm-up: first-call allocations, lazy inits
+    release_openmp_pool()
     loop.run_until_complete(worker_streams(batcher, 1, 4))
 
     def sample(key: str, tokens_per_s: float) -> None:
@@ -196,10 +202,12 @@ def main() -> None:
         sample("single_loop_1", single_loop(engine, args.tokens))
         for n in streams:
             sample(f"generate_{n}", plain_generate(engine, n, args.tokens))
+            release_openmp_pool()
             sample(f"worker_{n}", loop.run_until_complete(worker_streams(batcher, n, args.tokens)))
     prefill, ttft = [], []
     for i in range(args.ttft):
         prefill.append(prefill_s(engine, i))
+        release_openmp_pool()
         ttft.append(loop.run_until_complete(first_token_s(batcher, i)))
     batcher.close()
     median = {k: statistics.median(v) for k, v in runs.items()}

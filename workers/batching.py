@@ -43,6 +43,7 @@ from workers.decoders.factory import pick_decoder
 from workers.engine import Engine
 from workers.generation import GenerationRequest, Step
 from workers.handoff import deliver, steps_until_final, stop_if_any
+from workers.omp import release_openmp_pool
 from workers.sequence import Sequence, pick_tokens
 
 log = logging.getLogger("inferbus.worker")
@@ -101,6 +102,12 @@ class Batcher:
         # decode pass, widest joint prefill.
         self.stats = {"decode_steps": 0, "decoded_tokens": 0, "max_rows": 0,
                       "max_prefill_rows": 0}
+        # This thread loaded the model (in the worker) and ran pick_decoder's probes, so
+        # it holds an OpenMP pool; with the batcher's thread's own pool beside it, libgomp
+        # stops its pools' threads spinning and every decode step slows: 84-92 ms a
+        # 32-row step, 32-33 ms a 1-row one, where that pool is freed; 108-117 and 51-54
+        # ms where it is not (2-core CPU, SmolLM2-135M; see workers.omp).
+        release_openmp_pool()
         self._thread = threading.Thread(target=self._run, name="inferbus-batcher", daemon=True)
         self._thread.start()
 
@@ -157,6 +164,13 @@ class Batcher:
             with self._wake:
                 while not (self._closed or self._rows or any(  # ready: grammar compiled
                         s.seq.ready or s.seq.should_stop() for s in self._waiting)):
+                    # Idle: free this thread's OpenMP pool, so torch work on another
+                    # thread meanwhile runs with its pool alone (workers.omp): model.generate
+                    # beside an idle batcher made 17-18 tok/s (1 stream) and 184-192 (32)
+                    # with the pool kept, 27-28 and 225-233 with it freed (29 and 226 in a
+                    # process with no batcher). The next turn makes a new one (one thread
+                    # start, tens of microseconds).
+                    release_openmp_pool()
                     self._wake.wait()
                 if self._closed:
                     break

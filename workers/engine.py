@@ -24,11 +24,22 @@ from bus.sampling import Sampling
 from workers.generation import ContextLengthExceeded, GenerationRequest, InvalidRequest, Step
 from workers.grammar import Constraint, GrammarError, GrammarTokens
 from workers.logits import LogitRules, LogprobReport, TokenPieces, needs_rules
+from workers.omp import release_openmp_pool
 from workers.sequence import Sequence
 
 # Grammars compile here (milliseconds each, up to a second for a huge one; llguidance
 # drops the GIL meanwhile). Two threads: the machine's decode thread needs the rest.
 _PREPARE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inferbus-prepare")
+
+
+def _prepared(task: Callable[..., Any], *args: Any) -> Any:
+    """``task`` on a _PREPARE thread, whose OpenMP pool is freed after it: a logit rule's
+    ``torch.zeros`` of the vocabulary's width is a parallel region, and a pool left on
+    this thread would slow every decode step of the batcher's (workers.omp)."""
+    try:
+        return task(*args)
+    finally:
+        release_openmp_pool()
 
 
 class Engine:
@@ -71,7 +82,7 @@ class Engine:
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
         engine = cls(model.to(device).eval(), tokenizer, name or path.name, device)
         # In the background, so the first grammar or logprobs request does not wait for it.
-        _PREPARE.submit(engine.vocabulary)
+        _PREPARE.submit(_prepared, engine.vocabulary)
         return engine
 
     @property
@@ -107,7 +118,7 @@ class Engine:
             if bad := [t for t in sampling.logit_bias or () if t >= self.vocab_width]:
                 raise InvalidRequest(f"logit_bias names token {bad[0]}, but this model's "
                                      f"vocabulary has {self.vocab_width} tokens")
-            prepared = _PREPARE.submit(self._prepare, sampling, list(done))
+            prepared = _PREPARE.submit(_prepared, self._prepare, sampling, list(done))
         return Sequence(prompt_ids, list(done), sampling, self.tokenizer,
                         self.eos_token_ids, self.device, should_stop or (lambda: False),
                         prepared)
@@ -151,19 +162,25 @@ class Engine:
         return self._decode_loop(self.sequence(request, should_stop))
 
     def _decode_loop(self, seq: Sequence) -> Iterator[Step]:
-        if (step := seq.start()) is not None:
-            yield step
-            return
-        logits, cache = self.forward(seq.input_ids, None)
-        while True:
-            yield (step := seq.advance(seq.pick(logits)))
-            if step.finish_reason is not None:
-                return
-            # Polled after the caller had the step, so it can react to that step.
-            if (step := seq.check_stop()) is not None:
+        try:
+            if (step := seq.start()) is not None:
                 yield step
                 return
-            logits, cache = self.forward([seq.last_token], cache)
+            logits, cache = self.forward(seq.input_ids, None)
+            while True:
+                yield (step := seq.advance(seq.pick(logits)))
+                if step.finish_reason is not None:
+                    return
+                # Polled after the caller had the step, so it can react to that step.
+                if (step := seq.check_stop()) is not None:
+                    yield step
+                    return
+                logits, cache = self.forward([seq.last_token], cache)
+        finally:
+            # Free the OpenMP pool of the thread that ran the loop, so no pool outlives
+            # a generation on one of a thread pool's threads to slow the next one on
+            # another thread, or a batcher's decode steps (workers.omp).
+            release_openmp_pool()
 
     @torch.inference_mode()
     def forward(self, ids: list[int], cache: Any) -> tuple[torch.Tensor, Any]:
