@@ -27,6 +27,7 @@ from typing import AsyncIterator, Callable
 
 from bus.vectors import Vectors, pack
 from workers.generation import ContextLengthExceeded, GenerationRequest, Step
+from workers.omp import release_openmp_pool
 
 log = logging.getLogger("inferbus.worker")
 DEFAULT_MAX_BATCH = 64  # texts per forward pass
@@ -86,6 +87,7 @@ class Embedder:
         model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         context = int(limit or model.config.max_position_embeddings)
+        release_openmp_pool()  # the loading thread's: passes run on others (workers/omp.py)
         return cls(model, tokenizer, name or path.name, int(mode["word_embedding_dimension"]),
                    context, any(str(m["type"]).endswith(".Normalize") for m in modules),
                    max_batch)
@@ -107,6 +109,9 @@ class Embedder:
             if self.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         rows = pooled.to(torch.float32).cpu().numpy().astype("<f4")
+        # Passes run on whichever executor thread is free: a pool left on each would
+        # slow every pass (workers/omp.py), so this thread's goes with its pass.
+        release_openmp_pool()
         return [row.tobytes() for row in rows]
 
     async def embed(self, texts: list[str]) -> tuple[Vectors, int]:
