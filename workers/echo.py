@@ -25,6 +25,8 @@ penalties and ignore_eos change nothing: the echo has no logits to bias (and
 """
 from __future__ import annotations
 
+import asyncio
+
 import json
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -107,7 +109,12 @@ class _Certain:
         self.vocabulary, self.top = list(dict.fromkeys(vocabulary)), top
 
     def __call__(self, text: str) -> tuple[TokenLogprob, ...]:
-        others = [w for w in self.vocabulary if w != text.strip()]
+        others, word = [], text.strip()
+        for w in self.vocabulary:  # the first few only: a long prompt has thousands
+            if len(others) == self.top:
+                break
+            if w != word:
+                others.append(w)
         others += [f"<{k}>" for k in range(self.top)]
         alternatives = [text, *others][:self.top]
         return (TokenLogprob(token=text[:256], logprob=0.0, bytes=tuple(text.encode()[:256]),
@@ -140,6 +147,9 @@ async def _steps(words: list[str], prompt: int, done: int, wanted: int,
         text = ("" if count == 1 else " ") + word
         yield Step(text=text, completion_tokens=count, prompt_tokens=prompt,
                    finish_reason=reason, logprobs=certain(text) if certain else ())
+        # A model's step is never instant: the loop's other tasks (the node's pings,
+        # its other jobs) run between two, as they do beside a real engine.
+        await asyncio.sleep(0)
         if reason is None and should_stop():
             yield Step(text="", completion_tokens=count, prompt_tokens=prompt,
                        finish_reason="stop")

@@ -142,13 +142,21 @@ class JobRunner:
                           message=str(fault)[:2000])
         if stop.is_set():
             return Cancelled(job_id=job.job_id, attempt=attempt, text=text if last else None)
+        finish = (last.finish_reason if last else None) or "stop"
+        if logprobs:  # thousands of entries to hash and measure: off the loop, which pings
+            return await asyncio.to_thread(self._completed, job, attempt, text, finish,
+                                           logprobs)
+        return self._completed(job, attempt, text, finish, logprobs)
+
+    def _completed(self, job: JobSubmitted, attempt: int, text: str, finish: str,
+                   logprobs) -> Completed | Failed:
+        """The signed result, or a failure when it cannot travel as one message."""
         # Logprobs, when asked for, are signed with the text (those of a continuation
         # cover the tokens this attempt made).
         signature = signing.sign_output(self.key, job.job_id, attempt, job.model,
                                         job.input_hash(), output_hash(text, logprobs),
                                         self.model_root)
-        done = Completed(job_id=job.job_id, attempt=attempt, text=text,
-                         finish_reason=(last.finish_reason if last else None) or "stop",
+        done = Completed(job_id=job.job_id, attempt=attempt, text=text, finish_reason=finish,
                          signature=signature, model_root=self.model_root, logprobs=logprobs)
         # One NATS message carries the result (to the gate, and on to the caller): one
         # too big would never arrive, and the job would come back forever.

@@ -3,6 +3,7 @@ live deltas carry each token's logprobs, the logged result carries them all, sig
 with the text, and the text is an instance of the schema (echo model)."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 from bus import signing, subjects
@@ -24,11 +25,19 @@ async def run_job(w, job, watch: bool = True) -> tuple[list, Finished]:
     await w.queue(job)
     runner = JobRunner(nc=w.nc, generator=EchoEngine("echo"), key=w.keys["A"], ack_wait_s=30,
                        max_attempts=3, cancels=w.cancels, gate=w.gate["A"])
-    await runner.run(await w.take("eu"))
+    # The node pings as a worker does: a job longer than the gate's lapse (0.5 s)
+    # would otherwise be moved on from a node it takes for dead.
+    stop = asyncio.Event()
+    pinging = asyncio.create_task(w.gate["A"].ping(stop))
+    try:
+        await runner.run(await w.take("eu"))
+    finally:
+        stop.set()
+        await pinging
     deltas = []
     while (msg := await _next(live)) is not None:
         deltas.append(parse_reply(msg.data))
-    while not isinstance(final := parse_reply((await done.next_msg(timeout=2)).data), Finished):
+    while not isinstance(final := parse_reply((await done.next_msg(timeout=5)).data), Finished):
         pass
     return deltas, final
 
