@@ -7,24 +7,20 @@ added to the batch) and drops the ones that finished or were stopped, at once.
 Each decode step is one forward pass of one token per sequence; every sequence
 then samples its own token by its own sampler and logit rules, its text stream
 cuts at its own stop strings, and its ``Step`` goes to its caller as soon as it
-is made. The per-request logic is the same ``workers.sequence.Sequence`` the
-single-stream ``Engine.generate`` drives.
-A ``Batcher`` is the job runner's :class:`~workers.generation.Generator`.
+is made, by the same ``workers.sequence.Sequence`` that ``Engine.generate``
+drives. A ``Batcher`` is the job runner's :class:`~workers.generation.Generator`.
 
-The forward passes belong to a decode backend (``workers.decoders``): the slot
-backend (a fixed-capacity slot KV cache and CUDA-graphed steps; Llama-family
-models, by default on CUDA) or the padded one (the model's own forward over a
-padded cache; any model). When every row is greedy and the backend
-``pipelines``, the next step is launched before this one's tokens are read
-back, so the host's per-token work overlaps the device's step; a row that ended
-is then computed once more and that extra token dropped.
+The forward passes belong to a decode backend (``workers.decoders``): slots
+(CUDA-graphed steps; Llama-family models, by default on CUDA) or padded (any
+model). When every row is greedy and the backend ``pipelines``, the next step
+is launched before this one's tokens are read back, so the host's per-token
+work overlaps the device's step; a row that ended is computed once more and
+that extra token dropped.
 
 Limits: at most ``max_batch`` sequences decode together, and a request joins
 only while the backend's KV cache at its worst case stays within
-``kv_budget_bytes``; a request that does not fit waits, in order. A lone
-request always runs. With the padded backend, a model whose cache cannot be
-stacked (sliding windows, linear attention; probed at start) runs one sequence
-at a time. See docs/design.md.
+``kv_budget_bytes``; one that does not fit waits, in order; a lone request
+always runs. See docs/design.md.
 """
 from __future__ import annotations
 
@@ -86,9 +82,8 @@ class Batcher:
         self.engine, self.max_batch, self.kv_budget_bytes = engine, max_batch, kv_budget_bytes
         self.decoder, self.max_batch = pick_decoder(engine, decoder, max_batch, kv_budget_bytes)
         if self.decoder.pipelines:
-            # This thread hands the GIL over at every graph launch and device wait; at
-            # the default 5 ms switch interval, a busy event loop (hundreds of streams)
-            # then keeps it for up to 5 ms each time while the device idles.
+            # This thread hands the GIL over at every graph launch and device wait; at the
+            # default 5 ms switch interval a busy event loop keeps it while the device idles.
             sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._waiting: deque[_Slot] = deque()
         self._rows: list[_Slot] = []  # in the order of the backend's rows
@@ -98,15 +93,10 @@ class Batcher:
         # Steps for event loops, made during this turn: (loop, queue, gone, step).
         self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, threading.Event,
                                  Step | BaseException]] = []
-        # Counters for benchmarks and tests: decode passes, tokens they made, widest
-        # decode pass, widest joint prefill.
-        self.stats = {"decode_steps": 0, "decoded_tokens": 0, "max_rows": 0,
-                      "max_prefill_rows": 0}
-        # This thread loaded the model (in the worker) and ran pick_decoder's probes, so
-        # it holds an OpenMP pool; with the batcher's thread's own pool beside it, libgomp
-        # stops its pools' threads spinning and every decode step slows: 84-92 ms a
-        # 32-row step, 32-33 ms a 1-row one, where that pool is freed; 108-117 and 51-54
-        # ms where it is not (2-core CPU, SmolLM2-135M; see workers.omp).
+        # For benchmarks and tests: decode passes, their tokens, the widest pass and prefill.
+        self.stats = {"decode_steps": 0, "decoded_tokens": 0, "max_rows": 0, "max_prefill_rows": 0}
+        # This thread (model load, pick_decoder's probes) holds an OpenMP pool: beside
+        # the batcher's, every decode step slows by a fifth or more (workers.omp).
         release_openmp_pool()
         self._thread = threading.Thread(target=self._run, name="inferbus-batcher", daemon=True)
         self._thread.start()
@@ -164,12 +154,8 @@ class Batcher:
             with self._wake:
                 while not (self._closed or self._rows or any(  # ready: grammar compiled
                         s.seq.ready or s.seq.should_stop() for s in self._waiting)):
-                    # Idle: free this thread's OpenMP pool, so torch work on another
-                    # thread meanwhile runs with its pool alone (workers.omp): model.generate
-                    # beside an idle batcher made 17-18 tok/s (1 stream) and 184-192 (32)
-                    # with the pool kept, 27-28 and 225-233 with it freed (29 and 226 in a
-                    # process with no batcher). The next turn makes a new one (one thread
-                    # start, tens of microseconds).
+                    # Idle: torch work on another thread meanwhile runs with its pool
+                    # alone (workers.omp); the next turn makes a new one.
                     release_openmp_pool()
                     self._wake.wait()
                 if self._closed:

@@ -15,7 +15,9 @@ with a second pool alive; 1 row 32-33 ms against 51-54 ms; one matmul alone
 calling thread's pool, and with it the penalty; the next parallel region on
 that thread makes a new pool (one thread start, tens of microseconds). In
 bench.worker (--streams 1,32 --tokens 32): the worker at 1 stream 17-19 tok/s
-with two pools, 27-30 with one; at 32 streams 157-237 against 277-309.
+with two pools, 27-30 with one; at 32 streams 157-237 against 277-309. An idle
+batcher's pool slows torch work elsewhere the same way (model.generate beside
+it: 17-18 tok/s kept, 27-28 freed), so the batcher frees it while idle.
 
 Not every build has it (another OpenMP runtime, macOS, a libgomp before GCC 9):
 then this is a no-op.
