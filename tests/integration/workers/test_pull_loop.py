@@ -6,7 +6,7 @@ import json
 
 from bus import subjects
 from bus.streams import ensure_work_consumer
-from workers.pull_loop import JobSource
+from workers.pull_loop import Doorbell, JobSource
 
 MODEL = "m"
 
@@ -48,3 +48,12 @@ async def test_a_pull_of_one_takes_the_oldest_job(js):
     assert json.loads((await pull.take(1))[0].data)["i"] == 0
     assert json.loads((await pull.take(1))[0].data)["i"] == 1
     assert await pull.take(1) == []
+
+
+async def test_a_job_queued_on_a_later_queue_rings_that_queue_first(js):
+    queues = ["eu", "global"]
+    bell = await Doorbell(js._nc, [subjects.jobs(q, MODEL) for q in queues]).start()
+    bell.clear()
+    await queue_jobs(js, 1, zone="global")  # the stream's publish is the ring
+    assert await bell.wait(2)
+    assert bell.rung_first(queues) == ["global", "eu"]
