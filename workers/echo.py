@@ -26,7 +26,6 @@ penalties and ignore_eos change nothing: the echo has no logits to bias (and
 from __future__ import annotations
 
 import asyncio
-
 import json
 from pathlib import Path
 from typing import AsyncIterator, Callable

@@ -72,6 +72,7 @@ class Doorbell:
     def __init__(self, nc: Client, subject_list: list[str]) -> None:
         """``subject_list``: each queue's jobs subject, in the order of its sources."""
         self._nc, self._subjects = nc, subject_list
+        self._index = {subject: i for i, subject in enumerate(subject_list)}
         self._rung = asyncio.Event()
         self._which: set[int] = set()  # the queues (by index) that rang since clear()
 
@@ -81,7 +82,7 @@ class Doorbell:
         return self
 
     async def _rang(self, msg: Msg) -> None:
-        self.ring(self._subjects.index(msg.subject) if msg.subject in self._subjects else None)
+        self.ring(self._index.get(msg.subject))
 
     def ring(self, queue: int | None = None) -> None:
         """A job was queued on one of the subjects (``queue``: its index, if known)."""
