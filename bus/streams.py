@@ -279,7 +279,9 @@ async def batches(sub, stop: asyncio.Event, size: int, what: str,
     while not stop.is_set():
         try:
             msgs = await sub.fetch(size, timeout=poll_s)
-        except NatsTimeout:
+        except (NatsTimeout, asyncio.TimeoutError):
+            # nats-py also raises asyncio's own when the server's idle answer lands on
+            # the client's deadline: as idle as the other, not a failure to wait out.
             continue
         except Exception:  # noqa: BLE001
             log.warning("%s: fetch failed; retrying", what, exc_info=True)
