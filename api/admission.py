@@ -39,11 +39,12 @@ from api.webhook_targets import WebhookTargets
 from bus.content import put_input
 from bus.credits import credits
 from bus.events import JobFailed, JobSubmitted, new_id
+from bus.partitions import stamp
 from bus.pricing import Pricing, prompt_tokens_bound
 from bus.publish import enqueue_job, publish_event
 from bus.streams import patiently
 from bus.subjects import GLOBAL
-from ledger import InsufficientCredits, Ledger, ReserveGroup
+from ledger import Books, InsufficientCredits, ReserveGroup
 
 GenerationBody = ChatCompletionRequest | CompletionRequest
 _IDEMPOTENT = uuid.UUID("6f1c2a52-4c1e-4f0e-9a55-2d9f2a1b7c01")
@@ -70,7 +71,7 @@ class Repeat:
 
 
 class Admission:
-    def __init__(self, js: JetStreamContext, nodes: LiveNodes, routing: Routing, ledger: Ledger,
+    def __init__(self, js: JetStreamContext, nodes: LiveNodes, routing: Routing, ledger: Books,
                  pricing: Pricing, escalator: Escalator, job_timeout_s: float,
                  webhooks: WebhookTargets | None = None, spend: SpendGuard | None = None) -> None:
         self._js, self._nodes, self._routing = js, nodes, routing
@@ -105,11 +106,14 @@ class Admission:
             max_tokens=req.sampling().max_tokens)
         request_hash = hashlib.sha256(f"{type(req).__name__}|{req.model_dump_json()}".encode()
                                       ).hexdigest()
-        job_id, event_id = new_id(), new_id()
+        # A job id carries its account's slot, so its outcome reaches the ledger shard
+        # holding the account's money from the id alone (bus.partitions).
+        job_id, event_id = stamp(new_id(), who.account), new_id()
         if idempotency_key:
             # The same key always names the same job, and its events the same ids, so a
             # concurrent repeat is deduplicated by JetStream rather than run twice.
-            job_id = uuid.uuid5(_IDEMPOTENT, f"{who.account}|{idempotency_key}").hex
+            job_id = stamp(uuid.uuid5(_IDEMPOTENT, f"{who.account}|{idempotency_key}").hex,
+                           who.account)
             event_id = uuid.uuid5(_IDEMPOTENT, f"{job_id}|submitted").hex
             held = await asyncio.to_thread(self._ledger.reservation, job_id)
             if held is not None:

@@ -43,7 +43,7 @@ from bus.model_book import CatalogBook
 from bus.node_location import checks_on
 from bus.streams import (cancels_bucket, claims_bucket, grants_bucket, models_bucket,
                          nodes_bucket)
-from ledger import Ledger
+from ledger import open_ledger
 from projections.readmodels import open_store
 
 
@@ -84,7 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.webhook_secret = await asyncio.to_thread(network_secret, settings)
         escalator = Escalator(js, claims, settings.zone_wait_s, settings.node_wait_s)
         store = app.state.read_store = await asyncio.to_thread(open_store, settings)
-        ledger = await asyncio.to_thread(Ledger.open, settings)
+        ledger = await asyncio.to_thread(open_ledger, settings)
         cancellation = Cancellation(nc, js, cancels)
         content = ContentStore(js, settings.layout(), settings.content_retention_s)
         jobs = JobServing(store, ledger, cancellation, content)

@@ -24,13 +24,16 @@ from bus.subjects.channels import JOB_QUEUE_ADDRESS, event_address
 router = APIRouter()
 TITLE = "inferbus event log"
 DESCRIPTION = ("Every fact inferbus records is an immutable event on NATS JetStream, on "
-               "`events.<zone>.<EventType>` (stream EVENTS). Jobs are queued on "
+               "`events.<zone>.<EventType>` (stream EVENTS; a job's outcome adds its "
+               "billing slot, a ledger shard's money `s<shard>`). Jobs are queued on "
                "`jobs.<queue>.<model>`. Prompts and outputs are content, never events.")
 
 PARAMETERS = {"zone": "the job's geo-zone, or global (accounts and money)",
               "key_hash": "the SHA-256 of the API key", "name": "the subcloud's name",
               "queue": "a zone, global, a node's own queue or a subcloud's pool",
-              "model": "the model name"}
+              "model": "the model name",
+              "slot": "j and the hex digit of the job's billing slot (its id's last digit): "
+                      "each ledger shard's settlement reads its own"}
 
 
 def event_types() -> tuple[type, ...]:

@@ -26,7 +26,7 @@ from api.live_nodes import LiveNodes
 from api.protocol import ChatCompletionRequest, CompletionRequest
 from api.serving import Call, Serving
 from api.status_page import StatusBoard
-from ledger import Ledger
+from ledger import Books
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Services:
     keys: KeyRing
     zones: ZoneResolver
     nodes: LiveNodes
-    ledger: Ledger
+    ledger: Books
     serving: Serving
     jobs: JobServing
     status: StatusBoard
@@ -66,7 +66,7 @@ async def live_nodes(request: Request) -> LiveNodes:
     return services(request).nodes
 
 
-async def ledger(request: Request) -> Ledger:
+async def ledger(request: Request) -> Books:
     return services(request).ledger
 
 
@@ -77,7 +77,7 @@ async def status_board(request: Request) -> StatusBoard:
 ServingDep = Annotated[Serving, Depends(serving)]
 JobsDep = Annotated[JobServing, Depends(jobs)]
 NodesDep = Annotated[LiveNodes, Depends(live_nodes)]
-LedgerDep = Annotated[Ledger, Depends(ledger)]
+LedgerDep = Annotated[Books, Depends(ledger)]
 StatusDep = Annotated[StatusBoard, Depends(status_board)]
 
 

@@ -19,7 +19,7 @@ from api.protocol import result_body
 from bus.content import ContentStore, Output
 from bus.credits import credits
 from bus.events import Usage
-from ledger import Ledger
+from ledger import Books
 from projections.job_status import JobView, get_job
 from projections.lifecycle import CANCELLED, COMPLETED, EXPIRED, FAILED, QUEUED
 from projections.store import Store
@@ -71,7 +71,7 @@ def job_body(view: JobView, cost: int | None, output: Output | None = None,
 
 
 class JobServing:
-    def __init__(self, store: Store, ledger: Ledger, cancellation: Cancellation,
+    def __init__(self, store: Store, ledger: Books, cancellation: Cancellation,
                  content: ContentStore) -> None:
         self._store, self._ledger, self._cancellation = store, ledger, cancellation
         self._content = content

@@ -19,7 +19,7 @@ from bus.config import Settings
 from bus.content import ContentStore
 from bus.guard import connect_service
 from bus.streams import cancels_bucket, webhooks_bucket
-from ledger import Ledger
+from ledger import open_ledger
 from projections.readmodels import open_store
 
 
@@ -36,7 +36,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     nc = await connect_service(settings, "inferbus-webhooks")
     js = nc.jetstream()
     store = await asyncio.to_thread(open_store, settings)
-    ledger = await asyncio.to_thread(Ledger.open, settings)
+    ledger = await asyncio.to_thread(open_ledger, settings)
     sender = Sender(settings.webhook_timeout_s, settings.webhook_allow_private)
     try:
         job_life_s = settings.job_timeout_s + settings.expiry_grace_s

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     nats_url: str | None = None  # one server, or a cluster's servers comma-separated
     nats_nkey_seed: Path | None = None  # this process's nkey seed file, where auth is on
     database_url: str | None = None
+    # Ledger shards (bus.partitions): each holds the money of the accounts of its slots,
+    # in its own SQLite file or PostgreSQL schema, settled by its own consumer.
+    ledger_partitions: int = Field(default=1, ge=1, le=16)
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".local/share/inferbus")
     geoip_db: Path | None = None
     # Regions of the supercluster (bus/regions.py: "eu=eu,me;na=na,sa" or "eu,na"),

@@ -238,6 +238,10 @@ CREDIT_EVENTS = (CreditsDeposited, CreditsReserved, CreditsDebited, CreditsRefun
                  CreditsReimbursed, RCPRevoked)
 # The events that end a job: its outcome, which settlement resolves its reservation by.
 TERMINAL_JOB_EVENTS = (JobCompleted, JobFailed, JobCancelled, JobExpired)
+# What settlement reads: the outcomes and a failed spot check's compensation. Each is
+# logged on a subject carrying its job's slot (bus.partitions), so each ledger shard's
+# settlement reads only its own.
+SETTLED_EVENTS = (*TERMINAL_JOB_EVENTS, SpotChecked)
 
 AnyEvent = Annotated[
     Union[JobSubmitted, JobStarted, JobEscalated, JobCompleted, JobFailed, JobCancelled,

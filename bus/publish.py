@@ -13,8 +13,9 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from bus import subjects
-from bus.events import (ApiKeyIssued, ApiKeyRevoked, DeadLetter, Event, JobSubmitted,
-                        SubcloudCreated, new_id)
+from bus.events import (SETTLED_EVENTS, ApiKeyIssued, ApiKeyRevoked, DeadLetter, Event,
+                        JobSubmitted, SubcloudCreated, new_id)
+from bus.partitions import job_slot
 
 MSG_ID = "Nats-Msg-Id"
 ATOMIC_DISABLED = 10174  # JetStream: the stream does not allow atomic batches
@@ -28,7 +29,14 @@ class BatchRefused(Exception):
         self.err_code = err_code
 
 
-def event_subject(event: Event, zone: str) -> str:
+def event_subject(event: Event, zone: str, shard: int | None = None) -> str:
+    """Where ``event`` is logged: a key or subcloud under its own token, a job outcome
+    under its job's slot, money relayed from ledger shard ``shard`` under the shard."""
+    if isinstance(event, SETTLED_EVENTS):
+        return subjects.event(zone, type(event).__name__,
+                              subjects.slot_token(job_slot(event.job_id)))
+    if shard is not None:
+        return subjects.event(zone, type(event).__name__, subjects.shard_token(shard))
     if isinstance(event, ApiKeyIssued):
         return subjects.key_issued(event.key_hash)
     if isinstance(event, ApiKeyRevoked):
@@ -39,14 +47,16 @@ def event_subject(event: Event, zone: str) -> str:
 
 
 async def publish_event(js: JetStreamContext, event: Event, zone: str = subjects.GLOBAL,
-                        timeout: float = 5.0, headers: dict[str, str] | None = None) -> PubAck:
-    """Append ``event`` to the log on its zone's subject; returns once stored."""
-    return await js.publish(event_subject(event, zone), event.model_dump_json().encode(),
+                        timeout: float = 5.0, headers: dict[str, str] | None = None,
+                        shard: int | None = None) -> PubAck:
+    """Append ``event`` to the log on its zone's subject (``shard``: the ledger shard
+    relaying it, where there are several); returns once stored."""
+    return await js.publish(event_subject(event, zone, shard), event.model_dump_json().encode(),
                             timeout=timeout, headers={**(headers or {}), MSG_ID: event.event_id})
 
 
 async def publish_batch(js: JetStreamContext, items: list[tuple[Event, str, dict[str, str]]],
-                        timeout: float = 5.0) -> PubAck:
+                        timeout: float = 5.0, shard: int | None = None) -> PubAck:
     """Append every ``(event, zone, headers)`` to the log in order, all or none, in
     one round trip: a JetStream atomic batch (the stream needs ``allow_atomic``;
     at most 1,000 events). Only the last message is acknowledged, for the whole
@@ -56,7 +66,7 @@ async def publish_batch(js: JetStreamContext, items: list[tuple[Event, str, dict
     if not items:
         raise ValueError("an empty batch")
     nc, batch = js._nc, new_id()  # nats-py's JetStream context has no batch API yet
-    messages = [(event_subject(event, zone), event.model_dump_json().encode(),
+    messages = [(event_subject(event, zone, shard), event.model_dump_json().encode(),
                  {**headers, MSG_ID: event.event_id, "Nats-Batch-Id": batch,
                   "Nats-Batch-Sequence": str(sequence)})
                 for sequence, (event, zone, headers) in enumerate(items, 1)]

@@ -10,7 +10,7 @@ import math
 from bus.account_events import MAX_PERIOD_S
 from bus.config import Settings
 from bus.credits import credits
-from ledger import Ledger
+from ledger import open_ledger
 
 COMMANDS = ("accounts", "plans", "subscriptions")
 
@@ -55,7 +55,7 @@ def period_seconds(days: float) -> float:
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from cli.admin import parse_credits
-    ledger = Ledger.open(settings)
+    ledger = open_ledger(settings)
     try:
         if args.command == "accounts" and args.accounts_cmd == "create":
             ledger.sign_up(args.account, args.referral)

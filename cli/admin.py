@@ -19,7 +19,7 @@ from bus.publish import publish_event
 from bus.guard import provision
 from bus.streams import nodes_bucket, patiently
 from bus.zones import ZONES, is_zone
-from ledger import Ledger
+from ledger import open_ledger
 from projections import api_keys
 from projections.job_status import jobs_of
 from projections.readmodels import open_store
@@ -65,7 +65,7 @@ def parse_credits(text: str) -> int:
 
 def deposit(settings: Settings, account: str, micro: int, deposit_id: str | None = None):
     """Credit ``account``; the relay in the projector puts the deposit on the log."""
-    ledger = Ledger.open(settings)
+    ledger = open_ledger(settings)
     try:
         return ledger.deposit(account, micro, deposit_id or new_id())
     finally:

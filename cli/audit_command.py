@@ -28,13 +28,13 @@ def add_parser(sub) -> None:
 async def run_audit(settings: Settings, full: bool = False):
     """Replay the log and check it against the live read models and the ledger."""
     from cli.admin import connect_admin
-    from ledger import Ledger
+    from ledger import open_ledger
     from projections.audit import audit
     from projections.audit_checkpoint import Checkpoints
     from projections.readmodels import open_store
     nc, js = await connect_admin(settings)
     store = await asyncio.to_thread(open_store, settings)
-    ledger = await asyncio.to_thread(Ledger.open, settings)
+    ledger = await asyncio.to_thread(open_ledger, settings)
     try:
         return await audit(js, store, await asyncio.to_thread(ledger.accounts),
                            checkpoints=Checkpoints(settings.data_dir / CHECKPOINT_DIR),

@@ -12,7 +12,7 @@ import signal
 import sys
 
 from bus.config import Settings
-from cli import account_commands, audit_command, key_commands
+from cli import account_commands, audit_command, key_commands, services
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--subcloud", help="serve this subcloud's private pool")
     w.add_argument("--public", action="store_true",
                    help="with --subcloud: serve public zone and global jobs too")
-    sub.add_parser("projector", help="the read models and the money service")
+    sub.add_parser("projector", help="the read models and the money service").add_argument(
+        "--no-settle", action="store_true",
+        help="run the read models only: `inferbus settle` processes run the money service")
+    sub.add_parser("settle", help="the money service alone (settlement, ledger relay, expiry "
+                   "sweep, renewals), for one ledger shard or all").add_argument(
+        "--shard", type=int, action="append", metavar="K",
+        help="a ledger shard to serve, 0 to INFERBUS_LEDGER_PARTITIONS-1 (repeatable; "
+             "default: every one)")
     sub.add_parser("gate", help="the trust boundary: checks what nodes say (leases, outcomes)")
     sub.add_parser("verifier", help="spot checks: re-checks sampled results, probes new nodes")
     sub.add_parser("webhooks", help="deliver async jobs' outcomes to their webhooks")
@@ -127,48 +134,6 @@ def _run_until_signal(main) -> int:
     return 0
 
 
-async def _projector(settings: Settings, stop: asyncio.Event) -> None:
-    """``inferbus projector``: the read models and the money service (settlement,
-    the ledger relay, the expiry sweep) in one process, on one connection and one
-    read-model store."""
-    from bus.guard import connect_service
-    from ledger import service
-    from projections import projector
-    from projections.readmodels import open_store
-    nc = await connect_service(settings, "inferbus-projector")
-    store = await asyncio.to_thread(open_store, settings)
-    try:
-        await asyncio.gather(projector.serve(nc, store, stop),
-                             service.serve(settings, nc, store, stop))
-    finally:
-        await nc.drain()
-        await asyncio.to_thread(store.close)
-
-
-async def _verifier(settings: Settings, stop: asyncio.Event) -> None:
-    """``inferbus verifier``: spot checks of sampled results and probes of nodes on
-    probation (see ``verifier/``). Several may run: they share the checks."""
-    from bus.guard import connect_service
-    from verifier import spot_checks
-    nc = await connect_service(settings, "inferbus-verifier")
-    try:
-        await spot_checks.serve(settings, nc, stop)
-    finally:
-        await nc.drain()
-
-
-async def _gate(settings: Settings, stop: asyncio.Event) -> None:
-    """``inferbus gate``: the trust boundary between nodes and the network (leases,
-    outcomes, liveness; see ``gate/``). Several may run: they share the work."""
-    from bus.guard import connect_service
-    from gate import node_requests as gate
-    nc = await connect_service(settings, "inferbus-gate")
-    try:
-        await gate.serve(settings, nc, stop)
-    finally:
-        await nc.drain()
-
-
 def _dispatch(args, settings: Settings) -> int:
     if args.command == "up":
         from cli import up
@@ -188,11 +153,20 @@ def _dispatch(args, settings: Settings) -> int:
                              args.node_name, args.subcloud, not args.subcloud or args.public)
         return _run_until_signal(lambda stop: run(settings, opts, stop, sys.stderr.isatty()))
     if args.command == "projector":
-        return _run_until_signal(lambda stop: _projector(settings, stop))
+        money = [] if args.no_settle else None
+        return _run_until_signal(lambda stop: services.projector(settings, stop, True, money))
+    if args.command == "settle":
+        n = settings.ledger_partitions
+        if any(not 0 <= k < n for k in args.shard or ()):
+            print(f"inferbus settle: --shard is 0 to {n - 1} (INFERBUS_LEDGER_PARTITIONS={n})",
+                  file=sys.stderr)
+            return 2
+        shards = sorted(set(args.shard)) if args.shard else None
+        return _run_until_signal(lambda stop: services.projector(settings, stop, False, shards))
     if args.command == "gate":
-        return _run_until_signal(lambda stop: _gate(settings, stop))
+        return _run_until_signal(lambda stop: services.gate(settings, stop))
     if args.command == "verifier":
-        return _run_until_signal(lambda stop: _verifier(settings, stop))
+        return _run_until_signal(lambda stop: services.verifier(settings, stop))
     if args.command == "webhooks":
         from api import webhook_service
         return _run_until_signal(lambda stop: webhook_service.serve(settings, stop))

@@ -14,7 +14,9 @@
 - :mod:`ledger.referrals`: referral codes, sign-up links (rewards: ``Settle``);
 - :mod:`ledger.subscriptions`: plans and subscriptions (aggregates:
   :mod:`ledger.plans`), renewed by :mod:`ledger.renewals`;
-- :mod:`ledger.service`: the loops above as one running service.
+- :mod:`ledger.shards`: a ledger in shards by account (``bus.partitions``),
+  behind the same calls; :mod:`ledger.transfers`: points owed across shards;
+- :mod:`ledger.service`: the loops above as one running service (per shard).
 
 Amounts are integer micro-credits (:mod:`bus.credits`).
 """
@@ -25,7 +27,8 @@ from ledger.group_commit import ReserveGroup
 from ledger.log_events import bus_event_id
 from ledger.outcomes import AccountView, ReservationView, Resolution, UnknownReservation
 from ledger.persistence import ledger_env
+from ledger.shards import Books, Shards, open_ledger
 
-__all__ = ["AccountView", "InsufficientCredits", "Ledger", "Refund", "Reserve", "ReserveGroup",
-           "ReservationView", "Resolution", "Settle", "UnknownReservation", "bus_event_id",
-           "ledger_env"]
+__all__ = ["AccountView", "Books", "InsufficientCredits", "Ledger", "Refund", "Reserve",
+           "ReserveGroup", "ReservationView", "Resolution", "Settle", "Shards",
+           "UnknownReservation", "bus_event_id", "ledger_env", "open_ledger"]

@@ -21,7 +21,7 @@ snapshots) is :mod:`ledger.bookkeeping`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Sequence, TypeVar, Union
+from typing import Callable, Sequence, TypeVar, Union
 
 from eventsourcing.utils import get_topic
 
@@ -37,6 +37,7 @@ from ledger.outcomes import (AccountView, ReservationView, Resolution, UnknownRe
 from ledger.persistence import guarded
 from ledger.referrals import Referrals
 from ledger.subscriptions import Subscriptions
+from ledger.transfers import Transfers, owed
 
 T = TypeVar("T")
 Reserved = Union[ReservationView, InsufficientCredits]
@@ -50,10 +51,13 @@ def returned_or_raised(outcome: T | Exception) -> T:
     return outcome
 
 
-class Ledger(Bookkeeping, Referrals, Subscriptions):
+class Ledger(Bookkeeping, Referrals, Subscriptions, Transfers):
     """Credits in integer micro-credits. ``Ledger()`` is in memory;
     ``Ledger.open(settings)`` is SQLite, or PostgreSQL when ``database_url`` is set.
-    Referrals and subscriptions: :mod:`ledger.referrals`, :mod:`ledger.subscriptions`."""
+    Referrals and subscriptions: :mod:`ledger.referrals`, :mod:`ledger.subscriptions`.
+    One shard of several (:mod:`ledger.shards`) changes only its own accounts; what
+    a resolution owes another shard's comes back as its ``transfers``
+    (:mod:`ledger.transfers`)."""
 
     name = "Ledger"  # eventsourcing names its tables and settings after it
 
@@ -135,12 +139,18 @@ class Ledger(Bookkeeping, Referrals, Subscriptions):
     @guarded
     def accounts(self) -> list[AccountView]:
         """Every account known to the ledger, by name (scans the log: for audits)."""
+        return [self.account(name) for name in sorted(self.account_names())]
+
+    @guarded
+    def account_names(self, limit: int | None = None) -> list[str]:
+        """The names of the accounts opened here, oldest first (the first ``limit``)."""
         names, after, topic = [], 0, get_topic(Account.Opened)
-        while page := self.recorder.select_notifications(
-                start=after, limit=500, topics=[topic], inclusive_of_start=False):
+        while (limit is None or len(names) < limit) and (
+                page := self.recorder.select_notifications(
+                    start=after, limit=500, topics=[topic], inclusive_of_start=False)):
             names += [self.mapper.to_domain_event(n).name for n in page]  # type: ignore
             after = page[-1].id
-        return [self.account(name) for name in sorted(names)]
+        return names[:limit]
 
     @guarded
     def bus_events(self, after: int, limit: int = 500) -> list[tuple[int, Event, str]]:
@@ -209,11 +219,11 @@ class Ledger(Bookkeeping, Referrals, Subscriptions):
                     if res is None:
                         outcomes.append(UnknownReservation(c.job_id))
                     elif not c.applies(res):
-                        outcomes.append(resolution(res, already=True))
+                        outcomes.append(resolution(res, True, owed(res, self.foreign)))
                     else:
                         c.apply(res, accounts(res.account), accounts)
                         resolved.append(res)
-                        outcomes.append(resolution(res, already=False))
+                        outcomes.append(resolution(res, False, owed(res, self.foreign)))
                 if resolved:
                     self.save(*resolved, *accounts.loaded.values())
                 return outcomes
@@ -240,6 +250,8 @@ class _Accounts:
         self.loaded: dict[str, Account] = {}
 
     def __call__(self, name: str) -> Account:
+        if self.ledger.foreign(name):
+            return _ELSEWHERE  # its shard receives what it is owed (ledger.transfers)
         if name not in self.loaded:
             if self.locked is not None and name not in self.locked:
                 raise LedgerConflict(f"account {name} is not locked yet")
@@ -248,3 +260,16 @@ class _Accounts:
                 self.ledger.referrers[name] = acct.referrer
             self.loaded[name] = acct
         return self.loaded[name]
+
+
+class _Elsewhere:
+    """An account of another shard, as a command here sees it: what it is given
+    is read off the reservation and received there (:func:`ledger.transfers.owed`)."""
+
+    referrer = None
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+_ELSEWHERE = _Elsewhere()

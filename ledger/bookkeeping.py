@@ -32,6 +32,7 @@ from eventsourcing.utils import Environment
 from psycopg import sql
 
 from bus.config import Settings
+from bus.partitions import shard_of_account
 from ledger.domain import Account, LedgerConflict, account_id, replay
 from ledger.persistence import Outage, ledger_env
 
@@ -58,6 +59,10 @@ class Bookkeeping(Application):
         # account -> its referrer, as learnt from loads: a link never changes once
         # made, so resolutions lock the referrer before they award it (ledger.referrals)
         self.referrers: dict[str, str] = {}
+        self.shard, self.shards = 0, 1  # which of how many ledger shards (bus.partitions)
+        # Where a command looks up other accounts (referral codes and links): this
+        # ledger, or every shard's (ledger.shards.Shards sets itself).
+        self.directory: Any = self
         super().__init__(dict(env) if env is not None else None)
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
@@ -65,11 +70,16 @@ class Bookkeeping(Application):
         # come only from the mapping it is given.
         return Environment(name, {**type(self).env, **(env or {})})
 
+    def foreign(self, account: str) -> bool:
+        """Whether ``account``'s money lives in another shard than this one."""
+        return self.shards > 1 and shard_of_account(account, self.shards) != self.shard
+
     @classmethod
-    def open(cls: type[B], settings: Settings) -> B:
+    def open(cls: type[B], settings: Settings, shard: int = 0) -> B:
         """SQLite at ``settings.sqlite_path("ledger")`` when ``database_url`` is
-        unset, else PostgreSQL (schema from the URL's ``search_path`` option)."""
-        env = ledger_env(settings)
+        unset, else PostgreSQL (schema from the URL's ``search_path`` option);
+        shard ``shard`` of ``settings.ledger_partitions`` (``ledger_env``)."""
+        env = ledger_env(settings, shard)
         if schema := env.get("POSTGRES_SCHEMA"):  # eventsourcing does not create it
             with psycopg.connect(settings.database_url or "", autocommit=True) as conn, \
                     contextlib.suppress(psycopg.errors.UniqueViolation):  # made meanwhile
@@ -79,6 +89,7 @@ class Bookkeeping(Application):
             try:
                 books = cls(env)
                 books.outage = Outage(settings.database_url)
+                books.shard, books.shards = shard, settings.ledger_partitions
                 return books
             except DatabaseError:  # e.g. another process creating the same tables
                 if attempt == 5:

@@ -204,6 +204,7 @@ class Reservation(Aggregate):
     # Class defaults: reservations stored before referrals have neither.
     referrer: str | None = None
     referral_points = 0
+    revoke_reason = ""  # why a settlement was revoked (reservations revoked before: none)
 
     @staticmethod
     def create_id(job_id: str) -> UUID:
@@ -248,6 +249,7 @@ class Reservation(Aggregate):
     @event("Revoked")
     def _revoked(self, reason: str) -> None:
         self.status = "revoked"
+        self.revoke_reason = reason
 
     @event("Referred")
     def note_referral(self, referrer: str, points: int) -> None:

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from nats.js import JetStreamContext
 
 from bus.events import JobExpired
+from bus.partitions import shard_of_job
 from bus.publish import publish_event
 from ledger.application import Ledger
 from projections.balances import expired_reservations
@@ -31,12 +32,15 @@ OUTCOME_GRACE_FACTOR = 10
 
 async def sweep_expired(store: Store, ledger: Ledger, js: JetStreamContext, grace_s: float,
                         stop: asyncio.Event) -> None:
-    """Close reservations still pending past deadline + grace: refund and log expiry."""
+    """Close reservations still pending past deadline + grace: refund and log expiry
+    (those of ``ledger``'s own shard, where the ledger is in shards)."""
     while not stop.is_set():
         try:
             now = datetime.now(timezone.utc)
             for job_id in await asyncio.to_thread(expired_reservations, store, now, grace_s,
                                                   grace_s * OUTCOME_GRACE_FACTOR):
+                if ledger.shards > 1 and shard_of_job(job_id, ledger.shards) != ledger.shard:
+                    continue  # another shard's sweep refunds it
                 resolution = await asyncio.to_thread(ledger.refund, job_id, "expired")
                 if not resolution.already:
                     view = await asyncio.to_thread(ledger.reservation, job_id)

@@ -49,7 +49,9 @@ class ReservationView:
 class Resolution:
     """How a reservation ended (``rcp``: points awarded to the operator).
     ``already`` is True when this call changed nothing because the reservation
-    had been resolved before; the rest then describes that earlier outcome."""
+    had been resolved before; the rest then describes that earlier outcome.
+    ``transfers``: what it owes accounts of other ledger shards
+    (:class:`ledger.transfers.Transfer`), the same however often it is asked."""
 
     job_id: str
     status: Literal["settled", "refunded", "revoked"]
@@ -57,6 +59,7 @@ class Resolution:
     refunded: int
     rcp: int
     already: bool
+    transfers: tuple = ()
 
 
 def account_view(name: str, a: Account | None) -> AccountView:
@@ -70,5 +73,5 @@ def reservation_view(r: Reservation) -> ReservationView:
                            r.request_hash, r.status, r.debited, r.refunded)
 
 
-def resolution(r: Reservation, already: bool) -> Resolution:
-    return Resolution(r.job_id, r.status, r.debited, r.refunded, r.rcp, already)
+def resolution(r: Reservation, already: bool, transfers: tuple = ()) -> Resolution:
+    return Resolution(r.job_id, r.status, r.debited, r.refunded, r.rcp, already, transfers)

@@ -32,13 +32,20 @@ WAIT_S = 1.0
 PROBE_EVERY_S = 0.2
 
 
-def ledger_env(settings: Settings) -> dict[str, str]:
-    """The eventsourcing persistence settings for ``settings.database_url``."""
+def shard_name(base: str, shard: int) -> str:
+    """Shard 0 keeps the ledger's own name (a ledger that grows shards keeps its
+    first); shard k is ``<base>_<k>``."""
+    return base if shard == 0 else f"{base}_{shard}"
+
+
+def ledger_env(settings: Settings, shard: int = 0) -> dict[str, str]:
+    """The eventsourcing persistence settings for ``settings.database_url``, for
+    ledger shard ``shard``: its own SQLite file, or its own PostgreSQL schema."""
     url = settings.database_url
     if not url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                "SQLITE_DBNAME": str(settings.sqlite_path("ledger")),
+                "SQLITE_DBNAME": str(settings.sqlite_path(shard_name("ledger", shard))),
                 "SQLITE_LOCK_TIMEOUT": "10"}  # seconds a writer waits for another process
     if not url.startswith(("postgresql://", "postgres://")):
         raise ValueError("INFERBUS_DATABASE_URL must be a postgresql:// URL")
@@ -56,8 +63,9 @@ def ledger_env(settings: Settings) -> dict[str, str]:
            # Seconds a call waits for a pooled connection, per recorder try.
            "POSTGRES_CONNECT_TIMEOUT": "1"}
     found = re.search(r"-c\s*search_path\s*=\s*([^\s,]+)", " ".join(query.get("options", [])))
-    if found:
-        env["POSTGRES_SCHEMA"] = found.group(1).strip('"')
+    schema = found.group(1).strip('"') if found else None
+    if schema or shard:
+        env["POSTGRES_SCHEMA"] = shard_name(schema or "ledger", shard)
     return env
 
 

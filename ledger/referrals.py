@@ -87,7 +87,7 @@ class Referrals:
         """Open ``account`` (it must be new), linked to the owner of ``code`` when
         given. Raises :class:`ReferralError` for a refused sign-up, changing nothing."""
         check_token(account, "account")
-        referrer = self._code_owner(code) if code else None
+        referrer = self.directory.code_owner(code) if code else None
         if referrer == account:
             raise ReferralError(f"account {account!r} cannot use its own referral code")
         if referrer is not None and account in self._referral_chain(referrer):
@@ -116,7 +116,8 @@ class Referrals:
             raise RuntimeError(f"referral code {code} of {account!r} is {held.account!r}'s")
         return None
 
-    def _code_owner(self, code: str) -> str:
+    def code_owner(self, code: str) -> str:
+        """The account whose registered code ``code`` is (ReferralError if none)."""
         held = self.load(referral_code_id(code.strip().lower())) if code.strip() else None
         if held is None:
             raise ReferralError(f"unknown referral code {code!r}")
@@ -128,5 +129,5 @@ class Referrals:
         at: str | None = account
         while at is not None and at not in chain and len(chain) < MAX_CHAIN:
             chain.add(at)
-            at = self.referrer_of(at)
+            at = self.directory.referrer_of(at)  # another shard's account, too
         return chain

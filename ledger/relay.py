@@ -33,14 +33,15 @@ RELAYED = (*CREDIT_EVENTS, *ACCOUNT_EVENTS)  # every type the ledger logs (ledge
 IDLE_S = 0.05
 
 
-async def last_relayed(js: JetStreamContext) -> int:
-    """The ledger notification id of the newest relayed event on the log (0 if none)."""
+async def last_relayed(js: JetStreamContext, shard: int | None = None) -> int:
+    """The ledger notification id of the newest event on the log relayed from
+    ``shard`` (None: a ledger of one shard); 0 if none."""
     info = await js.stream_info(subjects.EVENTS_STREAM)
     if info.state.messages == 0:
         return 0
     sub = await js.pull_subscribe(
         "", stream=subjects.EVENTS_STREAM, config=ConsumerConfig(
-            filter_subjects=subjects.events_of(*(e.__name__ for e in RELAYED)),
+            filter_subjects=subjects.relayed_by_shard([e.__name__ for e in RELAYED], shard),
             deliver_policy=DeliverPolicy.LAST, ack_policy=AckPolicy.NONE,
             inactive_threshold=30.0))
     try:
@@ -59,6 +60,8 @@ class Relay:
     def __init__(self, ledger, js: JetStreamContext, limit: int = 500) -> None:
         self.ledger, self.js, self.limit = ledger, js, limit
         self.atomic = True
+        # A shard of several marks what it relays, and finds its position by that mark.
+        self.shard: int | None = ledger.shard if getattr(ledger, "shards", 1) > 1 else None
 
     async def once(self, after: int) -> int:
         """Publish the next batch after notification ``after``; returns the new position."""
@@ -69,7 +72,7 @@ class Relay:
                  for notification_id, event, zone in batch]
         if self.atomic:
             try:
-                await publish_batch(self.js, items)
+                await publish_batch(self.js, items, shard=self.shard)
                 return batch[-1][0]
             except BatchRefused as exc:
                 if exc.err_code != ATOMIC_DISABLED:
@@ -78,7 +81,7 @@ class Relay:
                             "event at a time")
                 self.atomic = False
         for (notification_id, _, _), (event, zone, headers) in zip(batch, items):
-            await publish_event(self.js, event, zone, headers=headers)
+            await publish_event(self.js, event, zone, headers=headers, shard=self.shard)
             after = notification_id
         return after
 
@@ -88,7 +91,7 @@ class Relay:
         while not stop.is_set():
             try:
                 if position is None:  # at start and after a failure, the log says where we are
-                    position = await last_relayed(self.js)
+                    position = await last_relayed(self.js, self.shard)
                     # A server older than 2.12 ignores allow_atomic (the stream shows it
                     # unset) and would store a batch's messages one by one: relay those
                     # one at a time.

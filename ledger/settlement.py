@@ -35,9 +35,10 @@ from nats.js.api import ConsumerConfig
 from pydantic import ValidationError
 
 from bus import subjects
-from bus.events import (TERMINAL_JOB_EVENTS, Event, JobCancelled, JobCompleted, JobExpired,
+from bus.events import (SETTLED_EVENTS, Event, JobCancelled, JobCompleted, JobExpired,
                         JobFailed, SpotChecked, parse_event)
 from bus.leases import Lease, Leases
+from bus.partitions import slots_of
 from bus.pricing import Pricing
 from bus.publish import dead_letter
 from bus.signing import verify_result
@@ -47,7 +48,7 @@ from ledger.outcomes import UnknownReservation
 
 log = logging.getLogger("inferbus.settlement")
 DURABLE = "settlement"
-OUTCOMES = (*TERMINAL_JOB_EVENTS, SpotChecked)
+OUTCOMES = SETTLED_EVENTS
 RETRY_DELAY_S = 1.0
 BATCH = 256  # outcomes per pull at most: one ledger save settles them all (bigger when behind)
 POLL_S = 1.0  # how long an idle pull waits before looking at `stop` again
@@ -129,19 +130,29 @@ class Settlement:
         return Refund(event.job_id, reason)
 
 
+def durable(shard: int, shards: int) -> str:
+    """Shard ``shard``'s consumer: ``settlement`` for a ledger of one shard."""
+    return DURABLE if shards == 1 else f"{DURABLE}-{shard}"
+
+
 async def consume(js: JetStreamContext, settlement: Settlement, leases: Leases,
-                  stop: asyncio.Event, ack_wait_s: float = 30.0) -> None:
+                  stop: asyncio.Event, ack_wait_s: float = 30.0, shard: int = 0,
+                  shards: int = 1) -> None:
     """Settle outcomes from the durable consumer until ``stop`` is set, a pull's
-    worth at a time (see :func:`settle_batch`)."""
-    config = ConsumerConfig(filter_subjects=subjects.events_of(*(e.__name__ for e in OUTCOMES)),
-                            ack_wait=ack_wait_s, durable_name=DURABLE)
+    worth at a time (see :func:`settle_batch`): of ledger shard ``shard``'s slots
+    only, when there are several (``bus.partitions``)."""
+    name = durable(shard, shards)
+    config = ConsumerConfig(
+        filter_subjects=subjects.settled_by_shard(
+            [e.__name__ for e in OUTCOMES], slots_of(shard, shards) if shards > 1 else None),
+        ack_wait=ack_wait_s, durable_name=name)
     # Create or update: a consumer made by an older version keeps its position and
     # takes today's filter (pull_subscribe alone would reuse the old one as is).
     await patiently(lambda: js.add_consumer(subjects.EVENTS_STREAM, config),
                     "settlement consumer")
     # Patient: a cluster may be electing the stream's leader just now.
     sub = await patiently(lambda: js.pull_subscribe(
-        "", durable=DURABLE, stream=subjects.EVENTS_STREAM, config=config), "settlement consumer")
+        "", durable=name, stream=subjects.EVENTS_STREAM, config=config), "settlement consumer")
     try:
         # A fetch returns as soon as anything is there: no wait to fill a batch.
         async for msgs in batches(sub, stop, BATCH, "settlement", POLL_S):

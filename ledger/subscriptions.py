@@ -90,7 +90,7 @@ class Subscriptions:
                            now: datetime | None = None) -> SubscriptionView:
         """Subscribe ``account`` to ``plan_name`` and grant its first period's credits."""
         check_token(account, "account")
-        plan = self.load(plan_id(plan_name))
+        plan = self.directory.plan(plan_name)  # a ledger in shards keeps plans in its first
         if plan is None:
             raise ValueError(f"no plan {plan_name!r}: `inferbus plans create` it first")
 

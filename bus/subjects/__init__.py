@@ -8,7 +8,9 @@ Layout:
   leave its region): the part before ``-`` is the zone whose region stores it.
 - ``events.<zone>.<EventType>[.<entity>]``: the immutable event log. Jobs log
   on their submitted zone; account-wide facts (keys) and money on ``global``.
-  Keys add their hash so one direct get finds them. Events carry hashes, usage,
+  Keys add their hash so one direct get finds them; a job's outcome adds its
+  slot (``j<hex>``, ``bus.partitions``) so each ledger shard's settlement reads
+  its own; a ledger of several shards adds ``s<shard>`` to the money it relays. Events carry hashes, usage,
   signatures and money, never a prompt or an output (those are content).
 - ``content.<zone>.<job>.<part>``: a job's prompt (``input``) and result
   (``output``), kept for the retention period in the stream ``CONTENT`` of the
@@ -171,8 +173,9 @@ def all_events() -> str:
 
 
 def events_of(*event_types: str) -> list[str]:
-    """Filter subjects for these event types in every zone."""
-    return [f"{_EVENTS}.*.{t}" for t in event_types]
+    """Filter subjects for these event types in every zone, with or without a
+    last token (an outcome's slot, a money event's shard: :func:`slot_token`)."""
+    return [f for t in event_types for f in (f"{_EVENTS}.*.{t}", f"{_EVENTS}.*.{t}.*")]
 
 
 def key_issued(key_hash: str) -> str:
@@ -287,3 +290,5 @@ from bus.subjects.jetstream import (acked_stream, acked_stream_sequence, acks,  
                                     below, consumer_create, consumer_info, inbox_prefix,
                                     kv_key, kv_reads, kv_stream, object_chunks,
                                     object_store_subjects, object_stream, stream_info)
+from bus.subjects.partitioned import (relayed_by_shard, settled_by_shard, shard_token,  # noqa: E402,E501
+                                     slot_token)

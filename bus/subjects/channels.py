@@ -8,12 +8,18 @@ from __future__ import annotations
 # (``bus.publish.event_subject``): keys by their hash, subclouds by name.
 ENTITY_EVENTS = {"ApiKeyIssued": "key_hash", "ApiKeyRevoked": "key_hash",
                  "SubcloudCreated": "name"}
+# Events logged under their job's slot (``bus.partitions``): what settlement reads.
+SLOT_EVENTS = ("JobCompleted", "JobFailed", "JobCancelled", "JobExpired", "SpotChecked")
 
 
 def event_address(event_type: str) -> str:
-    """``events.{zone}.<Type>``, or ``events.global.<Type>.{key_hash}`` for a keyed event."""
+    """``events.{zone}.<Type>``, ``events.global.<Type>.{key_hash}`` for a keyed
+    event, ``events.{zone}.<Type>.{slot}`` for a job outcome (``j`` and its slot);
+    a ledger of several shards adds ``s`` and its shard to its money events."""
     if event_type in ENTITY_EVENTS:
         return f"events.global.{event_type}.{{{ENTITY_EVENTS[event_type]}}}"
+    if event_type in SLOT_EVENTS:
+        return f"events.{{zone}}.{event_type}.{{slot}}"
     return f"events.{{zone}}.{event_type}"
 
 

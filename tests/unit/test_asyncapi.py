@@ -16,9 +16,10 @@ def test_the_document_lists_the_logs_channels_with_their_schemas():
     for event in (JobSubmitted, JobCompleted, CreditsDebited):
         name = event.__name__
         assert channels[name]["address"].startswith("events.")
-        assert channels[name]["address"].endswith(name)
+        assert name in channels[name]["address"].split(".")
         assert set(event.model_fields) <= set(schemas[name]["properties"])
     assert channels["ApiKeyIssued"]["address"] == "events.global.ApiKeyIssued.{key_hash}"
+    assert channels["JobCompleted"]["address"] == "events.{zone}.JobCompleted.{slot}"
 
 
 def test_every_event_type_and_parameter_is_declared():
