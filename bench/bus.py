@@ -163,10 +163,17 @@ def echo_network(inflight: int):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def serve_echo(stack: Stack) -> str:
+def serve_echo(stack: Stack, settle_apart: bool = False) -> str:
     """Start the projector, an echo worker and the API; a key with credits, once
-    the model is served."""
-    stack.start_projector()
+    the model is served. ``settle_apart``: the money service in its own process
+    (``inferbus settle``) beside ``inferbus projector --no-settle``."""
+    if settle_apart:
+        stack.start("gate", "gate")
+        stack.start("verifier", "verifier")
+        stack.start("projector", "projector", "--no-settle")
+        stack.start("settle", "settle")
+    else:
+        stack.start_projector()
     stack.start_worker("eu", MODEL)
     stack.start_api()
     key = stack.new_key("bench", credits="1000000")

@@ -2,6 +2,7 @@
 chat, in the order the server carried them, timed from the HTTP send.
 
     .venv/bin/python -m bench.hops [--n 200] [--show 1] [--inflight 64] [--seconds 10]
+                                   [--settle-apart]
 
 Starts the stack ``bench.bus`` runs (echo worker, gate, verifier, projector,
 billing on), sends ``--n`` requests one at a time while a wiretap subscribes
@@ -128,9 +129,12 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=1)
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--settle-apart", action="store_true",
+                        help="the money service as its own process (`inferbus settle`) beside "
+                             "`inferbus projector --no-settle`, so each one's CPU shows")
     args = parser.parse_args()
     with echo_network(args.inflight) as (server, stack):
-        key = serve_echo(stack)
+        key = serve_echo(stack, args.settle_apart)
         report(asyncio.run(traced(stack.base_url, key, server.url, args.n)), args.show)
         cpu_per_job(stack, server, key, args.inflight, args.seconds)
 
