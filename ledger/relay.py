@@ -45,6 +45,10 @@ async def last_relayed(js: JetStreamContext, shard: int | None = None) -> int:
             deliver_policy=DeliverPolicy.LAST, ack_policy=AckPolicy.NONE,
             inactive_threshold=30.0))
     try:
+        # Nothing of this relay's on the log yet (a new shard, a log of other events):
+        # say so at once rather than after a fetch's whole wait.
+        if (await sub.consumer_info()).num_pending == 0:
+            return 0
         msgs = await sub.fetch(1, timeout=2)
     except NatsTimeout:
         return 0
