@@ -21,6 +21,7 @@ looked for in the wrong shards.
 from __future__ import annotations
 
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence, TypeVar, Union
 
 from bus.config import Settings
@@ -51,6 +52,7 @@ class Shards:
 
     def __init__(self, ledgers: Sequence[Ledger]) -> None:
         self.ledgers, self.n = list(ledgers), len(ledgers)
+        self._pool = ThreadPoolExecutor(self.n, thread_name_prefix="ledger-shard")
         for ledger in self.ledgers:
             ledger.directory = self  # referral codes and links are looked up across shards
 
@@ -99,8 +101,10 @@ class Shards:
         for outcome in outcomes:
             for t in getattr(outcome, "transfers", ()):
                 owed[shard_of_account(t.account, self.n)].append(t)
-        for k, transfers in sorted(owed.items()):
-            self.ledgers[k].receive(transfers)
+        # Received at once across shards; any failure raises: a resolution is done
+        # only with what it owes received (its retry finds the same transfers).
+        for _ in self._pool.map(lambda k: self.ledgers[k].receive(owed[k]), list(owed)):
+            pass
         return outcomes
 
     def settle(self, job_id: str, actual: int, *, operator: str | None = None,
@@ -160,17 +164,33 @@ class Shards:
         return self.of_account(account).subscription(account)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         for ledger in self.ledgers:
             ledger.close()
 
     def _by_shard(self, items: Sequence[C], shard: Callable[[C], int],
                   run: Callable[[int, list[C]], list]) -> list:
+        """``run`` each shard's part of ``items``, the parts at once (each shard
+        commits on its own database: one shard's fsync need not wait for another's),
+        and the outcomes in ``items``' order. A part that fails as a whole (its
+        database is down) fails its own commands only: each gets the exception."""
         parts: dict[int, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             parts[shard(item)].append(i)
         out: list = [None] * len(items)
-        for k, indices in sorted(parts.items()):
-            for i, outcome in zip(indices, run(k, [items[i] for i in indices]), strict=True):
+
+        def part(k: int) -> list:
+            try:
+                return run(k, [items[i] for i in parts[k]])
+            except Exception as exc:  # noqa: BLE001 - the other shards' commands stand
+                return [exc] * len(parts[k])
+        if len(parts) == 1:
+            (k,) = parts
+            answers = {k: part(k)}
+        else:
+            answers = dict(zip(parts, self._pool.map(part, parts)))
+        for k, indices in parts.items():
+            for i, outcome in zip(indices, answers[k], strict=True):
                 out[i] = outcome
         return out
 

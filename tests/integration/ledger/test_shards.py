@@ -20,7 +20,7 @@ from bus.partitions import shard_of_account, stamp
 from bus.pricing import Pricing
 from bus.publish import publish_event
 from bus.streams import claims_bucket
-from ledger import Shards, open_ledger, settlement
+from ledger import Reserve, Shards, open_ledger, settlement
 from ledger.persistence import shard_name
 from ledger.relay import Relay, last_relayed
 from projections.audit import compare_ledger
@@ -182,3 +182,23 @@ def test_a_ledger_opened_with_another_shard_count_is_refused(world, tmp_path):
             open_ledger(world.settings.model_copy(update={"ledger_partitions": 1}))
     with pytest.raises(ValueError, match="another INFERBUS_LEDGER_PARTITIONS"):
         open_ledger(world.settings.model_copy(update={"ledger_partitions": 4}))
+
+
+def test_a_shard_that_fails_a_group_fails_only_its_own_commands(world):
+    books = world.books
+    accounts = [named(k, "grp") for k in range(N)]
+    for account in accounts:
+        books.deposit(account, 10 * MICRO)
+    deadline = datetime.now(timezone.utc) + timedelta(minutes=5)
+    holds = [Reserve(a, stamp(new_id(), a), MICRO, "k", "eu", deadline) for a in accounts]
+    broken = books.ledgers[1]
+
+    def down(_):
+        raise ConnectionError("shard 1's database is down")
+    broken.reserve_many = down
+    outcomes = books.reserve_many(holds)
+    assert outcomes[0].status == "pending"  # shard 0 held its job
+    assert isinstance(outcomes[1], ConnectionError)
+    assert books.account(accounts[0]).held == MICRO
+    del broken.reserve_many
+    assert books.account(accounts[1]).held == 0  # nothing half-done in the failed shard
