@@ -24,12 +24,14 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence, TypeVar, Union
 
+import psycopg
+
 from bus.config import Settings
 from bus.partitions import check_partitions, shard_of_account, shard_of_job
 from ledger.application import Ledger, Reserved, Resolved, returned_or_raised
 from ledger.commands import Refund, Reserve, Resolve, Revoke, Settle
 from ledger.outcomes import AccountView, Resolution
-from ledger.persistence import shard_name
+from ledger.persistence import PROBE_TIMEOUT_S, ledger_env, shard_name
 from ledger.referrals import ReferralError
 from ledger.transfers import Transfer
 
@@ -41,10 +43,20 @@ def open_ledger(settings: Settings) -> Books:
     """The ledger ``settings`` name: one shard, or :class:`Shards`."""
     if check_partitions(settings.ledger_partitions) > 1:
         return Shards.open(settings)
-    if not settings.database_url and settings.sqlite_path(shard_name("ledger", 1)).exists():
+    if _second_shard_exists(settings):
         raise ValueError("this ledger was written in several shards: set "
                          "INFERBUS_LEDGER_PARTITIONS to their count")
     return Ledger.open(settings)
+
+
+def _second_shard_exists(settings: Settings) -> bool:
+    """Whether shard 1's file or schema is there (a ledger of one shard has none)."""
+    if not settings.database_url:
+        return settings.sqlite_path(shard_name("ledger", 1)).exists()
+    schema = ledger_env(settings, 1)["POSTGRES_SCHEMA"]
+    with psycopg.connect(settings.database_url, connect_timeout=PROBE_TIMEOUT_S) as conn:
+        return conn.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+                            "LIMIT 1", (schema,)).fetchone() is not None
 
 
 class Shards:
