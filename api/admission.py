@@ -48,8 +48,16 @@ from ledger import Books, InsufficientCredits, ReserveGroup
 
 GenerationBody = ChatCompletionRequest | CompletionRequest
 _IDEMPOTENT = uuid.UUID("6f1c2a52-4c1e-4f0e-9a55-2d9f2a1b7c01")
+
+
 ENQUEUE_PATIENCE_S = 12.0  # a JetStream leader election takes 4-9 s
 ENQUEUE_TRY_S = 2.0  # short tries: one sent while no leader is elected is never answered
+
+
+def idempotent_job_id(account: str, idempotency_key: str) -> str:
+    """The job an ``Idempotency-Key`` of ``account`` names: the same on every repeat,
+    and stamped with the account's slot as every job id is (bus.partitions)."""
+    return stamp(uuid.uuid5(_IDEMPOTENT, f"{account}|{idempotency_key}").hex, account)
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,7 @@ class Admission:
         if idempotency_key:
             # The same key always names the same job, and its events the same ids, so a
             # concurrent repeat is deduplicated by JetStream rather than run twice.
-            job_id = stamp(uuid.uuid5(_IDEMPOTENT, f"{who.account}|{idempotency_key}").hex,
-                           who.account)
+            job_id = idempotent_job_id(who.account, idempotency_key)
             event_id = uuid.uuid5(_IDEMPOTENT, f"{job_id}|submitted").hex
             held = await asyncio.to_thread(self._ledger.reservation, job_id)
             if held is not None:

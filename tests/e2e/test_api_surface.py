@@ -3,7 +3,6 @@ poll, health and model lookups, errors before a stream starts, ``n`` choices,
 and fair billing for callers that hang up or race one Idempotency-Key."""
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -11,7 +10,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from api.admission import _IDEMPOTENT
+from api.admission import idempotent_job_id
 from tests.conftest import TINY_MODEL
 from tests.e2e.test_credits import LONG, api, cost, settled, wait_status
 
@@ -91,7 +90,7 @@ def test_n_above_one_is_refused_for_an_async_call(stack, key):
 
 def test_sync_caller_that_hangs_up_stops_its_job_and_pays_what_was_produced(stack):
     key = stack.new_key("hank", credits="100")
-    job_id = uuid.uuid5(_IDEMPOTENT, "hank|hang-up").hex  # how the API names it
+    job_id = idempotent_job_id("hank", "hang-up")  # how the API names it
 
     def call_then_hang_up() -> None:
         try:

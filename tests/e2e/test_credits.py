@@ -3,13 +3,12 @@
 import asyncio
 import threading
 import time
-import uuid
 
 import httpx
 import nats
 import pytest
 
-from api.admission import _IDEMPOTENT
+from api.admission import idempotent_job_id
 from bus import subjects
 from tests.conftest import LONG_MODEL, TINY_MODEL
 
@@ -120,7 +119,7 @@ def test_cancelled_job_is_charged_what_it_produced_and_refunded_the_rest(stack):
 
 def test_sync_caller_of_a_job_cancelled_meanwhile_gets_409_at_once(stack):
     key = stack.new_key("ida", credits="100")
-    job_id = uuid.uuid5(_IDEMPOTENT, "ida|cancel-me").hex  # how the API names it
+    job_id = idempotent_job_id("ida", "cancel-me")  # how the API names it
     answer = {}
 
     def wait_for_it() -> None:
