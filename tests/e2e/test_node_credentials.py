@@ -18,7 +18,7 @@ from bus import signing, subjects
 from bus.content import put
 from bus.credentials import CredentialStore, WorkerGrant
 from bus.events import ChatMessage, JobCompleted, JobSubmitted, Sampling
-from bus.publish import enqueue_job, publish_event
+from bus.publish import enqueue_job, event_subject, publish_event
 from bus.streams import (cancels_bucket, claims_bucket, ensure_streams, ensure_work_consumer,
                          nodes_bucket, wait_for_streams)
 from cli import natsserver
@@ -118,8 +118,8 @@ async def test_worker_user_pulls_its_queues_and_speaks_only_through_the_gate(net
                      if isinstance(e, JobCompleted))
     claims = subjects.kv_key(subjects.CLAIMS_BUCKET, "job-zone")
     await refused_all(refusals, {
-        subjects.event("eu", "JobCompleted"): publish_event(wjs, completed, "eu",
-                                                            timeout=REFUSED_WAIT_S),
+        event_subject(completed, "eu"): publish_event(wjs, completed, "eu",
+                                                      timeout=REFUSED_WAIT_S),
         claims: worker.request(claims, b"{}", timeout=REFUSED_WAIT_S)})
     for subject in ("replies.api1", subjects.node_says(other, subjects.NODE_OUTCOME)):
         await worker.publish(subject, b"{}")
@@ -129,12 +129,12 @@ async def test_worker_user_pulls_its_queues_and_speaks_only_through_the_gate(net
 async def test_worker_user_cannot_log_money_keys_submissions_or_queue_jobs(network):
     _, service, worker, refusals, key, _ = network
     wjs = worker.jetstream(timeout=REFUSED_WAIT_S)
-    attempts = {subjects.event(zone, type(event).__name__):
-                publish_event(wjs, event, zone, timeout=REFUSED_WAIT_S)
+    attempts = {event_subject(event, zone): publish_event(wjs, event, zone,
+                                                          timeout=REFUSED_WAIT_S)
                 for zone, event in signed_job(key, "job-1", "alice", "op", award_to=("op", "n"))
                 if not isinstance(event, JobCompleted)}  # money, the submission
     attempts[subjects.jobs("eu", MODEL)] = enqueue_job(wjs, a_job("job-2"), timeout=REFUSED_WAIT_S)
-    assert {s.split(".")[-1] for s in attempts} >= {
+    assert {s.split(".")[2] for s in attempts} >= {
         "CreditsDeposited", "CreditsReserved", "JobSubmitted", "CreditsDebited",
         "CreditsRefunded", "RCPAwarded", MODEL}
     await refused_all(refusals, attempts)
