@@ -97,26 +97,48 @@ class Shards:
         return returned_or_raised(self.reserve_many([Reserve(account, job_id, amount, **kwargs)])[0])
 
     def reserve_many(self, requests: Sequence[Reserve]) -> list[Reserved]:
-        for r in requests:  # the API stamps every id: another one would never settle
+        """As :meth:`Ledger.reserve_many`, each hold in its account's shard. A job id
+        without its account's slot (the API stamps every one) would never settle:
+        that request alone is refused (ValueError)."""
+        out: list = [None] * len(requests)
+        stamped = []
+        for i, r in enumerate(requests):
             if shard_of_job(r.job_id, self.n) != shard_of_account(r.account, self.n):
-                raise ValueError(f"job {r.job_id} does not carry account {r.account}'s slot")
-        return self._by_shard(requests, lambda r: shard_of_account(r.account, self.n),
+                out[i] = ValueError(f"job {r.job_id} does not carry account {r.account}'s slot")
+            else:
+                stamped.append(i)
+        held = self._by_shard([requests[i] for i in stamped],
+                              lambda r: shard_of_account(r.account, self.n),
                               lambda k, part: self.ledgers[k].reserve_many(part))
+        for i, outcome in zip(stamped, held, strict=True):
+            out[i] = outcome
+        return out
 
     def resolve_many(self, commands: Sequence[Resolve]) -> list[Resolved]:
         """Each command in its job's shard; then every shard owed points receives
-        them (at most once each) before this returns: a failure raises, and the
-        caller's retry finds the same transfers again."""
+        them (at most once each, all shards at once). A resolution counts only with
+        what it owes received: where a shard could not receive, each command that
+        owed it gets the exception, and its retry finds the same transfers again."""
         outcomes = self._by_shard(commands, lambda c: shard_of_job(c.job_id, self.n),
                                   lambda k, part: self.ledgers[k].resolve_many(part))
         owed: dict[int, list[Transfer]] = defaultdict(list)
         for outcome in outcomes:
             for t in getattr(outcome, "transfers", ()):
                 owed[shard_of_account(t.account, self.n)].append(t)
-        # Received at once across shards; any failure raises: a resolution is done
-        # only with what it owes received (its retry finds the same transfers).
-        for _ in self._pool.map(lambda k: self.ledgers[k].receive(owed[k]), list(owed)):
-            pass
+
+        def receive(k: int) -> Exception | None:
+            try:
+                self.ledgers[k].receive(owed[k])
+            except Exception as exc:  # noqa: BLE001 - only what owed this shard waits
+                return exc
+            return None
+        failed = {k: exc for k, exc in zip(owed, self._pool.map(receive, list(owed)))
+                  if exc is not None}
+        for i, outcome in enumerate(outcomes):
+            for t in getattr(outcome, "transfers", ()):
+                if (k := shard_of_account(t.account, self.n)) in failed:
+                    outcomes[i] = failed[k]
+                    break
         return outcomes
 
     def settle(self, job_id: str, actual: int, *, operator: str | None = None,

@@ -201,3 +201,15 @@ def test_a_shard_that_fails_a_group_fails_only_its_own_commands(world):
     assert books.account(accounts[0]).held == MICRO
     del broken.reserve_many
     assert books.account(accounts[1]).held == 0  # nothing half-done in the failed shard
+
+
+def test_a_hold_whose_job_id_lacks_its_accounts_slot_is_refused_alone(world):
+    books, account = world.books, named(0, "stamp")
+    books.deposit(account, 10 * MICRO)
+    deadline = datetime.now(timezone.utc) + timedelta(minutes=5)
+    other = named(1, "other")  # a job id stamped for an account of the other shard
+    good = Reserve(account, stamp(new_id(), account), MICRO, "k", "eu", deadline)
+    bad = Reserve(account, stamp(new_id(), other), MICRO, "k", "eu", deadline)
+    refused, held = books.reserve_many([bad, good])
+    assert isinstance(refused, ValueError) and "slot" in str(refused)
+    assert held.status == "pending" and books.account(account).held == MICRO
