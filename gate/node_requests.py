@@ -37,7 +37,7 @@ from bus.streams import models_bucket, nodes_bucket
 from gate.leasing import Leasing, NotTheirs
 from gate.model_access import ModelAccess, OutsideGrant
 from gate.model_drain import Drain
-from gate.liveness import Liveness
+from gate.liveness import LAPSE_S, Liveness
 from gate.results import Outcomes, Refused
 from gate.usage import Counters
 
@@ -174,8 +174,9 @@ def _first(exc: Exception) -> str:
 
 
 async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
-                counters: Counters | None = None) -> None:
-    """Run the gate over ``nc`` (a service connection) until ``stop``."""
+                counters: Counters | None = None, lapse_s: float = LAPSE_S) -> None:
+    """Run the gate over ``nc`` (a service connection) until ``stop``; a node silent
+    for ``lapse_s`` while holding a lease is dead (:mod:`gate.liveness`)."""
     js = nc.jetstream()
     life_s = settings.job_timeout_s + settings.expiry_grace_s
     replicas, home = settings.stream_replicas, settings.home_placement()
@@ -197,7 +198,7 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
     warming = asyncio.create_task(counters.warm())
     outcomes = Outcomes(nc, js, leasing, counters, cancels, Sampler(settings.spot_check_share),
                         catalog)
-    gate = Gate(nc, grants, leasing, outcomes, Liveness(nc, js, leasing, grants),
+    gate = Gate(nc, grants, leasing, outcomes, Liveness(nc, js, leasing, grants, lapse_s),
                 ModelAccess(store))
     subs = await gate.start()
     draining = asyncio.create_task(Drain(store, catalog, roots, gate.liveness.alive,

@@ -35,7 +35,9 @@ def a_job(job_id: str, words: str = "one two three", max_tokens: int = 8, queue:
 
 
 @pytest.fixture
-async def gate_world(fresh_nats, tmp_path):
+async def gate_world(request, fresh_nats, tmp_path):
+    """``indirect`` params: ``{"lapse_s": S}`` for a gate slower to take a node for dead."""
+    options = getattr(request, "param", {})
     nc = await nats.connect(fresh_nats.url)
     js = nc.jetstream()
     await ensure_streams(js)
@@ -52,7 +54,8 @@ async def gate_world(fresh_nats, tmp_path):
     counters = Counters(tmp_path / "models")
     counters.add(MODEL, WordCounter())
     stop = asyncio.Event()
-    serving = asyncio.create_task(node_requests.serve(settings, nc, stop, counters))
+    serving = asyncio.create_task(node_requests.serve(settings, nc, stop, counters,
+                                                      **options))
     await asyncio.sleep(0.3)  # subscribed
 
     async def take(queue: str):
