@@ -132,8 +132,9 @@ class Shards:
             except Exception as exc:  # noqa: BLE001 - only what owed this shard waits
                 return exc
             return None
-        failed = {k: exc for k, exc in zip(owed, self._pool.map(receive, list(owed)))
-                  if exc is not None}
+        shards = list(owed)  # one shard owed (the usual case): no thread hop
+        answers = [receive(shards[0])] if len(shards) == 1 else self._pool.map(receive, shards)
+        failed = {k: exc for k, exc in zip(shards, answers) if exc is not None}
         for i, outcome in enumerate(outcomes):
             for t in getattr(outcome, "transfers", ()):
                 if (k := shard_of_account(t.account, self.n)) in failed:
