@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import statistics
 import time
@@ -36,6 +35,7 @@ import nats
 
 from bench import httpload
 from bench.bus import BODY, PATH, echo_network, serve_echo
+from bench.report import cpu_s
 
 _ID = re.compile(r"[0-9a-f]{32}|[0-9A-Za-z]{22,}")
 _NOISE = ("$JS.EVENT.", "$SYS.", "_INBOX.", "ib.status.", "$JS.API.CONSUMER.INFO",
@@ -97,12 +97,6 @@ def report(traces: list[list[tuple[float, str]]], show: int) -> None:
     print("\nmedian gap before each hop, up to the answer, over all requests:")
     for subject, values in sorted(gaps.items(), key=lambda kv: -statistics.median(kv[1])):
         print(f"{statistics.median(values):8.2f} ms  x{len(values):<5} {subject}")
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_per_job(stack, server, key: str, inflight: int, seconds: float) -> None:

@@ -47,7 +47,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from bench.report import save
+from bench.report import save, with_schema
 from bus.config import Settings
 from bus.credits import MICRO
 from ledger import Ledger, ReserveGroup, Settle
@@ -253,7 +253,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.pg and not args.no_pg:
         schema = f"bench_ledger_{uuid.uuid4().hex[:8]}"
-        url = f"{args.pg}{'&' if '?' in args.pg else '?'}options=-csearch_path%3D{schema}"
+        url = with_schema(args.pg, schema)
         try:
             rows += bench_backend("postgres", Settings(data_dir=tmp, database_url=url),
                                   lambda a, f, s: raw_postgres(args.pg, schema, a, f, s),

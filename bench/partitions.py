@@ -39,7 +39,7 @@ from pathlib import Path
 
 import nats
 
-from bench.report import save
+from bench.report import cpu_s, save, with_schema
 from bus import signing, subjects
 from bus.config import Settings
 from bus.credits import MICRO
@@ -57,19 +57,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS, OPERATORS = 64, 8
 MODEL, USAGE, TIER = "m", Usage(prompt_tokens=10, completion_tokens=20), 1
 HOLD = MICRO // 5  # each job's reservation; its cost (50,000 micro-credits) is less
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """utime + stime of process ``pid`` (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def with_schema(url: str, schema: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-
-
 def drop_schemas(url: str, base: str, n: int) -> None:
     """Drop the schemas of every shard (and the read models' in the first)."""
     import psycopg
