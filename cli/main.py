@@ -153,8 +153,8 @@ def _dispatch(args, settings: Settings) -> int:
                              args.node_name, args.subcloud, not args.subcloud or args.public)
         return _run_until_signal(lambda stop: run(settings, opts, stop, sys.stderr.isatty()))
     if args.command == "projector":
-        money = [] if args.no_settle else None
-        return _run_until_signal(lambda stop: services.projector(settings, stop, True, money))
+        return _run_until_signal(lambda stop: services.projector(
+            settings, stop, money=not args.no_settle))
     if args.command == "settle":
         n = settings.ledger_partitions
         if any(not 0 <= k < n for k in args.shard or ()):
@@ -162,7 +162,7 @@ def _dispatch(args, settings: Settings) -> int:
                   file=sys.stderr)
             return 2
         shards = sorted(set(args.shard)) if args.shard else None
-        return _run_until_signal(lambda stop: services.projector(settings, stop, False, shards))
+        return _run_until_signal(lambda stop: services.projector(settings, stop, read_models=False, shards=shards))
     if args.command == "gate":
         return _run_until_signal(lambda stop: services.gate(settings, stop))
     if args.command == "verifier":

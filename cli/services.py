@@ -10,11 +10,12 @@ from bus.config import Settings
 
 
 async def projector(settings: Settings, stop: asyncio.Event, read_models: bool = True,
-                     shards: list[int] | None = None) -> None:
+                    money: bool = True, shards: list[int] | None = None) -> None:
     """``inferbus projector``: the read models and the money service (settlement,
     the ledger relay, the expiry sweep) in one process, on one connection and one
-    read-model store; ``--no-settle`` the read models alone. ``inferbus settle``:
-    the money service alone, for ``shards`` (default: every one)."""
+    read-model store; ``--no-settle`` (``money`` False) the read models alone.
+    ``inferbus settle`` (``read_models`` False): the money service alone, for
+    ``shards`` (default: every one)."""
     from bus.guard import connect_service
     from ledger import service
     from projections import projector
@@ -22,10 +23,11 @@ async def projector(settings: Settings, stop: asyncio.Event, read_models: bool =
     nc = await connect_service(settings, "inferbus-projector" if read_models else
                                "inferbus-settle")
     store = await asyncio.to_thread(open_store, settings)
+    parts = [projector.serve(nc, store, stop)] if read_models else []
+    if money:
+        parts.append(service.serve(settings, nc, store, stop, shards))
     try:
-        await asyncio.gather(*([projector.serve(nc, store, stop)] if read_models else []),
-                             *([service.serve(settings, nc, store, stop, shards)]
-                               if shards != [] else []))
+        await asyncio.gather(*parts)
     finally:
         await nc.drain()
         await asyncio.to_thread(store.close)
