@@ -100,3 +100,17 @@ def test_settle_refuses_a_shard_the_ledger_does_not_have(sharded):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         f"inferbus settle: --shard is 0 to {N - 1} (INFERBUS_LEDGER_PARTITIONS={N})"]
+
+
+def test_another_accounts_job_is_not_found_whichever_shard_its_id_names(sharded):
+    with client(sharded, sharded.new_key(payer(1, "owner"), credits="10")) as owner, \
+            client(sharded, sharded.new_key(payer(0, "prober"), credits="10")) as prober:
+        r = owner.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200, r.text
+        job_id = r.headers["x-inferbus-job"]
+        assert owner.get(f"/v1/jobs/{job_id}").status_code == 200
+        # The owner's own id, and the same id with each other slot forged in: never found.
+        for slot in "0123456789abcdef":
+            got = prober.get(f"/v1/jobs/{job_id[:-1]}{slot}")
+            assert got.status_code == 404, got.text
+            assert got.json()["error"]["code"] == "job_not_found"
