@@ -242,6 +242,9 @@ TERMINAL_JOB_EVENTS = (JobCompleted, JobFailed, JobCancelled, JobExpired)
 # logged on a subject carrying its job's slot (bus.partitions), so each ledger shard's
 # settlement reads only its own.
 SETTLED_EVENTS = (*TERMINAL_JOB_EVENTS, SpotChecked)
+# Every event of one job, logged under its job's slot: the outcomes above, and the
+# rest of its life, so each read-model partition reads a job's events whole.
+SLOTTED_EVENTS = (JobSubmitted, JobStarted, JobEscalated, *SETTLED_EVENTS)
 
 AnyEvent = Annotated[
     Union[JobSubmitted, JobStarted, JobEscalated, JobCompleted, JobFailed, JobCancelled,

@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from bus import subjects
-from bus.events import (SETTLED_EVENTS, ApiKeyIssued, ApiKeyRevoked, DeadLetter, Event,
+from bus.events import (SLOTTED_EVENTS, ApiKeyIssued, ApiKeyRevoked, DeadLetter, Event,
                         JobSubmitted, SubcloudCreated, new_id)
 from bus.partitions import job_slot
 
@@ -30,9 +30,10 @@ class BatchRefused(Exception):
 
 
 def event_subject(event: Event, zone: str, shard: int | None = None) -> str:
-    """Where ``event`` is logged: a key or subcloud under its own token, a job outcome
-    under its job's slot, money relayed from ledger shard ``shard`` under the shard."""
-    if isinstance(event, SETTLED_EVENTS):
+    """Where ``event`` is logged: a key or subcloud under its own token, a job's
+    events under its job's slot, money relayed from ledger shard ``shard`` under the
+    shard."""
+    if isinstance(event, SLOTTED_EVENTS):
         return subjects.event(zone, type(event).__name__,
                               subjects.slot_token(job_slot(event.job_id)))
     if shard is not None:

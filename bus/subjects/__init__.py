@@ -8,9 +8,10 @@ Layout:
   leave its region): the part before ``-`` is the zone whose region stores it.
 - ``events.<zone>.<EventType>[.<entity>]``: the immutable event log. Jobs log
   on their submitted zone; account-wide facts (keys) and money on ``global``.
-  Keys add their hash so one direct get finds them; a job's outcome adds its
-  slot (``j<hex>``, ``bus.partitions``) so each ledger shard's settlement reads
-  its own; a ledger of several shards adds ``s<shard>`` to the money it relays. Events carry hashes, usage,
+  Keys add their hash so one direct get finds them; a job's events add its
+  slot (``j<hex>``, ``bus.partitions``) so each ledger shard's settlement and
+  each read-model partition reads its own; a ledger of several shards adds
+  ``s<shard>`` to the money it relays. Events carry hashes, usage,
   signatures and money, never a prompt or an output (those are content).
 - ``content.<zone>.<job>.<part>``: a job's prompt (``input``) and result
   (``output``), kept for the retention period in the stream ``CONTENT`` of the
@@ -290,5 +291,6 @@ from bus.subjects.jetstream import (acked_stream, acked_stream_sequence, acks,  
                                     below, consumer_create, consumer_info, inbox_prefix,
                                     kv_key, kv_reads, kv_stream, object_chunks,
                                     object_store_subjects, object_stream, stream_info)
-from bus.subjects.partitioned import (relayed_by_shard, settled_by_shard, shard_token,  # noqa: E402,E501
+from bus.subjects.partitioned import (keys_read, matches, read_by_partition,  # noqa: E402
+                                     relayed_by_shard, settled_by_shard, shard_token,
                                      slot_token)

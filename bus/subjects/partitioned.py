@@ -34,3 +34,27 @@ def relayed_by_shard(event_types: Sequence[str], shard: int | None) -> list[str]
     if shard is None:
         return [f"{_EVENTS}.*.{t}" for t in event_types]
     return [f"{_EVENTS}.*.{t}.{shard_token(shard)}" for t in event_types]
+
+
+def read_by_partition(partition: int, slots: Sequence[int]) -> list[str]:
+    """What read-model partition ``partition`` of several reads: every job event of
+    its ``slots`` and the money its ledger shard relays (:mod:`projections.layout`)."""
+    return [f"{_EVENTS}.*.*.{slot_token(s)}" for s in slots] + \
+        [f"{_EVENTS}.*.*.{shard_token(partition)}"]
+
+
+def keys_read() -> list[str]:
+    """What the API-keys partition of a split read model reads: keys, under their hash."""
+    return [f"{_EVENTS}.*.ApiKeyIssued.*", f"{_EVENTS}.*.ApiKeyRevoked.*"]
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """Whether NATS would deliver ``subject`` to a consumer filtered by ``pattern``
+    (``*``: one token, ``>``: the rest, at least one)."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(have) == len(want)

@@ -5,6 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from bus import signing, subjects
+from bus.partitions import job_slot
 from bus.events import (ApiKeyIssued, ChatMessage, JobCompleted, JobStarted, JobSubmitted, Sampling,
                         Usage, output_hash, parse_event)
 from bus.publish import event_subject
@@ -45,7 +46,8 @@ def test_input_hash_covers_what_the_model_is_asked():
 def test_job_subjects_are_per_zone_and_model():
     assert subjects.jobs("eu", "smollm2-135m-instruct") == "jobs.eu.smollm2-135m-instruct"
     assert subjects.jobs(subjects.GLOBAL, "m") == "jobs.global.m"
-    assert event_subject(job(), "eu") == "events.eu.JobSubmitted"
+    assert event_subject(job(), "eu") == \
+        f"events.eu.JobSubmitted.{subjects.slot_token(job_slot(job().job_id))}"
     assert event_subject(ApiKeyIssued(key_hash="ff", account="a"), "eu") == \
         "events.global.ApiKeyIssued.ff"
 

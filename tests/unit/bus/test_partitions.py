@@ -43,7 +43,7 @@ def test_a_shard_a_ledger_does_not_have_owns_no_slots():
         slots_of(4, 4)
 
 
-def test_outcomes_carry_their_jobs_slot_and_other_job_events_do_not():
+def test_every_event_of_a_job_carries_its_jobs_slot():
     job_id = stamp(new_id(), "acme")
     token = subjects.slot_token(job_slot(job_id))
     completed = JobCompleted(job_id=job_id, model="m", node_id="n", operator="op", zone="eu",
@@ -57,7 +57,7 @@ def test_outcomes_carry_their_jobs_slot_and_other_job_events_do_not():
         f"events.eu.JobExpired.{token}"
     assert event_subject(check, "eu") == f"events.eu.SpotChecked.{token}"
     assert event_subject(JobStarted(job_id=job_id, zone="eu", node_id="n", attempt=1), "eu") \
-        == "events.eu.JobStarted"
+        == f"events.eu.JobStarted.{token}"
 
 
 def test_a_shards_settlement_filter_matches_its_own_slots_only():
