@@ -22,6 +22,9 @@ schema already exists.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
 import sqlite3
 import threading
@@ -38,6 +41,7 @@ _TRACKING = """CREATE TABLE IF NOT EXISTS tracking (
     position BIGINT NOT NULL)"""
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_CREATED = re.compile(r"CREATE (?:UNIQUE )?(?:TABLE|INDEX) IF NOT EXISTS (\w+)")
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,12 @@ class SqliteStore:
     """One connection guarded by a lock: callers may come from worker threads.
 
     Other processes open their own connection to the same file; WAL lets them
-    read during our writes, and ``busy_timeout`` makes concurrent writers wait
-    instead of failing with ``database is locked``. A ``scratch`` store (the
-    audit's rebuild) has one reader and writer at a time and may be lost in a
-    crash: it trades WAL and fsync for speed."""
+    read during our writes. Writers of the file (a projector per read-model
+    partition) take turns on an advisory lock on ``<file>.lock`` first, which
+    wakes the next one the moment it is free; SQLite's own ``busy_timeout``
+    (kept as a backstop) polls in sleeps of up to 100 ms. A ``scratch`` store
+    (the audit's rebuild) has one reader and writer at a time and may be lost in
+    a crash: it trades WAL and fsync for speed."""
 
     dialect = "sqlite"
 
@@ -122,6 +128,12 @@ class SqliteStore:
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._turns = None if scratch or self.path == ":memory:" else \
+            os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        with self._turn():  # opening writes too: the journal mode and the tables
+            self._setup(tables, scratch)
+
+    def _setup(self, tables: Sequence[str], scratch: bool) -> None:
         if scratch:
             # A rebuild nobody else reads and nobody needs after a crash: no
             # write-ahead log (the file stays one file, to copy when closed) and
@@ -138,8 +150,20 @@ class SqliteStore:
                 tx.execute(statement.format(ts="TEXT"))
 
     @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This process's turn to write the file, among the processes that do."""
+        if self._turns is None:
+            yield
+            return
+        fcntl.flock(self._turns, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._turns, fcntl.LOCK_UN)
+
+    @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Tx]:
-        with self._lock:
+        with self._lock, (self._turn() if write else contextlib.nullcontext()):
             # IMMEDIATE takes the write lock up front, so a competing writer waits
             # on busy_timeout rather than failing later on a lock upgrade.
             self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -163,6 +187,9 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._turns is not None:
+                os.close(self._turns)
+                self._turns = None
 
 
 # --- PostgreSQL -------------------------------------------------------------
@@ -216,8 +243,14 @@ class PostgresStore:
                 # Two processes opening at once would race on CREATE TABLE IF NOT
                 # EXISTS (a unique violation in pg_type); serialize them.
                 tx.query("SELECT pg_advisory_xact_lock(7424130161)")
+                # Only what is missing: CREATE INDEX IF NOT EXISTS locks its table
+                # even when the index exists, and a projector writing the tables
+                # meanwhile would deadlock with it.
                 for statement in (*tables, _TRACKING):
-                    tx.execute(statement.format(ts="TIMESTAMPTZ"))
+                    name = _CREATED.search(statement)
+                    if name is None or tx.query("SELECT to_regclass(?) IS NULL AS missing",
+                                                (name.group(1),))[0]["missing"]:
+                        tx.execute(statement.format(ts="TIMESTAMPTZ"))
         except BaseException:
             self._pool.close()
             raise
@@ -228,7 +261,13 @@ class PostgresStore:
         with self._pool.connection() as conn:
             if not write:
                 conn.execute("SET TRANSACTION READ ONLY")
-            yield _PgTx(conn)
+                yield _PgTx(conn)
+                return
+            # Pipeline mode: a write's statements go out without waiting for each
+            # answer (a query still waits for its own), so a batch of events costs
+            # a few round trips rather than several per event.
+            with conn.pipeline():
+                yield _PgTx(conn)
 
     def close(self) -> None:
         self._pool.close()
