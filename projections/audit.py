@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Sequence
 
 from nats.js import JetStreamContext
 
@@ -46,7 +47,8 @@ from projections.audit_compare import (Rows, compare_files, compare_ledger, comp
 from projections.audit_replay import replay
 from projections.invariants import Checker, Violations
 from projections.readmodels import open_store_url
-from projections.rebuild import LocalRebuild, ScratchRebuild, stored_position
+from projections.layout import Partition, Resumable, layout
+from projections.rebuild import LocalRebuild, ScratchRebuild, positions
 from projections.replay import collector_paused
 from projections.store import Store
 
@@ -119,7 +121,7 @@ def _compare_with_rebuild(live: Rows, path: Path, v: Violations) -> None:
 
 
 async def _resume(js: JetStreamContext, checkpoints: Checkpoints, live: Store, created: str,
-                  scratch: Path) -> tuple[Checkpoint | None, str]:
+                  scratch: Path, parts: Sequence[Partition]) -> tuple[Checkpoint | None, str]:
     """The checkpoint to resume from, its rebuild copied to ``scratch``, or None
     and why not (in the report's words). Raises :class:`CheckpointRefused` for
     one that fails a check."""
@@ -127,19 +129,32 @@ async def _resume(js: JetStreamContext, checkpoints: Checkpoints, live: Store, c
     if checkpoint is None:
         return None, f"{why_not}: replayed from the first event"
     await checkpoints.verify_log(js, checkpoint, created)
-    # The live store only moves forward: if it is behind the checkpoint's rebuild
-    # now (rebuilt from nothing, say), the rows cannot be compared at its position.
-    position = await asyncio.to_thread(stored_position, live)
-    if position < checkpoint.rebuilt.seq:
-        return None, (f"the last one is ahead of the live read model ({checkpoint.rebuilt.seq:,} "
-                      f"> {position:,}): replayed from the first event")
+    # The live store only moves forward: if a partition of it is behind the
+    # checkpoint's rebuild now (rebuilt from nothing, say), the rows cannot be
+    # compared at its position.
+    rebuilt = await asyncio.to_thread(_positions_of_file, scratch, parts)
+    now = await asyncio.to_thread(positions, live, parts)
+    for name, seq in rebuilt.items():
+        if now[name] < seq:
+            label = "" if len(parts) == 1 else f"{name} at "
+            return None, (f"the last one is ahead of the live read model ({label}{seq:,} > "
+                          f"{now[name]:,}): replayed from the first event")
     return checkpoint, f"resumed after sequence {checkpoint.checked.seq:,}"
+
+
+def _positions_of_file(path: Path, parts: Sequence[Partition]) -> dict[str, int]:
+    scratch = open_store_url(path, scratch=True)
+    try:
+        return positions(scratch, parts)
+    finally:
+        scratch.close()
 
 
 async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list | None = None,
                 *, now: datetime | None = None, grace_s: float = DEFAULT_GRACE_S,
                 parallel: bool | None = None, timeout: float = 3600.0,
-                checkpoints: Checkpoints | None = None, full: bool = False) -> AuditReport:
+                checkpoints: Checkpoints | None = None, full: bool = False,
+                partitions: int = 1) -> AuditReport:
     """Replay the EVENTS stream and check I1-I9 (module docstring).
 
     ``ledger_accounts``: the ledger's account views (``account, balance, held,
@@ -150,7 +165,10 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
     and ``grace_s``: what counts as overdue (:mod:`projections.invariants`).
     ``checkpoints``: resume from the last checkpoint (unless ``full``) and
     write one if the audit passes; a checkpoint that fails a check raises
-    :class:`~projections.audit_checkpoint.CheckpointRefused`."""
+    :class:`~projections.audit_checkpoint.CheckpointRefused`. ``partitions``:
+    the deployment's ledger shards, whose read-model partitions
+    (:mod:`projections.layout`) are each rebuilt to their own live position."""
+    parts = layout(partitions)
     started = time.perf_counter()
     info = await js.stream_info(subjects.EVENTS_STREAM)
     created = info.created.isoformat() if isinstance(info.created, datetime) else str(info.created)
@@ -161,7 +179,7 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
         path = Path(scratch_dir) / "rebuild.sqlite3"
         if checkpoints is not None:
             resume, said = ((None, "not used (a full replay)") if full else
-                            await _resume(js, checkpoints, live_store, created, path))
+                            await _resume(js, checkpoints, live_store, created, path, parts))
             if resume is None:
                 path.unlink(missing_ok=True)  # a checkpoint set aside: start empty
         try:
@@ -175,18 +193,23 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
         sink = ScratchRebuild(path) if parallel else LocalRebuild(path)
         live_copy = Path(scratch_dir) / "live.sqlite3"
         try:  # a child process takes ~0.4 s to start: the snapshot runs meanwhile
-            live_position, live = await asyncio.to_thread(live_snapshot, live_store, live_copy)
+            held, live = await asyncio.to_thread(live_snapshot, live_store, live_copy)
             last = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+            cuts = {p.name: min(held.get(p.name, 0), last) for p in parts}
+            sink.start((parts, cuts))
             rebuilt, checked, reached = await replay(
                 js, sink, checker, rebuilt=resume.rebuilt if resume else FIRST,
-                upto=min(live_position, last), checked=resume.checked if resume else FIRST,
-                last=last, timeout=timeout)
+                upto=max(cuts.values()), checked=resume.checked if resume else FIRST,
+                last=last, timeout=timeout, resumable=Resumable(parts, cuts))
         finally:
             sink.close()
-        if live_position > reached:
-            checker.v.add("I3", f"live read model at sequence {live_position}, beyond what "
-                                f"the stream replays ({reached} of {last}): built from another "
-                                "log?")
+        live_position = max(held.values(), default=0)
+        beyond = {n: seq for n, seq in held.items() if seq > reached.get(n, 0)}
+        if beyond:
+            checker.v.add("I3", "live read model at " + ", ".join(
+                f"{n} {seq}" for n, seq in sorted(beyond.items())) + ", beyond what the stream "
+                f"replays ({last} events) for partitions of {partitions}: built from another "
+                "log, or with another INFERBUS_LEDGER_PARTITIONS?")
         elif live is None:
             await asyncio.to_thread(compare_files, live_copy, path, checker.v)
         else:
@@ -200,7 +223,7 @@ async def audit(js: JetStreamContext, live_store: Store, ledger_accounts: list |
             compare_ledger(checker, ledger_accounts, checker.v)
         v = checker.v
         if checkpoints is not None:
-            if v.total or reached != rebuilt.seq:
+            if v.total or reached != cuts:
                 said += "; none written (the audit failed)"
             elif unchanged or state is None:
                 said += "; it stands (nothing new)"

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from projections.invariants import Checker, Violations
-from projections.readmodels import POSITION, TABLES
-from projections.store import SqliteStore, Store, Table, read_position, utc
+from projections.layout import is_position, stored_positions
+from projections.readmodels import TABLES
+from projections.store import SqliteStore, Store, Table, utc
 
 LEDGER_FIELDS = ("balance", "held", "spent", "deposited", "rcp")
 Rows = dict[str, dict[Any, dict[str, Any]]]
+Positions = dict[str, int]  # a stored position per read-model partition
 
 
 def _normalize(row: dict[str, Any], table: Table) -> dict[str, Any]:
@@ -33,34 +35,33 @@ def _normalize(row: dict[str, Any], table: Table) -> dict[str, Any]:
     return out
 
 
-def snapshot(store: Store) -> tuple[int, Rows]:
-    """Every read-model row, by table and key, and the position they reflect,
-    read in one consistent snapshot (REPEATABLE READ on PostgreSQL, one WAL
-    read transaction in SQLite)."""
+def snapshot(store: Store) -> tuple[Positions, Rows]:
+    """Every read-model row, by table and key, and the position of each partition
+    they reflect (:mod:`projections.layout`), read in one consistent snapshot
+    (REPEATABLE READ on PostgreSQL, one WAL read transaction in SQLite)."""
     with store.transaction(write=False) as tx:
         if tx.dialect == "postgres":  # READ COMMITTED would give each SELECT its own view
             tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        position = read_position(tx, POSITION)
+        position = stored_positions(tx)
         rows: Rows = {table.name: {r[table.key]: r
                                    for r in tx.query(f"SELECT * FROM {table.name}")}
                       for table in TABLES}
     return position, rows
 
 
-def live_snapshot(store: Store, copy: Path) -> tuple[int, Rows | None]:
-    """The live read model at one position, and that position: a SQLite store
-    copied whole to ``copy`` (rows None: :func:`compare_files` reads it), any
-    other read into memory."""
+def live_snapshot(store: Store, copy: Path) -> tuple[Positions, Rows | None]:
+    """The live read model at one set of positions, and those positions: a SQLite
+    store copied whole to ``copy`` (rows None: :func:`compare_files` reads it),
+    any other read into memory."""
     if not isinstance(store, SqliteStore):
         return snapshot(store)
     store.copy_to(copy)
     conn = sqlite3.connect(copy)
     try:
-        found = conn.execute("SELECT position FROM tracking WHERE projection = ?",
-                             (POSITION,)).fetchall()
+        found = conn.execute("SELECT projection, position FROM tracking").fetchall()
     finally:
         conn.close()
-    return (int(found[0][0]) if found else 0), None
+    return {name: int(pos) for name, pos in found if is_position(name)}, None
 
 
 def compare_files(live: Path, rebuilt: Path, v: Violations) -> None:

@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 from bus.events import Event
 from projections.audit_checkpoint import Mark, event_digest
 from projections.invariants import Checker
+from projections.layout import Resumable
 from projections.rebuild import LocalRebuild, ScratchRebuild
 from projections.replay import Delivery, collector_paused, read_stream
 
@@ -20,14 +21,15 @@ def _mark(d: Delivery) -> Mark:
 
 
 async def replay(js: JetStreamContext, sink: ScratchRebuild | LocalRebuild, checker: Checker, *,
-                 rebuilt: Mark, upto: int, checked: Mark, last: int,
-                 timeout: float) -> tuple[Mark, Mark, int]:
+                 rebuilt: Mark, upto: int, checked: Mark, last: int, timeout: float,
+                 resumable: Resumable) -> tuple[Mark, Mark, dict[str, int]]:
     """Apply the events after ``rebuilt`` up to ``upto`` to ``sink`` and show
     the checker those after ``checked`` up to ``last`` (``rebuilt`` is never
     beyond ``checked``: a rebuild stops at the live store's position).
 
-    Returns the marks reached (the last event each one took, or the mark it
-    started from) and the position ``sink`` reports it reached."""
+    Returns the marks reached (where a later rebuild may carry on, as
+    ``resumable`` finds it, and the last event the checker took; or the marks
+    they started from) and the positions ``sink`` reports it reached."""
     after_rebuilt, after_checked = rebuilt.seq, checked.seq
 
     def observe(d: Delivery, event: Event | None) -> None:  # an applied event, parsed once
@@ -49,9 +51,10 @@ async def replay(js: JetStreamContext, sink: ScratchRebuild | LocalRebuild, chec
                         sink.send(head)
                     checker.observe_raw(batch if batch[0].seq > after_checked else
                                         [d for d in batch if d.seq > after_checked])
-                if head:
-                    rebuilt = _mark(head[-1])
+                resumable.see(head)
                 if batch[-1].seq > after_checked:
                     checked = _mark(batch[-1])
         reached = await sink.finish(timeout)
+    if resumable.last is not None:
+        rebuilt = _mark(resumable.last)
     return rebuilt, checked, reached

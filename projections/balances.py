@@ -175,9 +175,14 @@ def _rcp_revoked(tx: Tx, e: RCPRevoked) -> None:
 
 
 def _referral_linked(tx: Tx, e: ReferralLinked) -> None:
-    # The first link stands (a second one is a breach the audit reports).
+    # The first link stands (a second one is a breach the audit reports). A reward
+    # may have made the row first (the referrer's read-model partition ran ahead,
+    # projections.layout): the link fills in only what is missing, so either order
+    # gives one row.
     tx.execute("INSERT INTO referrals (account, referrer, code, joined_at) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT (account) DO NOTHING",
+               "ON CONFLICT (account) DO UPDATE SET "
+               "code = COALESCE(referrals.code, excluded.code), "
+               "joined_at = COALESCE(referrals.joined_at, excluded.joined_at)",
                (e.account, e.referrer, e.code, utc(e.occurred_at)))
 
 

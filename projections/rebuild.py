@@ -33,11 +33,12 @@ import threading
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from nats.js import JetStreamContext
 
 from bus import subjects
+from projections.layout import Partition, apply_routed, layout, stored_positions
 from projections.projector import Observer, apply_batch
 from projections.readmodels import POSITION, is_empty, open_store_url
 from projections.replay import Delivery, read_stream
@@ -45,32 +46,50 @@ from projections.store import Store, read_position
 
 PIPE_BYTES = 1 << 20
 QUEUED_BATCHES = 32  # of read_stream's 2,000 events: ~20 MB waiting at most
+# A rebuild's partitions and where each stops: the live store's own positions.
+Cut = tuple[Sequence[Partition], Mapping[str, int]]
 
 
 async def rebuild(store: Store, js: JetStreamContext, *, projection: str = POSITION,
-                  timeout: float = 300.0, upto: int | None = None) -> int:
+                  timeout: float = 300.0, upto: int | None = None, partitions: int = 1) -> int:
     """Replay the EVENTS stream from its first event into an empty ``store``.
 
     Applies everything up to ``upto`` (default: the stream's last sequence at
     call time) and returns the resulting position (less than ``upto`` only if
-    the stream ends first). Raises ValueError if ``store`` already holds a
-    projection (rebuild into a fresh store, then compare or swap),
-    TimeoutError after ``timeout`` seconds."""
+    the stream ends first). With ``partitions`` > 1 every partition of that
+    layout (:mod:`projections.layout`) is applied, each to its own position.
+    Raises ValueError if ``store`` already holds a projection (rebuild into a
+    fresh store, then compare or swap), TimeoutError after ``timeout`` seconds."""
+    parts = layout(partitions)
+
     def empty() -> bool:
         with store.transaction(write=False) as tx:
-            return read_position(tx, projection) == 0 and is_empty(tx)
+            return not any(stored_positions(tx).values()) and \
+                read_position(tx, projection) == 0 and is_empty(tx)
 
     if not await asyncio.to_thread(empty):
         raise ValueError(f"rebuild of {projection!r} needs an empty store")
     if upto is None:
         upto = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
-    position = 0
+    position, cuts = 0, {p.name: upto for p in parts}
     async with asyncio.timeout(timeout):
         async for batch in read_stream(js, 1, upto):
             # Off the event loop: the next batch arrives while this one commits.
-            outcome = await asyncio.to_thread(apply_batch, store, batch, projection)
-            position = outcome.position
+            if partitions == 1:
+                await asyncio.to_thread(apply_batch, store, batch, projection)
+            else:
+                await asyncio.to_thread(apply_routed, store, batch, parts, cuts)
+            position = batch[-1].seq
     return position
+
+
+def _apply(store: Store, deliveries: Sequence[Delivery], cut: Cut,
+           observe: Observer | None = None) -> dict[str, int]:
+    """Apply a rebuild's batch to each partition up to its cut: the positions."""
+    parts, cuts = cut
+    if len(parts) == 1:  # one partition: the replay cuts the batches already
+        return {parts[0].name: apply_batch(store, deliveries, parts[0].name, observe).position}
+    return apply_routed(store, deliveries, parts, cuts, observe)
 
 
 def _child(path: str, events: Connection, results: Connection) -> None:
@@ -79,10 +98,11 @@ def _child(path: str, events: Connection, results: Connection) -> None:
     gc.disable()
     try:
         store = open_store_url(path, scratch=True)
-        position = stored_position(store)
+        cut = events.recv()  # sent once the parent has read the live positions
+        position = positions(store, cut[0])
         try:
             while (rows := events.recv()) is not None:
-                position = apply_batch(store, [Delivery(*row) for row in rows]).position
+                position = _apply(store, [Delivery(*row) for row in rows], cut)
         finally:
             store.close()
         results.send(("done", position))
@@ -96,15 +116,17 @@ def _enlarge(conn: Connection) -> None:
         fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
-def stored_position(store: Store) -> int:
+def positions(store: Store, parts: Sequence[Partition]) -> dict[str, int]:
+    """Each of ``parts``' stored position."""
     with store.transaction(write=False) as tx:
-        return read_position(tx, POSITION)
+        return {p.name: read_position(tx, p.name) for p in parts}
 
 
 class ScratchRebuild:
     """A child process applying the batches it is sent to the SQLite file
     ``path`` (empty, or a rebuild to carry on from) with
-    :func:`~projections.projector.apply_batch`."""
+    :func:`~projections.projector.apply_batch`, each partition up to the
+    position :meth:`start` gives it."""
 
     def __init__(self, path: Path) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -141,12 +163,16 @@ class ScratchRebuild:
                 return
         raise RuntimeError(self._failure())
 
+    def start(self, cut: Cut) -> None:
+        """Where each partition stops, before the first batch."""
+        self._put(cut)  # type: ignore[arg-type]
+
     def send(self, deliveries: Sequence[Delivery]) -> None:
         """Hand over a batch (blocks only while ``QUEUED_BATCHES`` wait for the child)."""
         self._put([(d.seq, d.subject, d.data) for d in deliveries])
 
-    async def finish(self, timeout: float) -> int:
-        """Wait for the child to apply everything; returns its final position."""
+    async def finish(self, timeout: float) -> dict[str, int]:
+        """Wait for the child to apply everything; returns each partition's position."""
         self._put(None)
         if not await asyncio.to_thread(self._results.poll, timeout):
             raise TimeoutError(f"scratch rebuild still running after {timeout}s")
@@ -183,16 +209,18 @@ class LocalRebuild:
 
     def __init__(self, path: Path) -> None:
         self._store = open_store_url(path, scratch=True)
-        self.position = stored_position(self._store)
+
+    def start(self, cut: Cut) -> None:
+        """Where each partition stops, before the first batch."""
+        self._cut, self.position = cut, positions(self._store, cut[0])
 
     async def apply(self, deliveries: Sequence[Delivery], observe: Observer) -> None:
         # Off the event loop: the next batch arrives while this one commits.
-        outcome = await asyncio.to_thread(apply_batch, self._store, deliveries, POSITION,
-                                          observe)
-        self.position = outcome.position
+        self.position = await asyncio.to_thread(_apply, self._store, deliveries, self._cut,
+                                                observe)
 
-    async def finish(self, timeout: float) -> int:
-        """The position reached (everything is applied already)."""
+    async def finish(self, timeout: float) -> dict[str, int]:
+        """Each partition's position reached (everything is applied already)."""
         return self.position
 
     def close(self) -> None:

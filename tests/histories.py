@@ -21,9 +21,12 @@ from typing import Iterator
 from nacl.signing import SigningKey
 
 from bus.credits import MICRO
-from bus.events import (ChatMessage, CreditsDebited, CreditsDeposited, CreditsRefunded,
+from bus.account_events import ReferralLinked, ReferralRewarded, ReferralRewardRevoked
+from bus.events import (CREDIT_EVENTS, ChatMessage, CreditsDebited, CreditsDeposited, CreditsRefunded,
                         CreditsReserved, Event, JobCancelled, JobCompleted, JobExpired, JobFailed,
-                        JobStarted, JobSubmitted, RCPAwarded, Sampling, Usage, output_hash)
+                        JobStarted, JobSubmitted, RCPAwarded, RCPRevoked, Sampling, Usage,
+                        output_hash)
+from bus.partitions import shard_of_account, stamp
 from bus.signing import node_id, sign_output, sign_result
 from ledger import AccountView
 
@@ -54,8 +57,11 @@ class _Books:
 
 
 def _job(rng: random.Random, books: _Books, i: int, account: str, node: SigningKey,
-         operator: str, now: datetime, signed_as: str) -> Iterator[tuple[str, Event]]:
+         operator: str, now: datetime, signed_as: str,
+         stamped: bool) -> Iterator[tuple[str, Event]]:
     job_id, zone = f"job-{i:06d}", rng.choice(ZONES)
+    if stamped:  # as the API mints it: the account's slot as the last hex digit
+        job_id = stamp(f"{job_id}-0", account)
     max_tokens = rng.randint(4, 64)
     prompt = " ".join(rng.choice(("why", "sky", "blue", "tell", "me")) for _ in range(8))
     worst = (64 + len(prompt)) * PROMPT_PRICE + max_tokens * COMPLETION_PRICE
@@ -117,12 +123,14 @@ def _job(rng: random.Random, books: _Books, i: int, account: str, node: SigningK
 
 def credit_history(seed: int, *, jobs: int, accounts: int = 20, nodes: list[SigningKey],
                    concurrency: int = 8, now: datetime | None = None,
-                   signed_as: str = "output") -> History:
+                   signed_as: str = "output", stamped: bool = False) -> History:
     """A consistent history of about ``jobs`` jobs (those declined log nothing).
     The last node is run by an operator that is also a consumer account, so
     some jobs are self-jobs (no RCP). Completions are signed as nodes sign them
     now (``bus.signing.sign_output``), or in the earlier form (``signed_as=
-    "result"``, which a reader verifies after trying today's form first)."""
+    "result"``, which a reader verifies after trying today's form first).
+    ``stamped``: job ids carry their account's slot, as the API mints them
+    (``bus.partitions``)."""
     rng, books = random.Random(seed), _Books()
     now = now or datetime.now(timezone.utc)
     names = [f"acct-{i:03d}" for i in range(accounts)]
@@ -143,7 +151,7 @@ def credit_history(seed: int, *, jobs: int, accounts: int = 20, nodes: list[Sign
         while started < jobs and len(running) < concurrency:
             node = rng.choice(nodes)
             running.append(_job(rng, books, started, rng.choice(names), node,
-                                operators[node_id(node)], now, signed_as))
+                                operators[node_id(node)], now, signed_as, stamped))
             started += 1
         stream = rng.choice(running)
         step = next(stream, None)
@@ -189,3 +197,18 @@ def signed_job(key: SigningKey, job: str, account: str, operator: str, *, debit:
         events.append(("eu", RCPAwarded(operator=award_to[0], job_id=job, node_id=award_to[1],
                                         points=20, zone="eu")))
     return events
+
+
+def relayed_shard(event: Event, n: int) -> int | None:
+    """The ledger shard (of ``n``) whose relay logs ``event``: the account it
+    credits or debits, the operator of an award, the referrer of a reward; None
+    for what the ledger does not log (a job's own events: their slot routes them)."""
+    if n == 1:
+        return None
+    if isinstance(event, (RCPAwarded, RCPRevoked)):
+        return shard_of_account(event.operator, n)
+    if isinstance(event, (ReferralRewarded, ReferralRewardRevoked)):
+        return shard_of_account(event.referrer, n)
+    if isinstance(event, (*CREDIT_EVENTS, ReferralLinked)):
+        return shard_of_account(event.account, n)
+    return None
