@@ -38,7 +38,7 @@ async def run_audit(settings: Settings, full: bool = False):
     try:
         return await audit(js, store, await asyncio.to_thread(ledger.accounts),
                            checkpoints=Checkpoints(settings.data_dir / CHECKPOINT_DIR),
-                           full=full)
+                           full=full, partitions=settings.ledger_partitions)
     finally:
         await nc.close()
         store.close()

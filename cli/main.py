@@ -40,9 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--subcloud", help="serve this subcloud's private pool")
     w.add_argument("--public", action="store_true",
                    help="with --subcloud: serve public zone and global jobs too")
-    sub.add_parser("projector", help="the read models and the money service").add_argument(
+    projector = sub.add_parser("projector", help="the read models and the money service")
+    projector.add_argument(
         "--no-settle", action="store_true",
         help="run the read models only: `inferbus settle` processes run the money service")
+    projector.add_argument(
+        "--partition", type=int, action="append", metavar="K",
+        help="a partition to serve, 0 to INFERBUS_LEDGER_PARTITIONS-1: its read models and "
+             "its ledger shard (repeatable; default: every one)")
     sub.add_parser("settle", help="the money service alone (settlement, ledger relay, expiry "
                    "sweep, renewals), for one ledger shard or all").add_argument(
         "--shard", type=int, action="append", metavar="K",
@@ -152,17 +157,20 @@ def _dispatch(args, settings: Settings) -> int:
         opts = WorkerOptions(args.zone, args.model, args.operator, args.tier, args.lat, args.lon,
                              args.node_name, args.subcloud, not args.subcloud or args.public)
         return _run_until_signal(lambda stop: run(settings, opts, stop, sys.stderr.isatty()))
-    if args.command == "projector":
-        return _run_until_signal(lambda stop: services.projector(
-            settings, stop, money=not args.no_settle))
-    if args.command == "settle":
+    if args.command in ("projector", "settle"):
+        flag, chosen = ("--partition", args.partition) if args.command == "projector" else \
+            ("--shard", args.shard)
         n = settings.ledger_partitions
-        if any(not 0 <= k < n for k in args.shard or ()):
-            print(f"inferbus settle: --shard is 0 to {n - 1} (INFERBUS_LEDGER_PARTITIONS={n})",
-                  file=sys.stderr)
+        if any(not 0 <= k < n for k in chosen or ()):
+            print(f"inferbus {args.command}: {flag} is 0 to {n - 1} "
+                  f"(INFERBUS_LEDGER_PARTITIONS={n})", file=sys.stderr)
             return 2
-        shards = sorted(set(args.shard)) if args.shard else None
-        return _run_until_signal(lambda stop: services.projector(settings, stop, read_models=False, shards=shards))
+        shards = sorted(set(chosen)) if chosen else None
+        if args.command == "settle":
+            return _run_until_signal(lambda stop: services.projector(
+                settings, stop, read_models=False, shards=shards))
+        return _run_until_signal(lambda stop: services.projector(
+            settings, stop, money=not args.no_settle, shards=shards))
     if args.command == "gate":
         return _run_until_signal(lambda stop: services.gate(settings, stop))
     if args.command == "verifier":

@@ -13,9 +13,10 @@ async def projector(settings: Settings, stop: asyncio.Event, read_models: bool =
                     money: bool = True, shards: list[int] | None = None) -> None:
     """``inferbus projector``: the read models and the money service (settlement,
     the ledger relay, the expiry sweep) in one process, on one connection and one
-    read-model store; ``--no-settle`` (``money`` False) the read models alone.
-    ``inferbus settle`` (``read_models`` False): the money service alone, for
-    ``shards`` (default: every one)."""
+    read-model store, of the partitions ``shards`` (default: every one; a
+    read-model partition and its ledger shard go together); ``--no-settle``
+    (``money`` False) the read models alone. ``inferbus settle`` (``read_models``
+    False): the money service alone."""
     from bus.guard import connect_service
     from ledger import service
     from projections import projector
@@ -23,7 +24,8 @@ async def projector(settings: Settings, stop: asyncio.Event, read_models: bool =
     nc = await connect_service(settings, "inferbus-projector" if read_models else
                                "inferbus-settle")
     store = await asyncio.to_thread(open_store, settings)
-    parts = [projector.serve(nc, store, stop)] if read_models else []
+    parts = [projector.serve(nc, store, stop, settings.ledger_partitions, shards)] \
+        if read_models else []
     if money:
         parts.append(service.serve(settings, nc, store, stop, shards))
     try:

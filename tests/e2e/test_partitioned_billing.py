@@ -1,9 +1,10 @@
-"""Billing in two ledger shards through the whole stack, as an operator runs it:
-``INFERBUS_LEDGER_PARTITIONS=2``, the read models in ``inferbus projector
---no-settle`` and each shard's money service in its own ``inferbus settle
---shard K``. Every account is charged in its own shard, the node's operator
-earns from both, a stopped shard holds up only its own accounts, and
-``inferbus audit`` checks the log of both against both."""
+"""Billing in two partitions through the whole stack, as an operator runs it:
+``INFERBUS_LEDGER_PARTITIONS=2``, each partition's read models in its own
+``inferbus projector --no-settle --partition K`` and each shard's money service
+in its own ``inferbus settle --shard K``. Every account is charged in its own
+shard, the node's operator earns from both, a stopped shard or read-model
+partition holds up only its own accounts, and ``inferbus audit`` checks the log
+of both against both."""
 import shutil
 import time
 
@@ -32,8 +33,8 @@ def sharded(models_dir, tmp_path_factory):
     stack = Stack(tmp, server.url, env_extra={"INFERBUS_LEDGER_PARTITIONS": str(N)})
     try:
         stack.start("gate", "gate")
-        stack.start("projector", "projector", "--no-settle")
         for k in range(N):
+            stack.start(f"projector-{k}", "projector", "--no-settle", "--partition", str(k))
             stack.start(f"settle-{k}", "settle", "--shard", str(k))
         stack.start("worker-eu", "worker", "--zone", "eu", "--model", TINY_MODEL,
                     "--operator", OPERATOR, "--node-name", "worker-eu")
@@ -95,11 +96,41 @@ def test_a_stopped_shard_holds_up_only_its_own_accounts(sharded):
     assert audited.returncode == 0, audited.stdout + audited.stderr
 
 
-def test_settle_refuses_a_shard_the_ledger_does_not_have(sharded):
-    out = sharded.cli("settle", "--shard", str(N), check=False)
+def test_a_stopped_read_model_partition_holds_up_only_its_own_accounts_jobs(sharded):
+    sharded.kill("projector-1")
+    try:
+        with client(sharded, sharded.new_key(payer(1, "unseen"), credits="10")) as waiting, \
+                client(sharded, sharded.new_key(payer(0, "seen"), credits="10")) as going:
+            jobs = {}
+            for name, c in (("waiting", waiting), ("going", going)):
+                r = c.post("/v1/chat/completions", json=CHAT)
+                assert r.status_code == 200, r.text
+                jobs[name] = r.headers["x-inferbus-job"]
+            job_when(going, jobs["going"], "completed")
+            time.sleep(1.0)
+            assert waiting.get(f"/v1/jobs/{jobs['waiting']}").json().get("status") != "completed"
+            sharded.start("projector-1", "projector", "--no-settle", "--partition", "1")
+            job_when(waiting, jobs["waiting"], "completed")
+    finally:
+        if "projector-1" not in sharded.procs:
+            sharded.start("projector-1", "projector", "--no-settle", "--partition", "1")
+    audited = sharded.cli("audit", check=False)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+
+
+def job_when(c: httpx.Client, job_id: str, status: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := c.get(f"/v1/jobs/{job_id}").json()).get("status") != status:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("command,flag", [("settle", "--shard"), ("projector", "--partition")])
+def test_a_shard_or_partition_the_deployment_does_not_have_is_refused(sharded, command, flag):
+    out = sharded.cli(command, flag, str(N), check=False)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        f"inferbus settle: --shard is 0 to {N - 1} (INFERBUS_LEDGER_PARTITIONS={N})"]
+        f"inferbus {command}: {flag} is 0 to {N - 1} (INFERBUS_LEDGER_PARTITIONS={N})"]
 
 
 def test_another_accounts_job_is_not_found_whichever_shard_its_id_names(sharded):
