@@ -1,6 +1,7 @@
 """Every benchmark of the performance targets, one after another, then one table.
 
-    .venv/bin/python -m bench.all [--quick] [--only bus,ledger,worker,audit,peers,partitions]
+    .venv/bin/python -m bench.all [--quick] [--only bus,ledger,worker,audit,peers,partitions,
+                                                 readmodels]
 
 Each benchmark runs as its own process (``python -m bench.<name>``), prints its
 own table with its raw baseline measured in the same run, and writes
@@ -30,6 +31,7 @@ BENCHES = {
     "peers": ([], ["--rounds", "1", "--n", "50", "--seconds", "3"]),
     "clients": ([], ["--seconds", "15", "--streams", "1,8", "--rounds", "1"]),
     "partitions": ([], ["--quick"]),
+    "readmodels": ([], ["--quick"]),
 }
 
 
@@ -65,11 +67,13 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         row("p99 <= 1.0x LiteLLM proxy", peers["ratio_p99"], 1.0, "{:.2f}x", False)
         row("req/s >= 2x LiteLLM proxy, 64 in flight", peers["ratio_throughput"], 2.0,
             "{:.2f}x", True)
-    if partitions := results.get("partitions"):
-        widest = max(partitions.get("rows", []), key=lambda r: r["partitions"], default=None)
+    for name, what in (("partitions", "billing at {} ledger shards vs 1"),
+                       ("readmodels", "read models at {} partitions vs 1")):
+        found = results.get(name, {}).get("rows", [])
+        widest = max(found, key=lambda r: r["partitions"], default=None)
         if widest and widest.get("ratio"):
-            rows.append((f"billing at {widest['partitions']} ledger shards vs 1",
-                         f"{widest['ratio']:.2f}x", "(no target)"))
+            rows.append((what.format(widest["partitions"]), f"{widest['ratio']:.2f}x",
+                         "(no target)"))
     return rows
 
 

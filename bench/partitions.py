@@ -24,7 +24,6 @@ Prints a table and writes bench/results/partitions.json.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -39,7 +38,8 @@ from pathlib import Path
 
 import nats
 
-from bench.report import cpu_s, save, with_schema
+from bench.report import (cpu_s, partition_counts, partitions_parser, partitions_table,
+                          save_partitions, with_schema)
 from bus import signing, subjects
 from bus.config import Settings
 from bus.credits import MICRO
@@ -241,39 +241,26 @@ async def one(n: int, jobs: int, database_url: str | None, key, logs: Path | Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, help="jobs settled per shard count (default 4000)")
-    parser.add_argument("--partitions", default="1,2,4", help="shard counts, e.g. 1,2,4")
-    parser.add_argument("--quick", action="store_true", help="600 jobs: a smoke check")
-    parser.add_argument("--database-url", help="a PostgreSQL ledger (default: SQLite)")
+    parser = partitions_parser(__doc__, 4000, 600, "the ledger")
     parser.add_argument("--logs", type=Path, help="keep the settle processes' logs here")
     args = parser.parse_args()
     jobs = args.jobs or (600 if args.quick else 4000)
-    counts = sorted({int(n) for n in args.partitions.split(",")}, key=lambda n: (n != 1, n))
+    counts = partition_counts(args.partitions)
     root = Path(tempfile.mkdtemp(prefix="inferbus-partitions-key-"))
     try:
         key = signing.load_or_create_key(root / "node.key")
         rows = [asyncio.run(one(n, jobs, args.database_url, key, args.logs)) for n in counts]
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    base = rows[0]["jobs_per_s"] if rows[0]["partitions"] == 1 else None
-    print(f"{'partitions':>10} {'jobs':>6} {'seconds':>8} {'jobs/s':>8} {'vs 1':>6} "
-          f"{'settle CPU ms/job':>18} {'nats CPU ms/job':>16} {'cores':>6} {'idle ms/s':>9} "
-          f"{'redeliv':>8} {'log errors':>10}")
-    for r in rows:
-        r["ratio"] = r["jobs_per_s"] / base if base else None
-        ratio = f"{r['ratio']:.2f}x" if base else "-"
-        print(f"{r['partitions']:>10} {r['jobs']:>6} {r['seconds']:>8.2f} "
-              f"{r['jobs_per_s']:>8.0f} {ratio:>6} {r['settle_cpu_ms_per_job']:>18.3f} "
-              f"{r['nats_cpu_ms_per_job']:>16.3f} {r['cores_busy']:>6.2f} "
-              f"{r['settle_idle_cpu_ms_per_s']:>9.0f} {r['redelivered']:>8} "
-              f"{r['log_error_lines']:>10}")
+    partitions_table(rows, [
+        ("partitions", "partitions", "d"), ("jobs", "jobs", "d"), ("seconds", "seconds", ".2f"),
+        ("jobs/s", "jobs_per_s", ".0f"), ("vs 1", "ratio", ""),
+        ("settle CPU ms/job", "settle_cpu_ms_per_job", ".3f"),
+        ("nats CPU ms/job", "nats_cpu_ms_per_job", ".3f"), ("cores", "cores_busy", ".2f"),
+        ("idle ms/s", "settle_idle_cpu_ms_per_s", ".0f"), ("redeliv", "redelivered", "d"),
+        ("log errors", "log_error_lines", "d")])
     problems = [f"{r['partitions']} partitions: {p}" for r in rows for p in r["problems"]]
-    path = save("partitions", {"quick": args.quick, "cpus": os.cpu_count(),
-                               "database": "postgresql" if args.database_url else "sqlite",
-                               "rows": rows, "ok": not problems})
-    print(f"({os.cpu_count()} CPUs; {'PostgreSQL' if args.database_url else 'SQLite'} ledger) "
-          f"-> {path}")
+    save_partitions("partitions", args, rows, not problems, "the ledger")
     if problems:
         sys.exit("bench.partitions: the books are wrong:\n  " + "\n  ".join(problems))
 
