@@ -8,13 +8,15 @@ from __future__ import annotations
 # (``bus.publish.event_subject``): keys by their hash, subclouds by name.
 ENTITY_EVENTS = {"ApiKeyIssued": "key_hash", "ApiKeyRevoked": "key_hash",
                  "SubcloudCreated": "name"}
-# Events logged under their job's slot (``bus.partitions``): what settlement reads.
-SLOT_EVENTS = ("JobCompleted", "JobFailed", "JobCancelled", "JobExpired", "SpotChecked")
+# Events logged under their job's slot (``bus.partitions``): every event of a job
+# (``bus.events.SLOTTED_EVENTS``), which settlement and read-model partitions read by.
+SLOT_EVENTS = ("JobSubmitted", "JobStarted", "JobEscalated", "JobCompleted", "JobFailed",
+               "JobCancelled", "JobExpired", "SpotChecked")
 
 
 def event_address(event_type: str) -> str:
     """``events.{zone}.<Type>``, ``events.global.<Type>.{key_hash}`` for a keyed
-    event, ``events.{zone}.<Type>.{slot}`` for a job outcome (``j`` and its slot);
+    event, ``events.{zone}.<Type>.{slot}`` for a job's event (``j`` and its slot);
     a ledger of several shards adds ``s`` and its shard to its money events."""
     if event_type in ENTITY_EVENTS:
         return f"events.global.{event_type}.{{{ENTITY_EVENTS[event_type]}}}"

@@ -101,6 +101,9 @@ def test_a_new_node_is_verified_by_probes_and_a_cheat_is_caught_suspended_and_re
     assert "verified" in next(line for line in s.cli("nodes", "list").stdout.splitlines()
                               if line.startswith("newcomer")), verified
     s.kill("newcomer")
+    # Until its heartbeat lapses the killed node still counts as serving the model,
+    # and waiting for the model below would not wait for the cheat.
+    wait_for(lambda: s.live_zones(MODEL) == 0, 60, "the killed node's heartbeat lapsing")
 
     # The cheat serves paid jobs with another model's output: each fails its check.
     worker(s, "cheat", cheat_dir)

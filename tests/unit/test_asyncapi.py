@@ -20,6 +20,7 @@ def test_the_document_lists_the_logs_channels_with_their_schemas():
         assert set(event.model_fields) <= set(schemas[name]["properties"])
     assert channels["ApiKeyIssued"]["address"] == "events.global.ApiKeyIssued.{key_hash}"
     assert channels["JobCompleted"]["address"] == "events.{zone}.JobCompleted.{slot}"
+    assert channels["JobSubmitted"]["address"] == "events.{zone}.JobSubmitted.{slot}"
 
 
 def test_every_event_type_and_parameter_is_declared():
