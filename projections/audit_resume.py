@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from bus.events import ReferralRewarded, parse_event
-from projections import (account_checks, audit_state, invariants, lifecycle, projector,
-                         residency)
+from projections import (account_checks, audit_state, invariants, layout, lifecycle,
+                         projector, readmodels, residency)
 from projections.audit_state import Balance, Job
 from projections.invariants import Checker
-from projections.readmodels import PROJECTIONS, SCHEMA
+from projections.readmodels import SCHEMA
 
 FORMAT = "inferbus-audit-state-1"
 
@@ -46,7 +46,7 @@ def fingerprint() -> str:
 @functools.cache
 def _code_digests() -> tuple[str, ...]:
     modules = (invariants, account_checks, residency, audit_state, lifecycle, projector,
-               *PROJECTIONS)
+               layout, readmodels, *readmodels.PROJECTIONS)
     return tuple(hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()  # type: ignore
                  for m in modules)
 

@@ -36,7 +36,7 @@ from typing import Mapping, Sequence
 from bus import subjects
 from bus.events import Event, parse_event
 from bus.partitions import check_partitions, slots_of
-from projections.readmodels import POSITION, PROJECTIONS
+from projections.readmodels import POSITION, apply_all
 from projections.replay import Delivery
 from projections.store import Store, Tx, read_position, write_position
 
@@ -115,9 +115,7 @@ def apply_routed(store: Store, deliveries: Sequence[Delivery], parts: Sequence[P
                 event = None
             for name in owners:
                 if event is not None:
-                    zone = subjects.zone_of_event(d.subject)
-                    for read_model in PROJECTIONS:
-                        read_model.apply(tx, event, zone)
+                    apply_all(tx, event, d.subject)
                 position[name] = d.seq
             if observe is not None:
                 observe(d, event)

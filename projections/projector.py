@@ -36,7 +36,7 @@ from bus.publish import dead_letter
 from bus.pull import stream_sequence
 from bus.streams import patiently
 from projections.poison import isolate
-from projections.readmodels import POSITION, PROJECTIONS
+from projections.readmodels import POSITION, apply_all
 from projections.replay import Delivery
 from projections.store import Store, read_position, write_position
 
@@ -88,9 +88,7 @@ def apply_batch(store: Store, deliveries: Sequence[Delivery], projection: str = 
                 rejected.append((d, str(event)))
                 event = None
             else:
-                zone = subjects.zone_of_event(d.subject)
-                for read_model in PROJECTIONS:
-                    read_model.apply(tx, event, zone)
+                apply_all(tx, event, d.subject)
                 applied += 1
             if observe is not None:
                 observe(d, event)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from bus import subjects
 from bus.config import Settings
 from bus.events import Event
 from projections import api_keys, balances, job_status, zone_jobs
@@ -40,6 +41,14 @@ PROJECTIONS: tuple[ReadModel, ...] = (balances, job_status, zone_jobs,  # type: 
 POSITION = "jobs"  # the tracking row every read model shares
 TABLES = tuple(t for p in PROJECTIONS for t in p.TABLES)
 SCHEMA = tuple(s for p in PROJECTIONS for s in p.SCHEMA)
+
+
+def apply_all(tx: Tx, event: Event, subject: str) -> None:
+    """Apply ``event``, logged on ``subject``, to every read model, in order: the
+    one way the projector, a rebuild and the audit project an event."""
+    zone = subjects.zone_of_event(subject)
+    for read_model in PROJECTIONS:
+        read_model.apply(tx, event, zone)
 
 
 def is_empty(tx: Tx) -> bool:
