@@ -19,12 +19,12 @@ async def projector(settings: Settings, stop: asyncio.Event, read_models: bool =
     False): the money service alone."""
     from bus.guard import connect_service
     from ledger import service
-    from projections import projector
+    from projections import layout
     from projections.readmodels import open_store
     nc = await connect_service(settings, "inferbus-projector" if read_models else
                                "inferbus-settle")
     store = await asyncio.to_thread(open_store, settings)
-    parts = [projector.serve(nc, store, stop, settings.ledger_partitions, shards)] \
+    parts = [layout.serve(nc, store, stop, settings.ledger_partitions, shards)] \
         if read_models else []
     if money:
         parts.append(service.serve(settings, nc, store, stop, shards))

@@ -24,18 +24,23 @@ log order, which is how ``inferbus audit`` rebuilds and compares them.
 
 A store's positions belong to one layout: a projector refuses a store that
 holds positions of another (:func:`check_layout`), since events it skipped as
-another partition's would never be applied.
+another partition's would never be applied. :func:`serve` is the read-model
+service: one projector per partition.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from nats.aio.client import Client
+
 from bus import subjects
 from bus.events import Event, parse_event
 from bus.partitions import check_partitions, slots_of
+from projections.projector import Projector
 from projections.readmodels import POSITION, apply_all
 from projections.replay import Delivery
 from projections.store import Store, Tx, read_position, write_position
@@ -148,3 +153,18 @@ class Resumable:
                 self._stopped = True  # and stays: `last` is the one before
                 return
             self.last = d
+
+
+async def serve(nc: Client, store: Store, stop: asyncio.Event, partitions: int = 1,
+                only: Sequence[int] | None = None) -> None:
+    """The read-model service: keep ``store`` current until ``stop``, over ``nc``
+    (a service's connection: see ``bus.guard.connect_service``), with one
+    projector per partition of a deployment of ``partitions`` ledger shards;
+    ``only``: these partitions' (the keys partition goes with partition 0)."""
+    parts = layout(partitions)
+    chosen = [p for i, p in enumerate(parts) if only is None or i in only
+              or (i == len(parts) - 1 and partitions > 1 and 0 in only)]
+    await asyncio.gather(*(Projector(
+        store, nc.jetstream(), projection=p.name, holds=None if partitions == 1 else p.holds,
+        check=lambda tx: check_layout(tx, parts)).run(stop) for p in chosen))
+    log.info("projector stopped")

@@ -26,7 +26,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -280,19 +279,3 @@ class Projector:
                 future.set_exception(
                     RuntimeError(f"projector stopped at {self.position}, before {seq}"))
 
-
-async def serve(nc: Client, store: Store, stop: asyncio.Event, partitions: int = 1,
-                only: Sequence[int] | None = None) -> None:
-    """The read-model service: keep ``store`` current until ``stop``, over ``nc``
-    (a service's connection: see ``bus.guard.connect_service``), with one
-    projector per partition of a deployment of ``partitions`` ledger shards
-    (:mod:`projections.layout`); ``only``: these partitions' (the keys partition
-    goes with partition 0)."""
-    from projections.layout import check_layout, layout
-    parts = layout(partitions)
-    chosen = [p for i, p in enumerate(parts) if only is None or i in only
-              or (i == len(parts) - 1 and partitions > 1 and 0 in only)]
-    await asyncio.gather(*(Projector(
-        store, nc.jetstream(), projection=p.name, holds=None if partitions == 1 else p.holds,
-        check=lambda tx: check_layout(tx, parts)).run(stop) for p in chosen))
-    log.info("projector stopped")

@@ -4,7 +4,9 @@ The same soak as ``python -m bench.soak`` (``tests/chaos``), cut to two
 minutes: workers SIGKILLed and stalled, a NATS server of the 3-node cluster
 SIGKILLed and restarted, the projector SIGKILLed and restarted, streams
 dropped by their clients. ``INFERBUS_SOAK_SEED`` picks another seed; a
-failure prints the seed and the schedule to rerun it.
+failure prints the seed and the schedule to rerun it. It is the suite's longest
+test (3.5 minutes on two cores), so it runs by hand (``tests.by_hand``):
+``INFERBUS_RUN_SOAKS=1 .venv/bin/python -m pytest tests/e2e/test_chaos_soak.py``.
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import os
 
 import pytest
 
+from tests.by_hand import SOAK
 from tests.chaos import soak
 from tests.chaos.summary import table
 
 SEED = int(os.environ.get("INFERBUS_SOAK_SEED", "20240607"))
+pytestmark = SOAK
 
 
 @pytest.mark.timeout(540)  # 2 min of load, ~0.5 to boot, settle wait, audit

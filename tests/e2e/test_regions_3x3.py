@@ -5,17 +5,15 @@ nine servers and a dozen processes on two cores, so it runs by hand
 (``INFERBUS_RUN_3X3=1``), not in the suite."""
 from __future__ import annotations
 
-import os
 import uuid
 
 import httpx
 import pytest
 
+from tests.by_hand import THREE_BY_THREE
 from tests.regions_stack import start_regions, stop_regions, strict_eu_key
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    os.environ.get("INFERBUS_RUN_3X3") != "1",
-    reason="the 3x3 shape runs by hand: INFERBUS_RUN_3X3=1 pytest tests/e2e/test_regions_3x3.py")]
+pytestmark = THREE_BY_THREE
 REGIONS = "na=na,sa;eu=eu,me,af;ap=sea,ea,oc,sa_asia"
 
 
