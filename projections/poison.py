@@ -15,7 +15,11 @@ good. :func:`isolate` tells them apart by applying smaller parts:
 * A single event that fails is tried once more, each failure followed by a
   probe. Only when it fails twice while the probe succeeds both times is it
   poison: the position moves past it, in a transaction of its own, and the
-  caller dead-letters it. A probe failing at any point means an outage again.
+  caller dead-letters it. A probe failing at any point means an outage again,
+  and so does a second failure that only says another transaction was in the
+  way (:func:`passing`): partitions writing one PostgreSQL store can deadlock
+  on the shared totals rows they add to, and such an event is retried, never
+  set aside.
 
 What was committed before an outage is kept and reported, so the caller's
 position stays exactly where the store's is.
@@ -23,6 +27,7 @@ position stays exactly where the store's is.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -92,6 +97,9 @@ def _single(store: Store, delivery: Delivery, projection: str, apply: Apply,
         outcome = apply(store, [delivery], projection)
     except Exception as exc:
         _probe(store, projection, apply)
+        if passing(exc):  # in another transaction's way twice: retried later, whole
+            raise StoreDown(f"stream sequence {delivery.seq} met another transaction's "
+                            f"lock twice: {type(exc).__name__}: {exc}") from exc
         reason = f"cannot be applied: {type(exc).__name__}: {exc}"
         log.error("projection %s: stream sequence %d on %s fails while the store works "
                   "(first: %s: %s); setting it aside: %s", projection, delivery.seq,
@@ -102,6 +110,17 @@ def _single(store: Store, delivery: Delivery, projection: str, apply: Apply,
     # The first failure was passing (a lock timeout, a conflict): nothing is poison.
     result.outcomes.append(outcome)
     result.position = max(result.position, outcome.position)
+
+
+def passing(exc: BaseException) -> bool:
+    """Whether ``exc`` says nothing about the event it was applying: another
+    transaction was in the way (PostgreSQL's deadlock, serialization failure
+    and lock timeout; SQLite's locked or busy database)."""
+    sqlstate = getattr(exc, "sqlstate", None)  # psycopg's errors carry theirs
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith("40") or sqlstate == "55P03"
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc) for word in ("locked", "busy"))
 
 
 def _probe(store: Store, projection: str, apply: Apply) -> None:

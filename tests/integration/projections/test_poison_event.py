@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sqlite3
 from typing import Any, Iterator
 
 import nats
+import psycopg
 import pytest
 
 from bus import subjects
@@ -152,6 +154,33 @@ async def test_an_event_that_fails_once_is_applied_not_dead_lettered(
         await projector.wait_for(last)
 
     assert failures == ["a"]
+    assert views.get_job(store, "a").status == "running"
+    assert (projector.poisoned, projector.applied) == (0, 3)
+    assert await dead_letters(js) == []
+
+
+@pytest.mark.parametrize("conflict", [
+    lambda: psycopg.errors.DeadlockDetected("deadlock detected"),
+    lambda: sqlite3.OperationalError("database is locked")], ids=["deadlock", "locked"])
+async def test_an_event_in_another_transactions_way_is_retried_not_dead_lettered(
+        store: Store, js, monkeypatch: pytest.MonkeyPatch, conflict) -> None:
+    """Partitions sharing one PostgreSQL store add to the same totals rows and can
+    deadlock: an event that keeps meeting such a conflict, alone included, is
+    applied once it clears, never set aside."""
+    real_apply, failures = job_status.apply, []
+
+    def apply(tx: Any, event: Any, log_zone: str | None = None) -> bool:
+        if isinstance(event, JobStarted) and len(failures) < 6:  # more than isolating tries
+            failures.append(event.job_id)
+            raise conflict()
+        return real_apply(tx, event, log_zone)
+
+    monkeypatch.setattr(job_status, "apply", apply)
+    last = await publish(js, submitted("a"), started("a"), submitted("b"))
+    async with running(store, js) as projector:
+        await projector.wait_for(last, timeout=20)
+
+    assert len(failures) == 6
     assert views.get_job(store, "a").status == "running"
     assert (projector.poisoned, projector.applied) == (0, 3)
     assert await dead_letters(js) == []
