@@ -112,15 +112,20 @@ def _single(store: Store, delivery: Delivery, projection: str, apply: Apply,
     result.position = max(result.position, outcome.position)
 
 
+# What says only that another transaction was in the way, never anything about the
+# event: PostgreSQL's serialization failure, deadlock and lock timeout (exact codes:
+# the rest of class 40 could come from an event's content, and retrying such an
+# event would stall its partition), and SQLite's SQLITE_BUSY and SQLITE_LOCKED.
+_PASSING_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+_PASSING_SQLITE_CODES = frozenset({5, 6})
+
+
 def passing(exc: BaseException) -> bool:
     """Whether ``exc`` says nothing about the event it was applying: another
-    transaction was in the way (PostgreSQL's deadlock, serialization failure
-    and lock timeout; SQLite's locked or busy database)."""
-    sqlstate = getattr(exc, "sqlstate", None)  # psycopg's errors carry theirs
-    if isinstance(sqlstate, str):
-        return sqlstate.startswith("40") or sqlstate == "55P03"
-    return isinstance(exc, sqlite3.OperationalError) and any(
-        word in str(exc) for word in ("locked", "busy"))
+    transaction was in the way (see ``_PASSING_SQLSTATES``)."""
+    if isinstance(exc, sqlite3.Error):  # its primary code is the low byte
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _PASSING_SQLITE_CODES
+    return getattr(exc, "sqlstate", None) in _PASSING_SQLSTATES  # psycopg's errors
 
 
 def _probe(store: Store, projection: str, apply: Apply) -> None:

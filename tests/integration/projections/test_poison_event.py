@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import sqlite3
+from pathlib import Path
 from typing import Any, Iterator
 
 import nats
@@ -22,7 +23,7 @@ from projections import job_status
 from projections.poison import isolate
 from projections.projector import apply_batch
 from projections.replay import Delivery
-from projections.store import Store
+from projections.store import SqliteStore, Store
 from tests import readmodels as views
 from tests.integration.projecting import publish, running, submitted
 
@@ -159,20 +160,36 @@ async def test_an_event_that_fails_once_is_applied_not_dead_lettered(
     assert await dead_letters(js) == []
 
 
-@pytest.mark.parametrize("conflict", [
-    lambda: psycopg.errors.DeadlockDetected("deadlock detected"),
-    lambda: sqlite3.OperationalError("database is locked")], ids=["deadlock", "locked"])
+def in_the_way(store: Store, tmp_path: Path) -> Exception:
+    """What the store's own database raises when another transaction is in the
+    way: PostgreSQL's deadlock, or SQLite's busy database, made by SQLite itself
+    (a second writer on a file whose write lock is held)."""
+    if not isinstance(store, SqliteStore):
+        return psycopg.errors.DeadlockDetected("deadlock detected")
+    holder = sqlite3.connect(tmp_path / "held.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        sqlite3.connect(tmp_path / "held.sqlite3", timeout=0,
+                        isolation_level=None).execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as busy:
+        return busy
+    finally:
+        holder.close()
+    raise AssertionError("a second writer was let in")
+
+
 async def test_an_event_in_another_transactions_way_is_retried_not_dead_lettered(
-        store: Store, js, monkeypatch: pytest.MonkeyPatch, conflict) -> None:
+        store: Store, js, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Partitions sharing one PostgreSQL store add to the same totals rows and can
     deadlock: an event that keeps meeting such a conflict, alone included, is
     applied once it clears, never set aside."""
+    conflict = in_the_way(store, tmp_path)
     real_apply, failures = job_status.apply, []
 
     def apply(tx: Any, event: Any, log_zone: str | None = None) -> bool:
         if isinstance(event, JobStarted) and len(failures) < 6:  # more than isolating tries
             failures.append(event.job_id)
-            raise conflict()
+            raise conflict
         return real_apply(tx, event, log_zone)
 
     monkeypatch.setattr(job_status, "apply", apply)
