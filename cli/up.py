@@ -2,11 +2,12 @@
 
 Order: NATS (embedded unless ``INFERBUS_NATS_URL``), the demo key, the model
 published into the network's store (converted first if it never was), projector,
-gate, verifier, workers (each fetches the model by its root), API. The embedded server runs with nkey auth on (bus/credentials.py): the
-API, projector and admin commands use the service user, and each worker its own
-user, which may only pull its queues and log its jobs' outcomes. Children run in their own sessions so Ctrl-C reaches only this
-supervisor, which stops them in reverse order and NATS last. Everything
-durable lives in the data dir, so a second ``up`` keeps the first's jobs.
+gate, verifier, workers (each fetches the model by its root), API. The embedded
+server runs with nkey auth on (bus/credentials.py): the API, projector and admin
+commands use the service user, and each worker its own user, which may only pull
+its queues and log its jobs' outcomes. Children run in their own sessions so Ctrl-C
+reaches only this supervisor, which stops the workers and APIs, then the services,
+then NATS. Everything durable lives in the data dir: a second ``up`` keeps the jobs.
 """
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ from cli import admin, model_admin, natsserver, node_grants
 from workers import models
 from workers.models import resolve
 from workers.embedding_models import DEFAULT_EMBEDDING_MODEL
-from cli.up_embeddings import Embedder, embedder_for
-from cli.up_embeddings import curl_line as embeddings_curl
+from cli.up_embeddings import Embedder, curl_line as embeddings_curl, embedder_for
 
 ZONES = ("eu", "na")
 DEMO_ACCOUNT = "demo"
@@ -236,16 +236,18 @@ class Network:
 
     def stop(self) -> None:
         self.stopping = True
-        for child in reversed(self.children):
-            if child.proc and child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-        for child in reversed(self.children):
-            if child.proc:
+        # Workers and APIs first, while the gates they report to answer (a job in
+        # flight is reported, not left to its grace), then the services.
+        edge = [c.proc for c in self.children if c.proc and c.args[0] in ("worker", "api")]
+        for wave in (edge, [c.proc for c in self.children if c.proc and c.proc not in edge]):
+            for proc in (p for p in wave if p.poll() is None):
+                proc.send_signal(signal.SIGTERM)
+            for proc in wave:
                 try:
-                    child.proc.wait(timeout=15)
+                    proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
-                    child.proc.kill()
-                    child.proc.wait()
+                    proc.kill()
+                    proc.wait()
         if self.nats is not None:
             self.nats.terminate()
             self.nats.wait(timeout=15)

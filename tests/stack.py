@@ -69,7 +69,9 @@ class Stack:
         proc.wait(timeout=30)
 
     def stop(self) -> None:
-        for name in list(self.procs):
+        # The last started first: APIs and workers while the gate they report to
+        # still answers, so a job in flight ends at once rather than after its grace.
+        for name in reversed(list(self.procs)):
             proc = self.procs.pop(name)
             proc.terminate()
             try:

@@ -188,9 +188,13 @@ async def serve(settings: Settings, nc: Client, stop: asyncio.Event,
                 except Exception:  # noqa: BLE001 - not acked: it comes again after ack_wait
                     log.exception("checking %s failed", msg.subject)
     finally:
-        probing.cancel()
-        striking.cancel()
-        locating.cancel()
+        helpers = (probing, striking, locating)
+        for task in helpers:
+            task.cancel()
+        # Awaited, so each one's own pull subscription is gone before the connection
+        # drains: a drain waits for every subscription still open, and one whose fetch
+        # was cut short mid-message would hold the process for the drain's timeout.
+        await asyncio.gather(*helpers, return_exceptions=True)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
         await book.close()

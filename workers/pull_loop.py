@@ -28,6 +28,11 @@ from bus.pull import Pull
 log = logging.getLogger("inferbus.worker")
 SAFETY_POLL_S = 1.0
 RING_RETRIES_S = (0.005, 0.02, 0.05)
+# On stop, how long the jobs running may take to finish and be reported: under
+# the 10 s a container gets between SIGTERM and SIGKILL. A job still running
+# after it (its gate gone, say) is stopped unacked: its lease lapses with this
+# node's pings and another node takes it over.
+STOP_GRACE_S = 8.0
 PULL_TIMEOUT_S = 2.0  # a no_wait request is answered at once; this covers the trip
 # 404 no messages, 408 request expired, 409 e.g. consumer deleted / leadership change,
 # 503 no responders: on a cluster the consumer has no leader while one is elected.
@@ -127,12 +132,31 @@ async def next_jobs(sources: list[JobSource], room: int,
     return found
 
 
+async def _slot(free: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+    """Take one of ``free``'s slots, waiting for a job to end; False, holding none,
+    once ``stop`` is set first (every slot busy must not keep a stop waiting)."""
+    if not free.locked():
+        await free.acquire()
+        return True
+    slot, stopping = asyncio.ensure_future(free.acquire()), asyncio.ensure_future(stop.wait())
+    await asyncio.wait((slot, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not slot.done():
+        slot.cancel()
+        await asyncio.gather(slot, return_exceptions=True)
+    if slot.done() and not slot.cancelled():
+        if not stop.is_set():
+            return True
+        free.release()
+    return False
+
+
 async def pull_loop(sources: list[JobSource], bell: Doorbell,
                     run: Callable[[Msg], Awaitable[None]], stop: asyncio.Event,
                     max_jobs: int = 1) -> None:
     """Take jobs, first choice first, while fewer than ``max_jobs`` run; each runs as a
-    task of its own (``run(msg)``). On ``stop``, takes no more and waits for those
-    running."""
+    task of its own (``run(msg)``). On ``stop``, takes no more and gives those running
+    ``STOP_GRACE_S`` to finish."""
     free = asyncio.Semaphore(max_jobs)
     running: set[asyncio.Task] = set()
 
@@ -147,7 +171,8 @@ async def pull_loop(sources: list[JobSource], bell: Doorbell,
     rang, retries = False, list(RING_RETRIES_S)
     try:
         while not stop.is_set():
-            await free.acquire()
+            if not await _slot(free, stop):
+                break
             room = 1
             while not free.locked():  # every free slot, taken without waiting
                 await free.acquire()
@@ -173,4 +198,10 @@ async def pull_loop(sources: list[JobSource], bell: Doorbell,
                 rang = await bell.wait(SAFETY_POLL_S)
     finally:
         if running:
-            await asyncio.gather(*running, return_exceptions=True)
+            _, left = await asyncio.wait(set(running), timeout=STOP_GRACE_S)
+            if left:
+                log.warning("%d job(s) still running %.0f s after stop: left unacked, for "
+                            "another node to take over", len(left), STOP_GRACE_S)
+                for task in left:
+                    task.cancel()
+                await asyncio.gather(*left, return_exceptions=True)

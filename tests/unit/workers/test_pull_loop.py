@@ -108,3 +108,33 @@ async def test_an_unknown_ring_still_asks_in_order_of_preference():
     bell.ring()
     await asyncio.wait_for(loop, 5)
     assert asked[:2] == ["own", "global"]
+
+
+async def test_on_stop_a_job_that_never_ends_is_given_the_grace_then_stopped(monkeypatch):
+    monkeypatch.setattr("workers.pull_loop.STOP_GRACE_S", 0.2)
+    queue, bell, stop, ended = LateQueue(), Doorbell(None, []), asyncio.Event(), []
+    queue.job = "job"
+
+    async def run(msg) -> None:  # reporting to a gate that is gone: retried for ever
+        stop.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            ended.append(time.monotonic())
+
+    stopped = time.monotonic()
+    await asyncio.wait_for(pull_loop([queue], bell, run, stop), 5)
+    assert ended and ended[0] - stopped >= 0.2  # it had its grace, then was stopped
+
+
+async def test_on_stop_a_job_that_ends_within_the_grace_runs_to_its_end():
+    queue, bell, stop, ended = LateQueue(), Doorbell(None, []), asyncio.Event(), []
+    queue.job = "job"
+
+    async def run(msg) -> None:
+        stop.set()
+        await asyncio.sleep(0.1)
+        ended.append("reported")
+
+    await asyncio.wait_for(pull_loop([queue], bell, run, stop), 5)
+    assert ended == ["reported"]
