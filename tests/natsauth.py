@@ -15,6 +15,7 @@ from pathlib import Path
 from bus.config import Settings
 from bus.connection import connect
 from bus.credentials import CredentialStore
+from bus.events import JobCompleted
 from cli.natsserver import binary
 from tests.eventlog import read_log
 from tests.natsd import NatsServer, wait_for_port
@@ -87,6 +88,17 @@ def job_events(url: str, data_dir: Path, job_id: str) -> list:
         finally:
             await nc.close()
     return asyncio.run(read())
+
+
+def completions_of(url: str, data_dir: Path, job_id: str, timeout: float = 15.0) -> list:
+    """The job's logged ``JobCompleted`` events, once there is one: the gate answers
+    the caller before its ``JobCompleted`` is stored, so a read right after the
+    answer can come too early."""
+    deadline = time.monotonic() + timeout
+    while not (done := [e for e in job_events(url, data_dir, job_id)
+                        if isinstance(e, JobCompleted)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return done
 
 
 def start_with_seed(stack: Stack, name: str, seed: Path, *args: str) -> subprocess.Popen:

@@ -22,7 +22,7 @@ from bus.events import JobCompleted
 from bus.model_fetch import ModelAnswer, ModelAsk
 from bus.model_manifest import build_manifest
 from tests.conftest import TINY_MODEL
-from tests.natsauth import AuthNatsServer, connect_as, job_events
+from tests.natsauth import AuthNatsServer, completions_of, connect_as
 from tests.stack import Stack
 
 NODES = {"node-eu": ("eu", TINY_MODEL), "node-na": ("na", TINY_MODEL),
@@ -92,9 +92,7 @@ def test_fresh_nodes_fetch_the_pushed_model_by_root_and_serve_the_same_outputs(n
     assert texts["eu"] and texts["eu"] == texts["na"]
     for zone, reply in replies.items():
         assert reply.headers["x-inferbus-zone"] == zone
-        (done,) = [e for e in job_events(stack.nats_url, stack.data_dir,
-                                         reply.headers["x-inferbus-job"])
-                   if isinstance(e, JobCompleted)]
+        (done,) = completions_of(stack.nats_url, stack.data_dir, reply.headers["x-inferbus-job"])
         assert done.node_id == ids[f"node-{zone}"] and done.model_root == root
         assert signing.verify_result(done)
     listed = httpx.get(f"{stack.base_url}/v1/models",
@@ -123,9 +121,8 @@ def test_a_node_serving_other_weights_under_the_name_gets_no_jobs(network):
     for _ in range(4):
         reply = ask(client, "me")
         assert reply.parse().choices[0].message.content
-        served_by += [e.node_id for e in job_events(stack.nats_url, stack.data_dir,
-                                                    reply.headers["x-inferbus-job"])
-                      if isinstance(e, JobCompleted)]
+        served_by += [e.node_id for e in completions_of(stack.nats_url, stack.data_dir,
+                                                        reply.headers["x-inferbus-job"])]
         assert reply.headers["x-inferbus-route"] == "global"  # no node of zone me is offered it
     assert len(served_by) == 4 and ids["node-me"] not in served_by
 
@@ -192,9 +189,7 @@ def test_a_new_version_rolls_out_while_the_old_one_serves_until_it_is_removed(ne
 
     def served(zone: str) -> JobCompleted:
         reply = ask(client, zone)
-        (done,) = [e for e in job_events(stack.nats_url, stack.data_dir,
-                                         reply.headers["x-inferbus-job"])
-                   if isinstance(e, JobCompleted)]
+        (done,) = completions_of(stack.nats_url, stack.data_dir, reply.headers["x-inferbus-job"])
         return done
     old, new = served("eu"), _eventually(lambda: served("sa"), ids["node-sa"])
     assert (old.node_id, old.model_root) == (ids["node-eu"], root)  # both versions serve

@@ -26,7 +26,7 @@ from cli.main import main
 from tests.conftest import TINY_MODEL
 from tests.e2e.test_up import ctrl_c, start_up
 from tests.histories import signed_job
-from tests.natsauth import AuthNatsServer, connect_as, environ_of, job_events, start_with_seed
+from tests.natsauth import AuthNatsServer, completions_of, connect_as, environ_of, start_with_seed
 from tests.natsd import free_port
 from tests.stack import Stack
 from workers.pull_loop import Doorbell, JobSource
@@ -274,7 +274,7 @@ def test_a_worker_on_its_own_user_serves_a_chat_completion_that_is_settled(auth_
     assert reply.parse().choices[0].message.content
     job_id = reply.headers["x-inferbus-job"]
     node = signing.node_id(signing.load_or_create_key(s.data_dir / "node" / "worker-eu.key"))
-    done = [e for e in job_events(s.nats_url, s.data_dir, job_id) if isinstance(e, JobCompleted)]
+    done = completions_of(s.nats_url, s.data_dir, job_id)
     assert [e.node_id for e in done] == [node]
     deadline = time.monotonic() + 20
     while float(_account(s, key)["spent"]) == 0:  # settlement runs on the service user
