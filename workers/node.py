@@ -150,12 +150,16 @@ async def run(settings: Settings, options: WorkerOptions, stop: asyncio.Event,
                           subcloud=options.subcloud, public=options.public)
 
     beats = asyncio.create_task(heartbeat(kv, record, stop, refresh))
-    pings = asyncio.create_task(gate.ping(stop))
+    # Pings go on until the jobs running at a stop have finished: a silent node's
+    # leases are taken over within LAPSE_S, and its finished work would be refused.
+    pulled = asyncio.Event()
+    pings = asyncio.create_task(gate.ping(pulled))
     log.info("worker %s… serving %s (root %s…) in zone %s on %s", runner.node_id[:12], name,
              model.root[:16], options.zone, generator.device)
     try:
         await pull_loop(sources, bell, runner.run, stop, settings.max_batch)
     finally:
+        pulled.set()
         await beats
         await pings
         await asyncio.to_thread(generator.close)

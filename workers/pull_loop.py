@@ -30,8 +30,8 @@ SAFETY_POLL_S = 1.0
 RING_RETRIES_S = (0.005, 0.02, 0.05)
 # On stop, how long the jobs running may take to finish and be reported: under
 # the 10 s a container gets between SIGTERM and SIGKILL. A job still running
-# after it (its gate gone, say) is stopped unacked: its lease lapses with this
-# node's pings and another node takes it over.
+# after it (its gate gone, say) is stopped unacked: this node's pings end, its
+# lease lapses and another node takes it over.
 STOP_GRACE_S = 8.0
 PULL_TIMEOUT_S = 2.0  # a no_wait request is answered at once; this covers the trip
 # 404 no messages, 408 request expired, 409 e.g. consumer deleted / leadership change,

@@ -15,6 +15,7 @@ from bus.pricing import Pricing
 from tests.conftest import TINY_MODEL
 from tests.eventlog import job_log
 from tests.stack import Stack
+from workers.pull_loop import STOP_GRACE_S
 
 LONG = dict(model=TINY_MODEL, max_tokens=400, temperature=0,
             messages=[{"role": "user", "content": "Tell me a long story."}])
@@ -113,3 +114,16 @@ def test_stalled_worker_is_fenced_and_its_late_result_dropped(crash_stack):
     time.sleep(1)
     assert [e for _, e in job_log(s.nats_url, job_id) if isinstance(e, JobCompleted)] == \
         [completed]
+
+
+def test_a_worker_stopped_mid_stream_finishes_its_job_itself_then_exits(crash_stack):
+    s = crash_stack
+    worker = s.procs["worker-eu-a"]
+    job_id, before, text = stream_with_fault(s, worker.terminate)  # SIGTERM: no new jobs
+    # It kept telling the gate it lives while it finished: no takeover, one run.
+    events = [e for _, e in job_log(s.nats_url, job_id)]
+    starts = [e for e in events if isinstance(e, JobStarted)]
+    done = [e for e in events if isinstance(e, JobCompleted)]
+    assert [e.attempt for e in starts] == [1] and len(done) == 1
+    assert done[0].node_id == starts[0].node_id and done[0].output_hash == output_hash(text)
+    assert worker.wait(timeout=STOP_GRACE_S + 7) == 0
