@@ -107,6 +107,10 @@ def test_a_new_node_is_verified_by_probes_and_a_cheat_is_caught_suspended_and_re
 
     # The cheat serves paid jobs with another model's output: each fails its check.
     worker(s, "cheat", cheat_dir)
+    # Its own word that it serves: the count of live zones can still show the killed
+    # node a moment after it read zero, and the API answer 503 once it lapses.
+    wait_for(lambda: "serving" in (cheat_dir / "cheat.log").read_text(errors="replace"), 90,
+             "the cheat serving")
     s.wait_for_model(s.key, MODEL, timeout=90)
     before = account(s)
     answered = [chat(s, f"one two three four {i}") for i in range(2)]
