@@ -12,7 +12,16 @@ Each batch read from the ledger goes to the log as one JetStream atomic batch
 (one round trip, all or nothing), so the newest relayed event never has a
 missing one before it. On a stream without ``allow_atomic`` (or a server
 older than 2.12, which ignores it) the relay publishes one event at a time,
-each awaiting its ack.
+each awaiting its ack: the log then holds a gapless prefix of the batch at any
+moment, which keeps the same promise.
+
+On a one-replica file stream the server stages every atomic batch in a file
+store of its own (a directory, its files, their syncs, then their removal):
+about 2 ms of its CPU and 4 ms of wall time per batch on this project's
+machines, against some 0.15 ms and 0.35 ms per event one at a time. A quiet
+network relays a few events at a time, so there batches under
+``ATOMIC_FROM`` events go one at a time. A replicated stream stages batches
+in memory, and stays atomic throughout.
 """
 from __future__ import annotations
 
@@ -21,7 +30,7 @@ import logging
 
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType
 
 from bus import subjects
 from bus.events import ACCOUNT_EVENTS, CREDIT_EVENTS
@@ -31,6 +40,7 @@ log = logging.getLogger("inferbus.relay")
 NOTIFICATION_HEADER = "Inferbus-Ledger-Notification"
 RELAYED = (*CREDIT_EVENTS, *ACCOUNT_EVENTS)  # every type the ledger logs (ledger.log_events)
 IDLE_S = 0.05
+ATOMIC_FROM = 16  # on a one-replica file stream: where an atomic batch costs less
 
 
 async def last_relayed(js: JetStreamContext, shard: int | None = None) -> int:
@@ -59,11 +69,12 @@ async def last_relayed(js: JetStreamContext, shard: int | None = None) -> int:
 
 class Relay:
     """Moves the ledger's money events onto the log from a position on. ``atomic``
-    turns off for good once the stream refuses atomic batches."""
+    turns off for good once the stream refuses atomic batches; batches under
+    ``atomic_from`` events go one at a time (set from the stream by :meth:`run`)."""
 
     def __init__(self, ledger, js: JetStreamContext, limit: int = 500) -> None:
         self.ledger, self.js, self.limit = ledger, js, limit
-        self.atomic = True
+        self.atomic, self.atomic_from = True, 1
         # A shard of several marks what it relays, and finds its position by that mark.
         self.shard: int | None = ledger.shard if getattr(ledger, "shards", 1) > 1 else None
 
@@ -74,7 +85,7 @@ class Relay:
             return after
         items = [(event, zone, {NOTIFICATION_HEADER: str(notification_id)})
                  for notification_id, event, zone in batch]
-        if self.atomic:
+        if self.atomic and len(items) >= self.atomic_from:
             try:
                 await publish_batch(self.js, items, shard=self.shard)
                 return batch[-1][0]
@@ -101,6 +112,8 @@ class Relay:
                     # one at a time.
                     info = await self.js.stream_info(subjects.EVENTS_STREAM)
                     self.atomic = bool(info.config.allow_atomic)
+                    self.atomic_from = ATOMIC_FROM if (info.config.num_replicas or 1) == 1 \
+                        and info.config.storage == StorageType.FILE else 1
                     log.info("ledger relay resuming after notification %d", position)
                 moved = await self.once(position)
             except Exception:  # noqa: BLE001 - keep relaying once the bus or database is back

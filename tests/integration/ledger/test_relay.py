@@ -103,3 +103,56 @@ async def test_an_event_stream_made_before_atomic_batches_is_given_them(fresh_na
         assert (await js.stream_info(subjects.EVENTS_STREAM)).config.allow_atomic
     finally:
         await nc.close()
+
+
+async def test_a_small_batch_goes_one_event_at_a_time_and_a_crash_leaves_no_hole(
+        js_ledger, monkeypatch):
+    js, ledger = js_ledger
+    for i in range(6):
+        ledger.deposit(f"acct{i}", 1_000_000)
+
+    async def no_batches(*_args, **_kwargs):
+        raise AssertionError("a batch under atomic_from is not an atomic batch")
+    monkeypatch.setattr(relay, "publish_batch", no_batches)
+    real_publish, published = relay.publish_event, []
+
+    async def dies_after_four(*args, **kwargs):
+        if len(published) == 4:
+            raise ConnectionError("relay killed")
+        published.append(args[1])
+        return await real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(relay, "publish_event", dies_after_four)
+    relayer = relay.Relay(ledger, js)
+    relayer.atomic_from = relay.ATOMIC_FROM
+    with pytest.raises(ConnectionError):
+        await relayer.once(await relay.last_relayed(js))
+    # What reached the log is the batch's first four, in order: no hole to resume after.
+    first = [e.event_id for _, e, _ in ledger.bus_events(0, 1000)][:4]
+    assert [e.event_id for _, e in await read_log(js) if isinstance(e, CREDIT_EVENTS)] == first
+    monkeypatch.setattr(relay, "publish_event", real_publish)
+
+    position = await relayer.once(await relay.last_relayed(js))
+    assert position == ledger.max_notification_id()
+    events = [e for _, e in await read_log(js) if isinstance(e, CREDIT_EVENTS)]
+    assert len(events) == 6 and relayed_exactly_once(events, ledger)
+    assert relayer.atomic  # one at a time by choice, not because the stream refused
+
+
+async def test_the_relay_sends_small_batches_singly_on_a_one_replica_file_stream(js_ledger):
+    import asyncio
+    js, ledger = js_ledger
+    ledger.deposit("acme", 1_000_000)
+    relayer, stop = relay.Relay(ledger, js), asyncio.Event()
+    running = asyncio.create_task(relayer.run(stop))
+    try:
+        for _ in range(100):
+            if [e for _, e in await read_log(js) if isinstance(e, CREDIT_EVENTS)]:
+                break
+            await asyncio.sleep(0.05)
+        assert relayer.atomic and relayer.atomic_from == relay.ATOMIC_FROM
+    finally:
+        stop.set()
+        await running
+    assert relayed_exactly_once(
+        [e for _, e in await read_log(js) if isinstance(e, CREDIT_EVENTS)], ledger)
