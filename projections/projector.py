@@ -10,7 +10,12 @@ consumer reset or a second projector on the same store changes nothing.
 Every read model of :data:`~projections.readmodels.PROJECTIONS` is applied to
 each event in one transaction, under the partition's one position
 (:mod:`projections.layout`). Events are applied in batches of what has arrived
-(up to ``batch_max``). A malformed event is logged with its sequence and
+(up to ``batch_max``); when fewer than ``LINGER_BELOW`` have, the batch waits up
+to ``LINGER_S`` for more, since a quiet network would otherwise pay a
+transaction (and a thread hop) per event: a job's seven or so events arrive
+milliseconds apart, and at one request in flight that cost the read models
+1.2-2.2 ms of CPU per job, taken from the requests in flight on the same
+cores. A malformed event is logged with its sequence and
 skipped (the position moves past it; the message is set aside on the
 dead-letter stream). A failing store is retried with backoff, holding the
 batch, until it recovers or ``stop`` is set. A well-formed event that fails to
@@ -44,6 +49,8 @@ log = logging.getLogger("inferbus.projections")
 BATCH_MAX = 500
 BUFFER_MAX = 4 * BATCH_MAX  # events received and not yet applied, at most
 POLL_S = 0.5  # how long an idle loop waits before looking at `stop` again
+LINGER_S = 0.02  # a read model is at most this much later for it (module docstring)
+LINGER_BELOW = 16
 RETRY_MAX_S = 5.0
 
 
@@ -203,7 +210,8 @@ class Projector:
             self._arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), POLL_S)
-        # Only what has arrived: a batch never waits for more events.
+        if 0 < len(self._buffer) < LINGER_BELOW:
+            await asyncio.sleep(LINGER_S)
         batch, self._buffer = self._buffer[:self.batch_max], self._buffer[self.batch_max:]
         self._room.set()
         return batch

@@ -189,3 +189,25 @@ async def test_rebuild_from_first_event_equals_live_model(stores, js) -> None:
 
     with pytest.raises(ValueError, match="empty store"):
         await rebuild(live, js)
+
+
+async def test_a_job_s_events_milliseconds_apart_are_applied_in_one_batch(
+        store: Store, js, monkeypatch) -> None:
+    from projections import projector as module
+    sizes: list[int] = []
+    real = module.apply_batch
+
+    def counted(store_, deliveries, *args, **kwargs):
+        sizes.append(len(deliveries))
+        return real(store_, deliveries, *args, **kwargs)
+    monkeypatch.setattr(module, "apply_batch", counted)
+    monkeypatch.setattr(module, "LINGER_S", 0.5)  # ample on a loaded machine: the mechanism
+    async with running(store, js) as projector:
+        await projector.wait_for(await publish(js, submitted("j0")))  # caught up, then idle
+        sizes.clear()
+        last = await publish(js, submitted("j1"), started("j1"), completed("j1"))
+        await projector.wait_for(last)
+    # Each publish awaits its ack, a millisecond or so apart: a projector that took
+    # what had arrived alone would have committed three transactions.
+    assert sizes == [3]
+    assert views.get_job(store, "j1").status == "completed"
