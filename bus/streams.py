@@ -13,6 +13,7 @@ with a fresh cluster, or during a failover, still come up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
@@ -36,6 +37,7 @@ from bus.stream_configs import (DEFAULT_RETENTION_S, DUPLICATE_WINDOW_S,  # noqa
 log = logging.getLogger("inferbus.bus")
 NODE_TTL_S = 10.0
 SETUP_PATIENCE_S = 30.0
+LINGER_FETCH_S = 0.005  # batches(): the fetch after a linger waits no longer for more
 TRANSIENT = (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 T = TypeVar("T")
 
@@ -272,13 +274,19 @@ async def wait_for_streams(js: JetStreamContext, poll_s: float = 0.5,
 
 
 async def batches(sub, stop: asyncio.Event, size: int, what: str,
-                  poll_s: float = 1.0) -> AsyncIterator[list]:
+                  poll_s: float = 1.0, linger_s: float = 0.0,
+                  linger_below: int = 16) -> AsyncIterator[list]:
     """A durable pull subscription's messages, a fetch at a time, until ``stop``
     (looked at once per ``poll_s`` while idle); a failed fetch is retried after a
-    pause, since the connection reconnects by itself."""
+    pause, since the connection reconnects by itself. A fetch that brought fewer
+    than ``linger_below`` waits ``linger_s`` and takes what came meanwhile too."""
     while not stop.is_set():
         try:
             msgs = await sub.fetch(size, timeout=poll_s)
+            if linger_s and len(msgs) < min(size, linger_below):
+                await asyncio.sleep(linger_s)
+                with contextlib.suppress(NatsTimeout, asyncio.TimeoutError):
+                    msgs += await sub.fetch(size - len(msgs), timeout=LINGER_FETCH_S)
         except (NatsTimeout, asyncio.TimeoutError):
             # nats-py also raises asyncio's own when the server's idle answer lands on
             # the client's deadline: as idle as the other, not a failure to wait out.

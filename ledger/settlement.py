@@ -52,6 +52,7 @@ OUTCOMES = SETTLED_EVENTS
 RETRY_DELAY_S = 1.0
 BATCH = 256  # outcomes per pull at most: one ledger save settles them all (bigger when behind)
 POLL_S = 1.0  # how long an idle pull waits before looking at `stop` again
+LINGER_S = 0.02  # a settlement is at most this much later for batching a quiet network
 
 
 class Poison(Exception):
@@ -154,8 +155,9 @@ async def consume(js: JetStreamContext, settlement: Settlement, leases: Leases,
     sub = await patiently(lambda: js.pull_subscribe(
         "", durable=name, stream=subjects.EVENTS_STREAM, config=config), "settlement consumer")
     try:
-        # A fetch returns as soon as anything is there: no wait to fill a batch.
-        async for msgs in batches(sub, stop, BATCH, "settlement", POLL_S):
+        # A fetch returns as soon as anything is there; a few outcomes wait LINGER_S
+        # for others, so a quiet network does not pay a ledger commit per job.
+        async for msgs in batches(sub, stop, BATCH, "settlement", POLL_S, linger_s=LINGER_S):
             try:
                 await settle_batch(js, settlement, leases, msgs)
             except Exception:  # noqa: BLE001 - unacked messages come again after ack_wait
