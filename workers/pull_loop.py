@@ -11,8 +11,10 @@ probe finds nothing is followed by a few quick probes (``RING_RETRIES_S``)
 before the worker sleeps again: a queue with one worker (a node's own) would
 otherwise wait out the safety poll. A turn woken by a ring asks the queues that rang
 first (the rest after, in their order): a job in the global pool would
-otherwise wait for a round trip to each emptier queue before it. Each job runs
-as a task of its own (``JobRunner.run``: lease, replies, outcome, ack).
+otherwise wait for a round trip to each emptier queue before it. Jobs in hand
+send their lease requests before the next queue is asked, and a turn that
+emptied every queue sleeps on the bell rather than asking them all again. Each
+job runs as a task of its own (``JobRunner.run``: lease, replies, outcome, ack).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ RING_RETRIES_S = (0.005, 0.02, 0.05)
 # after it (its gate gone, say) is stopped unacked: this node's pings end, its
 # lease lapses and another node takes it over.
 STOP_GRACE_S = 8.0
+YIELD_TURNS = 3  # event-loop turns a new job's task needs to send its lease request
 PULL_TIMEOUT_S = 2.0  # a no_wait request is answered at once; this covers the trip
 # 404 no messages, 408 request expired, 409 e.g. consumer deleted / leadership change,
 # 503 no responders: on a cluster the consumer has no leader while one is elected.
@@ -128,6 +131,10 @@ async def next_jobs(sources: list[JobSource], room: int,
         got = await source.take(room - len(found))
         if got and start is not None:
             start(got)
+            # Let them send their lease requests before this asks the next queue: a
+            # probe first would put its round trip ahead of each job's own.
+            for _ in range(YIELD_TURNS):
+                await asyncio.sleep(0)
         found += got
     return found
 
@@ -190,6 +197,11 @@ async def pull_loop(sources: list[JobSource], bell: Doorbell,
                 free.release()
             if msgs:
                 rang, retries = False, list(RING_RETRIES_S)
+                if len(msgs) < room and not stop.is_set():
+                    # Every queue gave all it had just now: the next job rings (a ring
+                    # during the probes is kept), so asking them all again at once
+                    # would only cost the server a round trip per queue per job.
+                    rang = await bell.wait(SAFETY_POLL_S)
             elif not stop.is_set():
                 if rang and retries:  # rung for a job the stream may not hold yet
                     await asyncio.sleep(retries.pop(0))

@@ -138,3 +138,23 @@ async def test_on_stop_a_job_that_ends_within_the_grace_runs_to_its_end():
 
     await asyncio.wait_for(pull_loop([queue], bell, run, stop), 5)
     assert ended == ["reported"]
+
+
+async def test_a_turn_that_emptied_every_queue_sleeps_on_the_bell_rather_than_asking_again():
+    asked, stop = [], asyncio.Event()
+    own, pool = CountingQueue("own", asked), CountingQueue("global", asked, ["job"])
+    bell, ran = Doorbell(None, ["jobs.eu.own.m", "jobs.global.m"]), []
+
+    async def run(msg) -> None:
+        ran.append(msg)
+        await stop.wait()  # still running: its slot stays taken, the others free
+
+    loop = asyncio.create_task(pull_loop([own, pool], bell, run, stop, max_jobs=4))
+    await asyncio.sleep(0.1)
+    assert ran == ["job"] and asked == ["own", "global"]  # one probe each, then asleep
+    pool.jobs = ["next"]
+    bell.ring(1)
+    await asyncio.sleep(0.1)
+    assert ran == ["job", "next"]
+    stop.set()
+    await asyncio.wait_for(loop, 5)
