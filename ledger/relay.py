@@ -17,10 +17,11 @@ moment, which keeps the same promise.
 
 On a one-replica file stream the server stages every atomic batch in a file
 store of its own (a directory, its files, their syncs, then their removal):
-about 2 ms of its CPU and 4 ms of wall time per batch on this project's
-machines, against some 0.15 ms and 0.35 ms per event one at a time. A quiet
-network relays a few events at a time, so there batches under
-``ATOMIC_FROM`` events go one at a time. A replicated stream stages batches
+2-3 ms of its CPU and 3-5 ms of wall time per batch on this project's
+machines, against some 0.13 ms and 0.27 ms per event one at a time; the two
+cross at about 16 events (``bench.relay_batches``). A quiet network relays a
+few events at a time, so there batches under ``ATOMIC_FROM`` events go one
+at a time. A replicated stream stages batches
 in memory, and stays atomic throughout.
 """
 from __future__ import annotations
