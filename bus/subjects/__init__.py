@@ -291,6 +291,7 @@ from bus.subjects.jetstream import (acked_stream, acked_stream_sequence, acks,  
                                     below, consumer_create, consumer_info, inbox_prefix,
                                     kv_key, kv_reads, kv_stream, object_chunks,
                                     object_store_subjects, object_stream, stream_info)
+from bus.subjects.channels import event_type_of  # noqa: E402
 from bus.subjects.partitioned import (keys_read, matches, read_by_partition,  # noqa: E402
                                      relayed_by_shard, settled_by_shard, shard_token,
                                      slot_token)

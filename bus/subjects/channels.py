@@ -25,4 +25,11 @@ def event_address(event_type: str) -> str:
     return f"events.{{zone}}.{event_type}"
 
 
+def event_type_of(subject: str) -> str | None:
+    """The ``<Type>`` of a concrete ``events.<zone>.<Type>[...]`` subject; None for
+    any other subject."""
+    tokens = subject.split(".")
+    return tokens[2] if len(tokens) >= 3 and tokens[0] == "events" else None
+
+
 JOB_QUEUE_ADDRESS = "jobs.{queue}.{model}"  # bus.subjects.jobs: a zone, global, node or pool

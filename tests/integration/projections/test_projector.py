@@ -5,6 +5,7 @@ PostgreSQL database, on PostgreSQL too (each test in its own schema).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -211,3 +212,18 @@ async def test_a_job_s_events_milliseconds_apart_are_applied_in_one_batch(
     # what had arrived alone would have committed three transactions.
     assert sizes == [3]
     assert views.get_job(store, "j1").status == "completed"
+
+
+async def test_a_key_issued_while_a_job_s_events_linger_is_applied_at_once(
+        store: Store, js, monkeypatch) -> None:
+    from projections import projector as module
+    monkeypatch.setattr(module, "LINGER_S", 30.0)  # waited out, it would fail the wait below
+    async with running(store, js) as projector:
+        await publish(js, submitted("j1"))  # a job's event: the projector lingers on it
+        await asyncio.sleep(0.2)
+        seq = await publish(js, ApiKeyIssued(key_hash="cd" * 32, account="acct-1"),
+                            zone="global")
+        # A caller that made a key lists its keys next: the read model has it now,
+        # and the job's event with it.
+        await projector.wait_for(seq, timeout=5)
+    assert views.get_job(store, "j1") is not None
