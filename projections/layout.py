@@ -55,13 +55,16 @@ class LayoutRefused(RuntimeError):
 
 @dataclass(frozen=True)
 class Partition:
-    """One read-model partition: its tracking row and the subjects it reads."""
+    """One read-model partition: its tracking row and the subjects it reads. Every
+    partition's projector receives every event (one server filter of several
+    wildcards cost the server more than the whole log: ``projections.projector``)
+    and keeps those :meth:`holds` picks out, here in the client."""
 
     name: str
-    filters: tuple[str, ...]
+    reads: tuple[str, ...]  # subject patterns, matched by ``holds``, not by the server
 
     def holds(self, subject: str) -> bool:
-        return any(subjects.matches(f, subject) for f in self.filters)
+        return any(subjects.matches(f, subject) for f in self.reads)
 
 
 def layout(n: int) -> tuple[Partition, ...]:

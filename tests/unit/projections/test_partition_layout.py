@@ -71,7 +71,7 @@ def test_every_event_a_read_model_applies_is_read_by_its_accounts_partition_alon
 
 def test_one_partition_reads_the_whole_log():
     (only,) = layout(1)
-    assert only.name == POSITION and only.filters == (subjects.all_events(),)
+    assert only.name == POSITION and only.reads == (subjects.all_events(),)
     assert only.holds("events.eu.NodeStrike") and only.holds("events.eu.JobStarted.j3")
 
 
