@@ -107,6 +107,17 @@ class Stack:
             time.sleep(0.2)
         raise TimeoutError(f"{model} not served within {timeout}s")
 
+    def settled_account(self, key: str, timeout: float = 30.0) -> dict:
+        """``GET /v1/account`` once settlement holds nothing for it (it runs a few
+        milliseconds behind the answers); the last read after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            account = httpx.get(f"{self.base_url}/v1/account", timeout=10,
+                                headers={"Authorization": f"Bearer {key}"}).json()
+            if float(account["held"]) == 0 or time.monotonic() > deadline:
+                return account
+            time.sleep(0.1)
+
     def live_zones(self, model: str) -> int:
         out = self.cli("status").stdout
         return len({line.split()[0] for line in out.splitlines()[1:] if model in line})

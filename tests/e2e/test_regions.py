@@ -49,20 +49,8 @@ def test_a_strict_eu_jobs_content_is_stored_only_on_eu_servers(regions):
     assert {server for server, files in found.items() if files} == {"eu-1"}, found
 
 
-def settled_account(stack, key: str, timeout: float = 20.0) -> dict:
-    """The account once settlement holds nothing for it (an earlier test's job is
-    charged after its answer, so its hold may still be there at first)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        account = httpx.get(f"{stack.base_url}/v1/account", timeout=10,
-                            headers={"Authorization": f"Bearer {key}"}).json()
-        if float(account["held"]) == 0 or time.monotonic() > deadline:
-            return account
-        time.sleep(0.1)
-
-
 def test_a_strict_key_calling_another_regions_api_is_refused_before_anything_is_held(regions):
-    before = settled_account(regions, regions.eu_key)
+    before = regions.settled_account(regions.eu_key)
     marker = f"marker-{uuid.uuid4().hex}"
     r = ask(regions.base_url, regions.eu_key, marker)
     assert r.status_code == 421 and r.json()["error"]["code"] == "wrong_region", r.text
